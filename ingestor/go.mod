@@ -1,0 +1,3 @@
+module github.com/pulseboard/pulseboard/ingestor
+
+go 1.26.8

@@ -1,0 +1,383 @@
+package event
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/valyala/fastjson"
+)
+
+// Error codes a decoded event can fail with (API.md).
+const (
+	CodeInvalidJSON      = "INVALID_JSON"
+	CodeValidationFailed = "VALIDATION_FAILED"
+	CodeInvalidTimestamp = "INVALID_TIMESTAMP"
+	CodePayloadTooLarge  = "PAYLOAD_TOO_LARGE"
+)
+
+// Error is why one event (or a whole body) was refused, with its API.md code and a
+// message that names the field in the old backend's style ("body/name must be string").
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+func invalid(msg string) *Error { return &Error{Code: CodeValidationFailed, Message: msg} }
+
+// Decoder decodes client input and Kafka messages. It keeps parser state and scratch
+// buffers between calls, so it is not safe for concurrent use: keep one per goroutine
+// or in a sync.Pool.
+type Decoder struct {
+	Limits Limits
+
+	parser  fastjson.Parser
+	clean   []byte
+	payload []byte
+	context []byte
+}
+
+// NewDecoder returns a Decoder with the given limits.
+func NewDecoder(l Limits) *Decoder { return &Decoder{Limits: l} }
+
+// Parse sanitises body (see Sanitize), checks its JSON syntax strictly and parses it. The
+// returned value is valid until the next call to Parse or Build. The bool reports whether
+// sanitising replaced anything.
+func (d *Decoder) Parse(body []byte) (*fastjson.Value, bool, *Error) {
+	var changed bool
+	d.clean, changed = Sanitize(d.clean[:0], body)
+	// fastjson is lenient (it accepts NaN, Inf, malformed numbers and escapes), so the
+	// standard library's strict scanner decides what is JSON. It also bounds nesting
+	// iteratively, so deep input cannot overflow a stack.
+	if !json.Valid(d.clean) {
+		return nil, changed, &Error{Code: CodeInvalidJSON, Message: "body is not valid JSON"}
+	}
+	v, err := d.parser.ParseBytes(d.clean)
+	if err != nil {
+		// Valid JSON that fastjson refuses: nesting beyond its fixed maximum.
+		return nil, changed, invalid("body must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")
+	}
+	return v, changed, nil
+}
+
+// APIKey returns the apiKey field of an event object, if it is a string.
+func APIKey(v *fastjson.Value) (string, bool) {
+	k := v.Get("apiKey")
+	if k == nil || k.Type() != fastjson.TypeString {
+		return "", false
+	}
+	b, _ := k.StringBytes()
+	return string(b), true
+}
+
+// Build validates one client event object (as parsed by Parse) and returns the event with
+// the server's fields set: the client's eventId or a new UUIDv7, the project, and the
+// receive time. path prefixes field names in messages ("body", "body/events/3"). The
+// returned Event's Payload and Context alias the Decoder's buffers and are valid until
+// the next call; encode it with AppendJSON before that.
+func (d *Decoder) Build(v *fastjson.Value, path string, projectID uuid.UUID, now time.Time) (Event, *Error) {
+	ev := Event{ProjectID: projectID, ReceivedAt: now.UTC().Truncate(Precision)}
+	if v.Type() != fastjson.TypeObject {
+		return ev, invalid(path + " must be object")
+	}
+	var typ, name, payload, ts, ctx, id *fastjson.Value
+	obj, _ := v.Object()
+	obj.Visit(func(k []byte, f *fastjson.Value) {
+		switch string(k) {
+		case "type":
+			typ = f
+		case "name":
+			name = f
+		case "payload":
+			payload = f
+		case "timestamp":
+			ts = f
+		case "context":
+			ctx = f
+		case "eventId":
+			id = f
+		}
+	})
+	if err := d.fill(&ev, path, typ, name, payload, ts, ctx); err != nil {
+		return ev, err
+	}
+	if id != nil && id.Type() != fastjson.TypeNull {
+		u, ok := parseUUID(id)
+		if !ok {
+			return ev, invalid(path + "/eventId must be a UUID")
+		}
+		ev.ID = u
+	} else {
+		u, err := uuid.NewV7()
+		if err != nil {
+			return ev, &Error{Code: CodeValidationFailed, Message: "generating an event id: " + err.Error()}
+		}
+		ev.ID = u
+	}
+	if ts == nil || ts.Type() == fastjson.TypeNull {
+		ev.Timestamp = ev.ReceivedAt
+	}
+	return ev, nil
+}
+
+// fill validates the fields shared by client input and Kafka messages.
+func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fastjson.Value) *Error {
+	switch {
+	case typ == nil:
+		return invalid(path + " must have required property 'type'")
+	case name == nil:
+		return invalid(path + " must have required property 'name'")
+	case payload == nil:
+		return invalid(path + " must have required property 'payload'")
+	}
+	if typ.Type() != fastjson.TypeString {
+		return invalid(path + "/type must be string")
+	}
+	tb, _ := typ.StringBytes()
+	t, ok := validType(tb)
+	if !ok {
+		return invalid(path + "/type must be equal to one of the allowed values (error, event, metric)")
+	}
+	ev.Type = t
+
+	if name.Type() != fastjson.TypeString {
+		return invalid(path + "/name must be string")
+	}
+	nb, _ := name.StringBytes()
+	switch n := charCount(nb); {
+	case n < 1:
+		return invalid(path + "/name must NOT have fewer than 1 characters")
+	case n > d.Limits.MaxNameChars:
+		return invalid(path + "/name must NOT have more than " + itoa(d.Limits.MaxNameChars) + " characters")
+	}
+	ev.Name = string(nb)
+
+	if payload.Type() != fastjson.TypeObject {
+		return invalid(path + "/payload must be object")
+	}
+	var err *Error
+	if d.payload, err = d.appendValue(d.payload[:0], payload, 1, path+"/payload"); err != nil {
+		return err
+	}
+	ev.Payload = d.payload
+
+	ev.Context = nil
+	if ctx != nil && ctx.Type() != fastjson.TypeNull {
+		if ctx.Type() != fastjson.TypeObject {
+			return invalid(path + "/context must be object")
+		}
+		if d.context, err = d.appendValue(d.context[:0], ctx, 1, path+"/context"); err != nil {
+			return err
+		}
+		ev.Context = d.context
+	}
+
+	if ts != nil && ts.Type() != fastjson.TypeNull {
+		if ts.Type() != fastjson.TypeString {
+			return invalid(path + "/timestamp must be string")
+		}
+		sb, _ := ts.StringBytes()
+		t, ok := ParseTime(string(sb))
+		if !ok {
+			return &Error{Code: CodeInvalidTimestamp, Message: path + "/timestamp must be an ISO-8601 date-time between years 0001 and 9999"}
+		}
+		ev.Timestamp = t
+	}
+	return nil
+}
+
+// appendValue re-encodes v canonically, enforcing the depth limit and that every number
+// is one PostgreSQL's numeric type accepts.
+func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path string) ([]byte, *Error) {
+	switch v.Type() {
+	case fastjson.TypeObject, fastjson.TypeArray:
+		if depth > d.Limits.MaxDepth {
+			return dst, invalid(path + " must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")
+		}
+	}
+	var err *Error
+	switch v.Type() {
+	case fastjson.TypeObject:
+		obj, _ := v.Object()
+		dst = append(dst, '{')
+		first := true
+		obj.Visit(func(k []byte, f *fastjson.Value) {
+			if err != nil {
+				return
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = appendString(dst, k)
+			dst = append(dst, ':')
+			dst, err = d.appendValue(dst, f, depth+1, path)
+		})
+		return append(dst, '}'), err
+	case fastjson.TypeArray:
+		arr, _ := v.Array()
+		dst = append(dst, '[')
+		for i, f := range arr {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			if dst, err = d.appendValue(dst, f, depth+1, path); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, ']'), nil
+	case fastjson.TypeString:
+		sb, _ := v.StringBytes()
+		return appendString(dst, sb), nil
+	case fastjson.TypeNumber:
+		start := len(dst)
+		dst = v.MarshalTo(dst)
+		if !storableNumber(dst[start:]) {
+			return dst, invalid(path + " contains a number outside the storable range")
+		}
+		return dst, nil
+	default: // true, false, null
+		return v.MarshalTo(dst), nil
+	}
+}
+
+// storableNumber reports whether a JSON number (already syntax-checked) fits PostgreSQL's
+// numeric, which jsonb uses: bounded length and a decimal exponent within ±1000.
+func storableNumber(n []byte) bool {
+	if len(n) > 128 {
+		return false
+	}
+	for i, c := range n {
+		if c != 'e' && c != 'E' {
+			continue
+		}
+		exp := 0
+		for _, c := range n[i+1:] {
+			if c == '-' || c == '+' {
+				continue
+			}
+			exp = exp*10 + int(c-'0')
+			if exp > 1000 {
+				return false
+			}
+		}
+		return true
+	}
+	return true
+}
+
+func parseUUID(v *fastjson.Value) (uuid.UUID, bool) {
+	if v.Type() != fastjson.TypeString {
+		return uuid.Nil, false
+	}
+	b, _ := v.StringBytes()
+	if len(b) != 36 {
+		return uuid.Nil, false
+	}
+	u, err := uuid.ParseBytes(b)
+	if err != nil || u == uuid.Nil {
+		return uuid.Nil, false
+	}
+	return u, true
+}
+
+var timeLayouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999", // no zone: UTC, as JavaScript's Date does for ISO input
+	"2006-01-02",
+}
+
+// ParseTime parses an ISO-8601 date-time as clients send it and truncates it to Precision.
+// Years outside 0001–9999 are refused so that every accepted time is storable.
+func ParseTime(s string) (time.Time, bool) {
+	for _, layout := range timeLayouts {
+		t, err := time.Parse(layout, s)
+		if err != nil {
+			continue
+		}
+		t = t.UTC()
+		if y := t.Year(); y < 1 || y > 9999 {
+			return time.Time{}, false
+		}
+		return t.Truncate(Precision), true
+	}
+	return time.Time{}, false
+}
+
+// DecodeMessage decodes and re-validates an event produced to Kafka. It is strict where
+// client input is lenient: anything that would have needed sanitising, any missing server
+// field and anything over the limits is an error, because a message that fails here did
+// not come from a correct ingestor and must go to the dead-letter topic, not to Postgres.
+// The returned Event owns its memory.
+func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
+	var ev Event
+	if len(value) > d.Limits.MaxEventBytes {
+		return ev, &Error{Code: CodePayloadTooLarge, Message: "message is larger than " + itoa(d.Limits.MaxEventBytes) + " bytes"}
+	}
+	v, changed, perr := d.Parse(value)
+	if perr != nil {
+		return ev, perr
+	}
+	if changed {
+		return ev, invalid("message contains invalid UTF-8, NUL characters or unpaired surrogates")
+	}
+	if v.Type() != fastjson.TypeObject {
+		return ev, invalid("message must be object")
+	}
+	var id, project, typ, name, payload, ts, ctx, recv *fastjson.Value
+	obj, _ := v.Object()
+	obj.Visit(func(k []byte, f *fastjson.Value) {
+		switch string(k) {
+		case "id":
+			id = f
+		case "projectId":
+			project = f
+		case "type":
+			typ = f
+		case "name":
+			name = f
+		case "payload":
+			payload = f
+		case "timestamp":
+			ts = f
+		case "context":
+			ctx = f
+		case "receivedAt":
+			recv = f
+		}
+	})
+	var ok bool
+	if id == nil {
+		return ev, invalid("message must have required property 'id'")
+	}
+	if ev.ID, ok = parseUUID(id); !ok {
+		return ev, invalid("message/id must be a UUID")
+	}
+	if project == nil {
+		return ev, invalid("message must have required property 'projectId'")
+	}
+	if ev.ProjectID, ok = parseUUID(project); !ok {
+		return ev, invalid("message/projectId must be a UUID")
+	}
+	if ts == nil || ts.Type() == fastjson.TypeNull {
+		return ev, invalid("message must have required property 'timestamp'")
+	}
+	if recv == nil || recv.Type() != fastjson.TypeString {
+		return ev, invalid("message must have required property 'receivedAt'")
+	}
+	rb, _ := recv.StringBytes()
+	if ev.ReceivedAt, ok = ParseTime(string(rb)); !ok {
+		return ev, &Error{Code: CodeInvalidTimestamp, Message: "message/receivedAt must be an ISO-8601 date-time"}
+	}
+	if err := d.fill(&ev, "message", typ, name, payload, ts, ctx); err != nil {
+		return ev, err
+	}
+	ev.Payload = append([]byte(nil), ev.Payload...)
+	if ev.Context != nil {
+		ev.Context = append([]byte(nil), ev.Context...)
+	}
+	return ev, nil
+}
+

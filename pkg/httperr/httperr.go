@@ -1,0 +1,79 @@
+// Package httperr holds PulseBoard's machine-readable error codes (API.md) and the JSON
+// error body both servers send: {"success":false,"code":"…","message":"…"}.
+package httperr
+
+import (
+	"net/http"
+
+	"github.com/pulseboard/pulseboard/pkg/event"
+)
+
+// Code is a stable, machine-readable error code.
+type Code string
+
+// The codes of API.md.
+const (
+	ValidationFailed     Code = event.CodeValidationFailed
+	InvalidJSON          Code = event.CodeInvalidJSON
+	InvalidTimestamp     Code = event.CodeInvalidTimestamp
+	Unauthorized         Code = "UNAUTHORIZED"
+	InvalidAPIKey        Code = "INVALID_API_KEY"
+	InvalidCredentials   Code = "INVALID_CREDENTIALS"
+	NoRefreshToken       Code = "NO_REFRESH_TOKEN"
+	InvalidRefreshToken  Code = "INVALID_REFRESH_TOKEN"
+	ForbiddenOrigin      Code = "FORBIDDEN_ORIGIN"
+	NotFound             Code = "NOT_FOUND"
+	ProjectNotFound      Code = "PROJECT_NOT_FOUND"
+	MethodNotAllowed     Code = "METHOD_NOT_ALLOWED"
+	EmailTaken           Code = "EMAIL_TAKEN"
+	PayloadTooLarge      Code = event.CodePayloadTooLarge
+	UnsupportedMediaType Code = "UNSUPPORTED_MEDIA_TYPE"
+	UnsupportedEncoding  Code = "UNSUPPORTED_ENCODING"
+	HeadersTooLarge      Code = "HEADERS_TOO_LARGE"
+	RequestTimeout       Code = "REQUEST_TIMEOUT"
+	BadRequest           Code = "BAD_REQUEST"
+	RateLimited          Code = "RATE_LIMITED"
+	Unavailable          Code = "UNAVAILABLE"
+	Internal             Code = "INTERNAL"
+)
+
+// Status is the HTTP status that goes with a code.
+func (c Code) Status() int {
+	switch c {
+	case ValidationFailed, InvalidJSON, InvalidTimestamp, BadRequest:
+		return http.StatusBadRequest
+	case Unauthorized, InvalidAPIKey, InvalidCredentials, NoRefreshToken, InvalidRefreshToken:
+		return http.StatusUnauthorized
+	case ForbiddenOrigin:
+		return http.StatusForbidden
+	case NotFound, ProjectNotFound:
+		return http.StatusNotFound
+	case MethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case RequestTimeout:
+		return http.StatusRequestTimeout
+	case EmailTaken:
+		return http.StatusConflict
+	case PayloadTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case UnsupportedMediaType, UnsupportedEncoding:
+		return http.StatusUnsupportedMediaType
+	case HeadersTooLarge:
+		return http.StatusRequestHeaderFieldsTooLarge
+	case RateLimited:
+		return http.StatusTooManyRequests
+	case Unavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// AppendBody appends the JSON error body for code and message.
+func AppendBody(dst []byte, code Code, message string) []byte {
+	dst = append(dst, `{"success":false,"code":"`...)
+	dst = append(dst, code...)
+	dst = append(dst, `","message":`...)
+	dst = event.AppendString(dst, message)
+	return append(dst, '}')
+}

@@ -1,0 +1,60 @@
+package kafkax
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// Embedded is an in-process Kafka-protocol broker (franz-go's kfake). It speaks the real
+// protocol on TCP, so kafka-go, kcat and any other Kafka tool work against it, but it
+// keeps everything in memory unless DataDir is set: the all-in-one drains it before
+// stopping.
+type Embedded struct {
+	cluster *kfake.Cluster
+}
+
+// EmbeddedOptions configure the embedded broker.
+type EmbeddedOptions struct {
+	// Port to listen on (127.0.0.1); 0 picks a free port.
+	Port int
+	// Topics are created at start with Partitions partitions each.
+	Topics     []string
+	Partitions int
+	// DataDir, when set, persists the log to disk and reloads it on start.
+	DataDir string
+}
+
+// StartEmbedded starts a single-broker cluster on 127.0.0.1.
+func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
+	if o.Partitions < 1 {
+		o.Partitions = 1
+	}
+	// kfake listens on all interfaces for a port; bind the loopback address explicitly.
+	port := o.Port
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		}),
+		kfake.SeedTopics(int32(o.Partitions), o.Topics...),
+		kfake.DefaultNumPartitions(o.Partitions),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(8 << 20)}),
+	}
+	if o.DataDir != "" {
+		opts = append(opts, kfake.DataDir(o.DataDir))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("starting the embedded Kafka broker on 127.0.0.1:%d: %w", o.Port, err)
+	}
+	return &Embedded{cluster: c}, nil
+}
+
+// Addrs are the bootstrap addresses.
+func (e *Embedded) Addrs() []string { return e.cluster.ListenAddrs() }
+
+// Close stops the broker; anything not persisted is gone.
+func (e *Embedded) Close() { e.cluster.Close() }

@@ -1,0 +1,204 @@
+// Package kafkax configures segmentio/kafka-go the way PulseBoard's promises need it
+// (RELIABILITY.md K1–K14) and runs the embedded Kafka-protocol broker used in development
+// and tests. Nothing here relies on a kafka-go zero value for anything that matters.
+package kafkax
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// WriterOptions tune the shared producer.
+type WriterOptions struct {
+	// BatchTimeout bounds how long a synchronous write waits for company. kafka-go's 1 s
+	// default would make every single-event request take a second (K6).
+	BatchTimeout time.Duration
+	// BatchSize is the number of messages that closes a batch early.
+	BatchSize int
+	// BatchBytes must exceed the largest event (K8); the per-event cap enforces that.
+	BatchBytes int64
+	// WriteTimeout bounds one produce request.
+	WriteTimeout time.Duration
+	// MaxAttempts bounds kafka-go's internal retries of one batch.
+	MaxAttempts int
+	// Completion is called once per batch, after its final outcome (success or failure),
+	// also for synchronous writes. Used to account in-flight bytes exactly.
+	Completion func(messages []kafka.Message, err error)
+}
+
+// DefaultWriterOptions are the tuned defaults of RELIABILITY.md's starting configuration.
+func DefaultWriterOptions() WriterOptions {
+	return WriterOptions{
+		BatchTimeout: 2 * time.Millisecond,
+		BatchSize:    1000,
+		BatchBytes:   4 << 20,
+		WriteTimeout: 5 * time.Second,
+		MaxAttempts:  3,
+	}
+}
+
+// NewWriter returns the producer: acks from all in-sync replicas (K1: the zero value is
+// RequireNone), synchronous (K2: async drops errors), and keyed by project id with the
+// murmur2 partitioner of the Java client (so other producers that key by project id agree
+// on partitions; kafka-go's default Hash balancer uses FNV-1a and would not).
+func NewWriter(brokers []string, topic string, o WriterOptions) (*kafka.Writer, error) {
+	w := &kafka.Writer{
+		Addr:                   kafka.TCP(brokers...),
+		Topic:                  topic,
+		Balancer:               kafka.Murmur2Balancer{},
+		RequiredAcks:           kafka.RequireAll,
+		Async:                  false,
+		BatchTimeout:           o.BatchTimeout,
+		BatchSize:              o.BatchSize,
+		BatchBytes:             o.BatchBytes,
+		WriteTimeout:           o.WriteTimeout,
+		ReadTimeout:            o.WriteTimeout,
+		MaxAttempts:            o.MaxAttempts,
+		WriteBackoffMin:        50 * time.Millisecond,
+		WriteBackoffMax:        500 * time.Millisecond,
+		AllowAutoTopicCreation: false,
+		Completion:             o.Completion,
+		Transport: &kafka.Transport{
+			DialTimeout: 3 * time.Second,
+			// Refresh metadata often so leader moves and a restarted broker are noticed
+			// quickly (K9).
+			MetadataTTL: 5 * time.Second,
+			IdleTimeout: 30 * time.Second,
+		},
+	}
+	if w.RequiredAcks != kafka.RequireAll || w.Async {
+		return nil, errors.New("kafka writer must use acks=all and synchronous writes")
+	}
+	return w, nil
+}
+
+// MaxHold is how long kafka-go may keep a message after WriteMessages returned (it keeps
+// retrying a batch after the caller's context ended, K3/K4): the bound after which
+// in-flight accounting may assume the message is gone.
+func (o WriterOptions) MaxHold() time.Duration {
+	perAttempt := 2*o.WriteTimeout + 3*time.Second + 500*time.Millisecond
+	return time.Duration(o.MaxAttempts)*perAttempt + o.BatchTimeout
+}
+
+// ReaderOptions tune a consumer group member.
+type ReaderOptions struct {
+	GroupID  string
+	MinBytes int
+	MaxBytes int
+	MaxWait  time.Duration
+}
+
+// NewReader returns a consumer group reader with synchronous commits (CommitInterval 0,
+// K11), FirstOffset for partitions without a committed offset (K13), and partition
+// watching so new partitions are consumed (K14). Callers must use FetchMessage and
+// CommitMessages, never ReadMessage (K10).
+func NewReader(brokers []string, topic string, o ReaderOptions) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:                brokers,
+		GroupID:                o.GroupID,
+		Topic:                  topic,
+		MinBytes:               o.MinBytes,
+		MaxBytes:               o.MaxBytes,
+		MaxWait:                o.MaxWait,
+		CommitInterval:         0,
+		StartOffset:            kafka.FirstOffset,
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: 5 * time.Second,
+		HeartbeatInterval:      3 * time.Second,
+		SessionTimeout:         30 * time.Second,
+		RebalanceTimeout:       30 * time.Second,
+		ReadBackoffMin:         100 * time.Millisecond,
+		ReadBackoffMax:         1 * time.Second,
+		QueueCapacity:          1000,
+	})
+}
+
+// Topic describes a topic PulseBoard needs.
+type Topic struct {
+	Name       string
+	Partitions int
+}
+
+// EnsureTopics creates the topics that do not exist yet (replication factor 1 on a single
+// broker, 3 otherwise; on a managed cluster create them beforehand with RF=3 and
+// min.insync.replicas=2).
+func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error {
+	if len(brokers) == 0 {
+		return errors.New("no Kafka brokers configured")
+	}
+	var d kafka.Dialer
+	d.Timeout = 5 * time.Second
+	conn, err := d.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return fmt.Errorf("connecting to Kafka at %s: %w", brokers[0], err)
+	}
+	defer conn.Close()
+	existing := map[string]bool{}
+	parts, err := conn.ReadPartitions()
+	if err != nil {
+		return fmt.Errorf("reading Kafka metadata: %w", err)
+	}
+	for _, p := range parts {
+		existing[p.Topic] = true
+	}
+	brokerList, err := conn.Brokers()
+	if err != nil {
+		return fmt.Errorf("listing Kafka brokers: %w", err)
+	}
+	rf := 3
+	if len(brokerList) < 3 {
+		rf = 1
+	}
+	var missing []kafka.TopicConfig
+	for _, t := range topics {
+		if !existing[t.Name] {
+			missing = append(missing, kafka.TopicConfig{Topic: t.Name, NumPartitions: t.Partitions, ReplicationFactor: rf})
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	controller, err := conn.Controller()
+	if err != nil {
+		return fmt.Errorf("finding the Kafka controller: %w", err)
+	}
+	cc, err := d.DialContext(ctx, "tcp", net.JoinHostPort(controller.Host, strconv.Itoa(controller.Port)))
+	if err != nil {
+		return fmt.Errorf("connecting to the Kafka controller: %w", err)
+	}
+	defer cc.Close()
+	if err := cc.CreateTopics(missing...); err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("creating topics: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that a broker answers a metadata request.
+func Ping(ctx context.Context, brokers []string) error {
+	if len(brokers) == 0 {
+		return errors.New("no Kafka brokers configured")
+	}
+	var d kafka.Dialer
+	d.Timeout = 2 * time.Second
+	var last error
+	for _, b := range brokers {
+		conn, err := d.DialContext(ctx, "tcp", b)
+		if err != nil {
+			last = err
+			continue
+		}
+		_, err = conn.Brokers()
+		conn.Close()
+		if err == nil {
+			return nil
+		}
+		last = err
+	}
+	return fmt.Errorf("no Kafka broker answered: %w", last)
+}
