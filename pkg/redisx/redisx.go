@@ -64,3 +64,16 @@ func Open(ctx context.Context, redisURL string, allowFallback bool, logger *slog
 	client = redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	return client, func() { _ = client.Close(); mr.Close() }, nil
 }
+
+// PublishKeyInvalidation deletes a key's cached resolution in Redis and tells every
+// ingestor to drop it from its local cache (rotation, deletion). Ingestors that miss the
+// message still drop the entry when its TTL (60 s) expires.
+func PublishKeyInvalidation(ctx context.Context, rdb *redis.Client, h apikey.Hash) error {
+	if err := rdb.Del(ctx, APIKeyCacheKey(h)).Err(); err != nil {
+		return fmt.Errorf("deleting cached API key: %w", err)
+	}
+	if err := rdb.Publish(ctx, KeyInvalidationChannel, h.String()).Err(); err != nil {
+		return fmt.Errorf("publishing API key invalidation: %w", err)
+	}
+	return nil
+}

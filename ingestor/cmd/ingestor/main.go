@@ -1,0 +1,104 @@
+// Command ingestor runs PulseBoard's ingest service against a real Kafka cluster,
+// PostgreSQL and Redis. Configuration comes from the environment (and .env).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/ingestor"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/redisx"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, err := config.FromOS(".env")
+	if err == nil {
+		err = run(ctx, env, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ingestor:", err)
+		os.Exit(1)
+	}
+}
+
+type mainConfig struct {
+	Ingestor    ingestor.Config
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
+	RedisURL    string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
+	AdminHost   string `env:"ADMIN_HOST" envDefault:"0.0.0.0"`
+	AdminPort   int    `env:"ADMIN_PORT" envDefault:"9101"`
+	LogLevel    string `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+func run(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[mainConfig](env)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Ingestor.Kafka.Brokers) == 0 {
+		return errors.New("KAFKA_BROKERS is required (the embedded broker is only for `pulseboard run`)")
+	}
+	logger, err := obs.NewLogger(stdout, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger = logger.With("service", "ingestor")
+	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-ingestor", MaxConns: 8})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rdb, closeRedis, err := redisx.Open(ctx, cfg.RedisURL, false, logger)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+
+	reg := obs.NewRegistry()
+	ready := obs.NewReadiness()
+	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	svc, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
+		Pool: pool, Redis: rdb, Brokers: cfg.Ingestor.Kafka.Brokers,
+		Logger: logger, Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	var g errgroup.Group
+	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
+	runDone := make(chan struct{})
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			ready.SetDraining() // readiness fails before the listener closes
+		case <-runDone:
+		}
+		return nil
+	})
+	err = svc.Run(ctx)
+	close(runDone)
+	stopAdmin() // the admin port outlives the drain
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	return err
+}

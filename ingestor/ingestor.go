@@ -1,0 +1,234 @@
+// Package ingestor is PulseBoard's ingest service: a fasthttp server that authenticates
+// events by project API key, validates them, and answers only after Kafka acknowledged
+// them with acks=all. New(cfg, deps).Run(ctx) is the whole service; the standalone binary
+// and the all-in-one wire exactly this.
+package ingestor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/ingestor/internal/intake"
+	"github.com/pulseboard/pulseboard/ingestor/internal/keycache"
+	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
+	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+)
+
+// Config is the ingestor's configuration (environment variables in the tags).
+type Config struct {
+	Kafka config.Kafka
+	// Host and Port of the public listener.
+	Host string `env:"INGEST_HOST" envDefault:"0.0.0.0"`
+	Port int    `env:"INGEST_PORT" envDefault:"3001"`
+	// RateLimit is the default per-project limit in events/s (0 = unlimited); a project's
+	// own setting overrides it. The bucket holds twice that, at least one full batch.
+	RateLimit float64 `env:"INGEST_RATE_LIMIT" envDefault:"5000"`
+	// ProduceTimeout is the deadline for Kafka's acknowledgement; past it the answer is
+	// 503 with Retry-After.
+	ProduceTimeout time.Duration `env:"INGEST_PRODUCE_TIMEOUT" envDefault:"5s"`
+	// ProduceBatchTimeout is how long a write waits for concurrent requests to share a
+	// produce request.
+	ProduceBatchTimeout time.Duration `env:"INGEST_PRODUCE_BATCH_TIMEOUT" envDefault:"2ms"`
+	// MaxInflightBytes bounds event bytes waiting for the broker; past it: 503.
+	MaxInflightBytes int64 `env:"INGEST_MAX_INFLIGHT_BYTES" envDefault:"67108864"`
+	// Body and event limits (API.md).
+	MaxBodyBytes         int `env:"INGEST_MAX_BODY_BYTES" envDefault:"1048576"`
+	MaxDecompressedBytes int `env:"INGEST_MAX_DECOMPRESSED_BYTES" envDefault:"10485760"`
+	MaxBatchEvents       int `env:"INGEST_MAX_BATCH_EVENTS" envDefault:"1000"`
+	MaxEventBytes        int `env:"INGEST_MAX_EVENT_BYTES" envDefault:"65536"`
+	// Slow-client protection (fasthttp has no timeouts by default, RELIABILITY.md H1).
+	ReadTimeout   time.Duration `env:"INGEST_READ_TIMEOUT" envDefault:"10s"`
+	WriteTimeout  time.Duration `env:"INGEST_WRITE_TIMEOUT" envDefault:"10s"`
+	IdleTimeout   time.Duration `env:"INGEST_IDLE_TIMEOUT" envDefault:"60s"`
+	MaxConnsPerIP int           `env:"INGEST_MAX_CONNS_PER_IP" envDefault:"1024"`
+	// API key cache TTLs: a rotated key stops working everywhere within KeyCacheTTL.
+	KeyCacheTTL         time.Duration `env:"INGEST_KEY_CACHE_TTL" envDefault:"60s"`
+	KeyCacheNegativeTTL time.Duration `env:"INGEST_KEY_CACHE_NEGATIVE_TTL" envDefault:"30s"`
+	// DrainDelay keeps answering 503 (readiness false) before closing the listener, so a
+	// load balancer notices first. 0 in the all-in-one.
+	DrainDelay time.Duration `env:"INGEST_DRAIN_DELAY" envDefault:"0s"`
+	// ShutdownTimeout bounds the wait for in-flight requests.
+	ShutdownTimeout time.Duration `env:"INGEST_SHUTDOWN_TIMEOUT" envDefault:"15s"`
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("INGEST_PORT must be a port number, got %d", c.Port))
+	}
+	if c.RateLimit < 0 {
+		errs = append(errs, errors.New("INGEST_RATE_LIMIT must be >= 0"))
+	}
+	if c.ProduceTimeout <= 0 {
+		errs = append(errs, errors.New("INGEST_PRODUCE_TIMEOUT must be > 0"))
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, errors.New("INGEST_MAX_BODY_BYTES must be at least 1024"))
+	}
+	if c.MaxDecompressedBytes < c.MaxBodyBytes {
+		errs = append(errs, errors.New("INGEST_MAX_DECOMPRESSED_BYTES must be >= INGEST_MAX_BODY_BYTES"))
+	}
+	if c.MaxEventBytes < 1024 || c.MaxEventBytes > 1<<20 {
+		errs = append(errs, errors.New("INGEST_MAX_EVENT_BYTES must be between 1024 and 1048576 (below the broker's message.max.bytes)"))
+	}
+	if c.MaxBatchEvents < 1 {
+		errs = append(errs, errors.New("INGEST_MAX_BATCH_EVENTS must be >= 1"))
+	}
+	if c.MaxInflightBytes < int64(c.MaxDecompressedBytes) {
+		errs = append(errs, errors.New("INGEST_MAX_INFLIGHT_BYTES must be >= INGEST_MAX_DECOMPRESSED_BYTES"))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are what the ingestor needs from its host process.
+type Deps struct {
+	Pool       *pgxpool.Pool
+	Redis      *redis.Client // nil: no Redis layer and no invalidation messages
+	Brokers    []string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Ready      *obs.Readiness
+	// Listener, when set, is used instead of listening on Host:Port (tests pass port 0).
+	Listener net.Listener
+}
+
+// Service is a configured ingestor.
+type Service struct {
+	cfg      Config
+	deps     Deps
+	handler  *intake.Handler
+	keys     *keycache.Resolver
+	producer *producer.Producer
+	server   *fasthttp.Server
+	ln       net.Listener
+}
+
+// New builds the service; nothing runs until Run.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(deps.Brokers) == 0 {
+		return nil, errors.New("ingestor: no Kafka brokers")
+	}
+	wo := kafkax.DefaultWriterOptions()
+	wo.BatchTimeout = cfg.ProduceBatchTimeout
+	wo.WriteTimeout = cfg.ProduceTimeout
+	prod, err := producer.New(producer.Options{
+		Brokers: deps.Brokers, Topic: cfg.Kafka.Topic, Writer: wo,
+		Timeout: cfg.ProduceTimeout, MaxInflightBytes: cfg.MaxInflightBytes,
+	}, deps.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	keys := keycache.New(deps.Pool, deps.Redis, keycache.Options{TTL: cfg.KeyCacheTTL, NegativeTTL: cfg.KeyCacheNegativeTTL}, deps.Logger, deps.Registerer)
+	limits := intake.Limits{
+		MaxBodyBytes:          cfg.MaxBodyBytes,
+		MaxSingleDecompressed: cfg.MaxBodyBytes,
+		MaxBatchDecompressed:  cfg.MaxDecompressedBytes,
+		MaxBatchEvents:        cfg.MaxBatchEvents,
+		Event:                 event.Limits{MaxNameChars: event.DefaultMaxNameChars, MaxEventBytes: cfg.MaxEventBytes, MaxDepth: event.DefaultMaxDepth},
+	}
+	h := intake.New(limits, keys, prod, ratelimit.New(cfg.RateLimit, cfg.MaxBatchEvents), deps.Logger, deps.Registerer)
+	s := &Service{cfg: cfg, deps: deps, handler: h, keys: keys, producer: prod}
+	s.server = &fasthttp.Server{
+		Handler:                      h.ServeFastHTTP,
+		ErrorHandler:                 intake.ErrorHandler,
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.WriteTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
+		MaxRequestBodySize:           cfg.MaxBodyBytes,
+		ReadBufferSize:               8 << 10, // also the header cap: 431 beyond it
+		MaxConnsPerIP:                cfg.MaxConnsPerIP,
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		CloseOnShutdown:              true,
+		TCPKeepalive:                 true,
+		Logger:                       fasthttpLogger{deps.Logger},
+	}
+	if deps.Ready != nil {
+		deps.Ready.Add("ingest-not-shedding", func(context.Context) error {
+			if prod.Overloaded() {
+				return errors.New("in-flight byte budget exhausted")
+			}
+			return nil
+		})
+		deps.Ready.Add("kafka", func(ctx context.Context) error { return kafkax.Ping(ctx, deps.Brokers) })
+	}
+	ln := deps.Listener
+	if ln == nil {
+		ln, err = net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		if err != nil {
+			_ = prod.Close()
+			return nil, fmt.Errorf("ingestor: listening on %s:%d: %w", cfg.Host, cfg.Port, err)
+		}
+	}
+	s.ln = ln
+	return s, nil
+}
+
+// Addr is the public listener's address.
+func (s *Service) Addr() net.Addr { return s.ln.Addr() }
+
+// Run serves until ctx is done, then shuts down gracefully: new requests get 503 (and
+// readiness is already false if the host set it), in-flight requests finish and get
+// their acknowledgement, the listener closes, and the Kafka writer is flushed and closed.
+func (s *Service) Run(ctx context.Context) error {
+	gctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var g errgroup.Group
+	g.Go(func() error { return s.keys.Run(gctx) })
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.server.Serve(s.ln) }()
+	s.deps.Logger.Info("ingestor listening", "addr", s.ln.Addr().String())
+
+	var err error
+	select {
+	case err = <-serveErr:
+		err = fmt.Errorf("ingest server: %w", err)
+	case <-gctx.Done():
+	}
+	s.handler.SetDraining()
+	if s.cfg.DrainDelay > 0 && err == nil {
+		time.Sleep(s.cfg.DrainDelay) // let load balancers see /readyz fail before we close
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := s.server.ShutdownWithContext(shutdownCtx); serr != nil {
+		s.deps.Logger.Warn("ingest server shutdown", "err", serr)
+	}
+	if cerr := s.producer.Close(); cerr != nil {
+		s.deps.Logger.Warn("closing the Kafka writer", "err", cerr)
+	}
+	stop()
+	s.deps.Logger.Info("ingestor stopped")
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	return err
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+}

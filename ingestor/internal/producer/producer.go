@@ -1,0 +1,176 @@
+// Package producer is the ingestor's only way into Kafka: one shared synchronous kafka-go
+// Writer (concurrent requests are grouped into batches by its short BatchTimeout), a
+// deadline per request, and a bound on the bytes kafka-go holds.
+//
+// The bound is the subtle part. kafka-go keeps retrying a batch after the caller's context
+// has ended (RELIABILITY.md K3/K4), so bytes are not free when WriteMessages returns with
+// an error; they are free when the Writer's Completion callback reports the batch's final
+// outcome. Each request's messages carry a ticket in Message.WriterData that Completion
+// releases. A request whose messages never reached a batch (an error before enqueueing)
+// gets no Completion, so every ticket also expires after the longest time kafka-go can
+// hold a message.
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+)
+
+// ErrOverloaded means the in-flight byte budget is exhausted: shed with 503.
+var ErrOverloaded = errors.New("too many bytes waiting for the broker")
+
+// ErrUnavailable means the broker did not acknowledge within the deadline (or failed):
+// answer 503 and let the client retry with the same event ids.
+var ErrUnavailable = errors.New("the broker did not acknowledge the events")
+
+// Options configure a Producer.
+type Options struct {
+	Brokers          []string
+	Topic            string
+	Writer           kafkax.WriterOptions
+	Timeout          time.Duration // per request, default 5 s
+	MaxInflightBytes int64         // default 64 MiB
+}
+
+// Producer writes events and waits for acks=all.
+type Producer struct {
+	w        *kafka.Writer
+	timeout  time.Duration
+	maxBytes int64
+	maxHold  time.Duration
+	inflight atomic.Int64
+
+	ackLatency  prometheus.Histogram
+	errors      *prometheus.CounterVec
+	inflightG   prometheus.GaugeFunc
+	batchEvents prometheus.Histogram
+}
+
+// New builds the producer and registers its metrics.
+func New(o Options, reg prometheus.Registerer) (*Producer, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.MaxInflightBytes <= 0 {
+		o.MaxInflightBytes = 64 << 20
+	}
+	p := &Producer{timeout: o.Timeout, maxBytes: o.MaxInflightBytes, maxHold: o.Writer.MaxHold()}
+	wo := o.Writer
+	wo.Completion = p.complete
+	w, err := kafkax.NewWriter(o.Brokers, o.Topic, wo)
+	if err != nil {
+		return nil, err
+	}
+	p.w = w
+	f := promauto.With(reg)
+	p.ackLatency = f.NewHistogram(prometheus.HistogramOpts{
+		Name:    "pulseboard_ingest_produce_ack_seconds",
+		Help:    "Time from handing events to the Kafka writer until acks=all (or failure), per request.",
+		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	p.errors = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "pulseboard_ingest_produce_errors_total",
+		Help: "Requests whose events the broker did not acknowledge, by reason (timeout, broker, overloaded).",
+	}, []string{"reason"})
+	p.batchEvents = f.NewHistogram(prometheus.HistogramOpts{
+		Name:    "pulseboard_ingest_produce_batch_events",
+		Help:    "Events per Kafka produce batch as completed by the writer.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+	})
+	p.inflightG = f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pulseboard_ingest_inflight_bytes",
+		Help: "Bytes handed to the Kafka writer and not yet acknowledged or failed.",
+	}, func() float64 { return float64(p.inflight.Load()) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pulseboard_ingest_inflight_bytes_limit",
+		Help: "The in-flight byte budget; past it ingest answers 503.",
+	}, func() float64 { return float64(p.maxBytes) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pulseboard_ingest_writer_required_acks",
+		Help: "The producer's RequiredAcks (-1 = all in-sync replicas); anything else breaks durability.",
+	}, func() float64 { return float64(p.w.RequiredAcks) })
+	return p, nil
+}
+
+type ticket struct {
+	p         *Producer
+	bytes     int64
+	remaining atomic.Int32
+	released  atomic.Bool
+}
+
+func (t *ticket) release() {
+	if t.released.CompareAndSwap(false, true) {
+		t.p.inflight.Add(-t.bytes)
+	}
+}
+
+// complete is the Writer's Completion callback: the final outcome of a batch. It runs on
+// kafka-go's goroutines, so it must not panic or block.
+func (p *Producer) complete(msgs []kafka.Message, _ error) {
+	p.batchEvents.Observe(float64(len(msgs)))
+	for i := range msgs {
+		t, ok := msgs[i].WriterData.(*ticket)
+		if !ok {
+			continue
+		}
+		if t.remaining.Add(-1) == 0 {
+			t.release()
+		}
+	}
+}
+
+// Overloaded reports whether the byte budget is exhausted (readiness: shedding).
+func (p *Producer) Overloaded() bool { return p.inflight.Load() >= p.maxBytes }
+
+// Produce writes msgs and returns once every one is acknowledged by all in-sync replicas.
+// The messages' Key and Value must not alias request buffers (fasthttp reuses them).
+func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
+	var size int64
+	for i := range msgs {
+		size += int64(len(msgs[i].Key) + len(msgs[i].Value))
+	}
+	if p.inflight.Add(size) > p.maxBytes {
+		p.inflight.Add(-size)
+		p.errors.WithLabelValues("overloaded").Inc()
+		return ErrOverloaded
+	}
+	t := &ticket{p: p, bytes: size}
+	t.remaining.Store(int32(len(msgs)))
+	for i := range msgs {
+		msgs[i].WriterData = t
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	start := time.Now()
+	err := p.w.WriteMessages(ctx, msgs...)
+	p.ackLatency.Observe(time.Since(start).Seconds())
+	if err == nil {
+		t.release() // normally already released by Completion
+		return nil
+	}
+	// kafka-go may still hold (and even deliver) the messages: keep their bytes counted
+	// until Completion, or until the longest kafka-go can hold them.
+	// (release is idempotent, so a late timer is harmless).
+	if !t.released.Load() {
+		time.AfterFunc(p.maxHold, t.release)
+	}
+	reason := "broker"
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		reason = "timeout"
+	}
+	p.errors.WithLabelValues(reason).Inc()
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// Close flushes and closes the writer. Call it after the HTTP server stopped accepting.
+func (p *Producer) Close() error { return p.w.Close() }
