@@ -1,0 +1,53 @@
+# PulseBoard. `make run` starts the all-in-one; `make test` runs every module's tests
+# against real PostgreSQL, Redis and the Kafka protocol. See README.md.
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin
+MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard
+# Packages are tested in parallel processes; each test gets its own database.
+TESTFLAGS ?= -race -count=1 -timeout 15m
+
+.PHONY: all build run test test-short bench bench-go lint fmt vet staticcheck tidy clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/pulseboard ./cmd/pulseboard
+	$(GO) build -o $(BIN)/ingestor ./ingestor/cmd/ingestor
+	$(GO) build -o $(BIN)/consumer ./consumer/cmd/consumer
+
+run: build
+	./$(BIN)/pulseboard run
+
+# go test ./... does not cross module boundaries in a workspace: loop over the modules.
+test:
+	@set -e; for m in $(MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) test $(TESTFLAGS) ./...); \
+	done
+
+# Micro-benchmarks (go test -bench) plus the end-to-end load against the all-in-one.
+bench: build bench-go
+	./scripts/bench.sh
+
+bench-go:
+	cd pkg && $(GO) test -run '^$$' -bench . -benchmem ./event/
+	cd consumer && $(GO) test -run '^$$' -bench . -benchmem ./internal/eventstore/
+
+lint: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-ed:"; echo "$$out"; exit 1; fi
+
+vet:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
+
+staticcheck:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...); done
+
+tidy:
+	@set -e; for m in $(MODULES); do (cd $$m && GOWORK=off GOFLAGS=-mod=mod $(GO) mod tidy); done
+
+clean:
+	rm -rf $(BIN)
