@@ -380,4 +380,3 @@ func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
 	}
 	return ev, nil
 }
-

@@ -72,6 +72,11 @@ func escapeAt(s []byte) (n int, replace bool) {
 	if len(s) < 2 {
 		return len(s), false
 	}
+	if s[1] >= utf8.RuneSelf {
+		// An invalid escape of a non-ASCII character: copy only the backslash so that the
+		// bytes after it are UTF-8-checked like any others (json.Valid rejects it later).
+		return 1, false
+	}
 	if s[1] != 'u' {
 		return 2, false
 	}

@@ -27,6 +27,9 @@ import (
 // NewLogger returns a JSON logger at the given level (debug, info, warn, error).
 func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
+	if strings.TrimSpace(level) == "" {
+		level = "info"
+	}
 	if err := l.UnmarshalText([]byte(strings.ToUpper(strings.TrimSpace(level)))); err != nil {
 		return nil, fmt.Errorf("LOG_LEVEL %q: %w", level, err)
 	}
