@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/consumer"
+	"github.com/pulseboard/pulseboard/ingestor"
+	"github.com/pulseboard/pulseboard/migrations"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/redisx"
+)
+
+// Common is the configuration every command shares (exported: caarlos0/env skips unexported embedded structs).
+type Common struct {
+	Env         string `env:"PULSEBOARD_ENV" envDefault:"development"`
+	LogLevel    string `env:"LOG_LEVEL" envDefault:"info"`
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
+	// RedisURL empty: redis://localhost:6379 if it answers, else an embedded server.
+	RedisURL string `env:"REDIS_URL"`
+	Kafka    config.Kafka
+}
+
+type allConfig struct {
+	Common
+	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
+	AdminPort int    `env:"ADMIN_PORT" envDefault:"9100"`
+	// DrainTimeout bounds how long shutdown waits for the consumer to store everything the
+	// embedded broker acknowledged before the broker (and its memory) goes away.
+	DrainTimeout time.Duration `env:"PULSEBOARD_DRAIN_TIMEOUT" envDefault:"60s"`
+	Ingestor     ingestor.Config
+	Consumer     consumer.Config
+}
+
+func loadEnv() (config.Env, error) { return config.FromOS(".env") }
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	return obs.NewLogger(w, level)
+}
+
+// prepareDatabase creates and migrates the database, with a message that says how to get
+// one when none answers.
+func prepareDatabase(ctx context.Context, databaseURL string, logger *slog.Logger) error {
+	if err := pgstore.EnsureDatabase(ctx, databaseURL); err != nil {
+		return fmt.Errorf("%w\n\nPulseBoard needs PostgreSQL. Start one with `docker compose up -d postgres`, "+
+			"or point DATABASE_URL at a server (currently %s)", err, config.MaskURL(databaseURL))
+	}
+	return migrations.Up(ctx, databaseURL, logger)
+}
+
+func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[allConfig](env)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stdout, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger = logger.With("service", "pulseboard")
+	if err := prepareDatabase(ctx, cfg.DatabaseURL, logger); err != nil {
+		return err
+	}
+	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard", MaxConns: 16})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rdb, closeRedis, err := redisx.Open(ctx, cfg.RedisURL, true, logger)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+
+	brokers := cfg.Kafka.Brokers
+	var embedded *kafkax.Embedded
+	if len(brokers) == 0 {
+		embedded, err = kafkax.StartEmbedded(kafkax.EmbeddedOptions{
+			Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic}, Partitions: cfg.Kafka.Partitions,
+		})
+		if err != nil {
+			return fmt.Errorf("%w (set KAFKA_EMBEDDED_PORT=0 for any free port, or KAFKA_BROKERS for a real cluster)", err)
+		}
+		brokers = embedded.Addrs()
+		logger.Warn("KAFKA_BROKERS is not set: using the embedded Kafka-protocol broker; it keeps events in memory only, "+
+			"and shutdown drains it into PostgreSQL", "addr", brokers)
+	} else {
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := kafkax.EnsureTopics(tctx, brokers,
+			kafkax.Topic{Name: cfg.Kafka.Topic, Partitions: cfg.Kafka.Partitions}, kafkax.Topic{Name: cfg.Kafka.DLQTopic, Partitions: 1})
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+
+	reg := obs.NewRegistry()
+	ready := obs.NewReadiness()
+	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	ready.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+
+	ing, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
+		Pool: pool, Redis: rdb, Brokers: brokers, Logger: logger.With("component", "ingestor"), Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+	cons, err := consumer.New(cfg.Consumer, consumer.Deps{
+		Pool: pool, Redis: rdb, Brokers: brokers, Logger: logger, Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
+	if err != nil {
+		return fmt.Errorf("admin listener on %s:%d: %w", cfg.AdminHost, cfg.AdminPort, err)
+	}
+
+	// Each part gets its own context so shutdown can stop them in order: ingest first,
+	// then (once everything acknowledged is stored) the consumer, then the broker, and the
+	// admin port last so readiness and metrics stay observable throughout.
+	base := context.WithoutCancel(ctx)
+	ingestCtx, stopIngest := context.WithCancel(base)
+	consumeCtx, stopConsume := context.WithCancel(base)
+	adminCtx, stopAdmin := context.WithCancel(base)
+	defer stopIngest()
+	defer stopConsume()
+	defer stopAdmin()
+
+	var g errgroup.Group
+	failed := make(chan error, 3)
+	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
+	ingestDone := make(chan struct{})
+	consumeDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(ingestDone)
+		err := ing.Run(ingestCtx)
+		if err != nil {
+			failed <- fmt.Errorf("ingestor: %w", err)
+		}
+		return err
+	})
+	g.Go(func() error {
+		defer close(consumeDone)
+		err := cons.Run(consumeCtx)
+		if err != nil {
+			failed <- fmt.Errorf("consumer: %w", err)
+		}
+		return err
+	})
+	logger.Info("pulseboard is running", "ingest", ing.Addr().String(), "admin", adminLn.Addr().String(), "kafka", brokers)
+
+	var cause error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down: draining")
+	case cause = <-failed:
+		logger.Error("a component failed; shutting down", "err", cause)
+	}
+	ready.SetDraining()
+	stopIngest()
+	<-ingestDone
+	if embedded != nil {
+		drainEmbedded(cfg, brokers, logger, consumeDone)
+	}
+	stopConsume()
+	<-consumeDone
+	if embedded != nil {
+		embedded.Close()
+		logger.Info("embedded broker stopped")
+	}
+	stopAdmin()
+	if err := g.Wait(); cause == nil && err != nil {
+		cause = err
+	}
+	logger.Info("pulseboard stopped")
+	return cause
+}
+
+// drainEmbedded waits until the consumer group has committed everything the embedded
+// broker holds, bounded by DrainTimeout: those events exist nowhere else.
+func drainEmbedded(cfg allConfig, brokers []string, logger *slog.Logger, consumeDone <-chan struct{}) {
+	start := time.Now()
+	deadline := start.Add(cfg.DrainTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lag, err := kafkax.GroupLag(ctx, brokers, cfg.Consumer.GroupID, cfg.Kafka.Topic)
+		cancel()
+		switch {
+		case err == nil && lag == 0:
+			logger.Info("drained: every acknowledged event is stored", "took", time.Since(start).String())
+			return
+		case time.Now().After(deadline):
+			logger.Error("drain timed out: events still in the embedded broker are lost",
+				"lag", lag, "err", err, "timeout", cfg.DrainTimeout.String())
+			return
+		}
+		select {
+		case <-consumeDone:
+			logger.Error("the consumer stopped before the drain finished", "lag", lag)
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func runMigrate(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[Common](env)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stdout, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	if err := prepareDatabase(ctx, cfg.DatabaseURL, logger); err != nil {
+		return err
+	}
+	logger.Info("database is migrated", "database", config.MaskURL(cfg.DatabaseURL))
+	return nil
+}
+
+type brokerConfig struct {
+	Kafka    config.Kafka
+	DataDir  string `env:"PULSEBOARD_BROKER_DATA_DIR"`
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+func runBroker(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[brokerConfig](env)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stdout, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	e, err := kafkax.StartEmbedded(kafkax.EmbeddedOptions{
+		Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic},
+		Partitions: cfg.Kafka.Partitions, DataDir: cfg.DataDir,
+	})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	persist := "memory only"
+	if cfg.DataDir != "" {
+		persist = cfg.DataDir
+	}
+	logger.Info("embedded Kafka-protocol broker listening", "addr", e.Addrs(), "storage", persist)
+	<-ctx.Done()
+	logger.Info("broker stopping")
+	return nil
+}

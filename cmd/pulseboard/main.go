@@ -1,0 +1,68 @@
+// Command pulseboard is PulseBoard's all-in-one binary and CLI:
+//
+//	pulseboard run      ingestor + consumer in one process, with embedded defaults
+//	pulseboard migrate  create the database if needed and apply migrations
+//	pulseboard seed     create a demo user and project; print them (with the API key) as JSON
+//	pulseboard broker   run the embedded Kafka-protocol broker as its own process
+//	pulseboard loadgen  send load to an ingestor and report events/s and latency
+//
+// Configuration is the environment (and .env); see .env.example.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "pulseboard:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: pulseboard <command>
+
+commands:
+  run       start the all-in-one (ingestor + consumer) with embedded defaults
+  migrate   create the database if needed and apply migrations
+  seed      create a demo user and project and print them as JSON (with the API key)
+  broker    run the embedded Kafka-protocol broker as its own process
+  loadgen   send load to an ingestor (see pulseboard loadgen -h)
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	env, err := loadEnv()
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "run":
+		return runAll(ctx, env, stdout)
+	case "migrate":
+		return runMigrate(ctx, env, stdout)
+	case "seed":
+		return runSeed(ctx, env, stdout)
+	case "broker":
+		return runBroker(ctx, env, stdout)
+	case "loadgen":
+		return runLoadgen(ctx, args[1:], stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}

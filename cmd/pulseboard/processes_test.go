@@ -1,0 +1,155 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
+	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
+)
+
+// proc is one service process of the test.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p.cmd.Env = env
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	require.NoError(t, p.cmd.Start())
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("%s logs:\n%s", p.name, p.logs.String())
+		}
+	})
+	return p
+}
+
+// waitReady polls an admin /readyz until 200, failing fast if the process exits.
+func (p *proc) waitReady(t *testing.T, adminURL string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(adminURL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case err := <-p.exited:
+			t.Fatalf("%s exited before becoming ready (%v); logs:\n%s", p.name, err, p.logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never became ready; logs:\n%s", p.name, p.logs.String())
+		}
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// The services as separate processes around a standalone broker, as the reliability suite
+// runs them: `pulseboard broker`, `ingestor` and `consumer`, each with its admin port.
+func TestSeparateProcessesAroundStandaloneBroker(t *testing.T) {
+	t.Parallel()
+	dbURL, pool := pgtest.NewDB(t)
+	kafkaPort, ingestPort, ingestAdmin, consumerAdmin := freePort(t), freePort(t), freePort(t), freePort(t)
+	brokers := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
+	env := append(os.Environ(),
+		"DATABASE_URL="+dbURL, "REDIS_URL="+redistest.URL(t),
+		"KAFKA_EMBEDDED_PORT="+strconv.Itoa(kafkaPort), "INGEST_RATE_LIMIT=0",
+	)
+	broker := startProc(t, "broker", binary, env, "broker")
+	require.Eventually(t, func() bool { return strings.Contains(broker.logs.String(), "broker listening") },
+		30*time.Second, 20*time.Millisecond, "broker logs:\n%s", broker.logs.String())
+
+	seed := exec.Command(binary, "seed")
+	seed.Env = env
+	out, err := seed.Output()
+	require.NoError(t, err)
+	key := jsonField(t, out, "project", "apiKey")
+
+	svcEnv := append(env, "KAFKA_BROKERS="+brokers)
+	ing := startProc(t, "ingestor", ingestorBinary, append(svcEnv, "INGEST_PORT="+strconv.Itoa(ingestPort), "ADMIN_PORT="+strconv.Itoa(ingestAdmin)))
+	cons := startProc(t, "consumer", consumerBinary, append(svcEnv, "ADMIN_PORT="+strconv.Itoa(consumerAdmin)))
+	ing.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d", ingestAdmin))
+	cons.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d", consumerAdmin))
+
+	var events []string
+	for i := range 50 {
+		events = append(events, fmt.Sprintf(`{"type":"error","name":"e%d","payload":{"i":%d}}`, i, i))
+	}
+	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/ingest/batch", ingestPort), strings.NewReader("["+strings.Join(events, ",")+"]"))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+
+	require.Eventually(t, func() bool {
+		var n int
+		return pool.QueryRow(context.Background(), "SELECT count(*) FROM events").Scan(&n) == nil && n == 50
+	}, 30*time.Second, 20*time.Millisecond)
+	var rollup int
+	require.NoError(t, pool.QueryRow(context.Background(), "SELECT sum(count) FROM event_rollups WHERE type = 'error'").Scan(&rollup))
+	require.Equal(t, 50, rollup)
+
+	// Each service's admin port: alive, ready, and the key series of this issue after traffic.
+	for name, port := range map[string]int{"ingestor": ingestAdmin, "consumer": consumerAdmin} {
+		code, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+		require.Equal(t, http.StatusOK, code, name)
+	}
+	_, ingestMetrics := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", ingestAdmin))
+	for _, series := range []string{
+		`pulseboard_ingest_requests_total{code="202",route="batch"} 1`,
+		`pulseboard_ingest_events_accepted_total 50`,
+		`pulseboard_ingest_produce_ack_seconds_count 1`,
+		`pulseboard_ingest_writer_required_acks -1`,
+		`pulseboard_ingest_inflight_bytes 0`,
+		`go_goroutines`, `process_resident_memory_bytes`,
+	} {
+		require.Contains(t, ingestMetrics, series)
+	}
+	require.Eventually(t, func() bool {
+		_, m := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", consumerAdmin))
+		return strings.Contains(m, "pulseboard_consumer_rows_stored_total 50") &&
+			strings.Contains(m, "pulseboard_consumer_store_duration_seconds_count") &&
+			strings.Contains(m, "pulseboard_consumer_batch_size_messages_count") &&
+			strings.Contains(m, "pulseboard_consumer_lag_messages{partition=") &&
+			strings.Contains(m, `pulseboard_consumer_dlq_messages_total{code="UNKNOWN_PROJECT"} 0`)
+	}, 10*time.Second, 50*time.Millisecond)
+}

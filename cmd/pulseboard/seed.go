@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+)
+
+// Demo account created by `pulseboard seed` (development only).
+const (
+	demoName     = "Demo User"
+	demoEmail    = "demo@pulseboard.dev"
+	demoPassword = "pulseboard-demo"
+	demoProject  = "Demo Project"
+)
+
+type seedOutput struct {
+	User     pgstore.User    `json:"user"`
+	Password string          `json:"password"`
+	Project  pgstore.Project `json:"project"`
+}
+
+// runSeed creates (or finds) the demo user and project and prints them as one JSON object.
+// It is idempotent: running it twice prints the same project and key.
+func runSeed(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[Common](env)
+	if err != nil {
+		return err
+	}
+	if cfg.Env == "production" {
+		return errors.New("seed creates a demo account with a known password; refusing with PULSEBOARD_ENV=production")
+	}
+	logger, err := newLogger(io.Discard, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	if err := prepareDatabase(ctx, cfg.DatabaseURL, logger); err != nil {
+		return err
+	}
+	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-seed", MaxConns: 2})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	// Cost 12, the API's cost, so the demo user can log in once the api exists.
+	hash, err := bcrypt.GenerateFromPassword([]byte(demoPassword), 12)
+	if err != nil {
+		return fmt.Errorf("hashing the demo password: %w", err)
+	}
+	user, err := pgstore.UpsertUser(ctx, pool, demoName, demoEmail, string(hash))
+	if err != nil {
+		return err
+	}
+	var p pgstore.Project
+	err = pool.QueryRow(ctx, `SELECT id, name, api_key, user_id FROM projects WHERE user_id = $1 AND name = $2 ORDER BY created_at LIMIT 1`,
+		user.ID, demoProject).Scan(&p.ID, &p.Name, &p.APIKey, &p.UserID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		p, err = pgstore.CreateProject(ctx, pool, user.ID, demoProject)
+	}
+	if err != nil {
+		return fmt.Errorf("seeding the demo project: %w", err)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(seedOutput{User: user, Password: demoPassword, Project: p})
+}

@@ -1,0 +1,345 @@
+package main_test
+
+// System tests: the all-in-one binary as a real process, driven over HTTP like a user,
+// with real PostgreSQL, Redis, the embedded Kafka-protocol broker and kcat.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
+	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
+)
+
+var (
+	binary         string // pulseboard
+	ingestorBinary string
+	consumerBinary string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pulseboard-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "pulseboard")
+	ingestorBinary = filepath.Join(dir, "ingestor")
+	consumerBinary = filepath.Join(dir, "consumer")
+	for out, pkg := range map[string]string{
+		binary:         ".",
+		ingestorBinary: "github.com/pulseboard/pulseboard/ingestor/cmd/ingestor",
+		consumerBinary: "github.com/pulseboard/pulseboard/consumer/cmd/consumer",
+	} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg+":", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type instance struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	env      []string
+	ingest   string // http://127.0.0.1:port
+	admin    string
+	kafka    string
+	pool     *pgxpool.Pool
+	redis    *redis.Client
+	logs     *syncBuffer
+	exited   chan error
+	apiKey   string
+	project  string
+	stopOnce sync.Once
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// start runs `pulseboard run` on free ports against a fresh database and waits for /readyz.
+func start(t *testing.T, extraEnv ...string) *instance {
+	t.Helper()
+	dbURL, pool := pgtest.NewDB(t)
+	rdb := redistest.Client(t)
+	ingestPort, adminPort, kafkaPort := freePort(t), freePort(t), freePort(t)
+	in := &instance{
+		t: t, pool: pool, redis: rdb, logs: &syncBuffer{}, exited: make(chan error, 1),
+		ingest: fmt.Sprintf("http://127.0.0.1:%d", ingestPort),
+		admin:  fmt.Sprintf("http://127.0.0.1:%d", adminPort),
+		kafka:  fmt.Sprintf("127.0.0.1:%d", kafkaPort),
+	}
+	in.env = append(os.Environ(),
+		"DATABASE_URL="+dbURL,
+		"REDIS_URL="+redistest.URL(t),
+		"KAFKA_BROKERS=",
+		"INGEST_PORT="+strconv.Itoa(ingestPort),
+		"ADMIN_PORT="+strconv.Itoa(adminPort),
+		"KAFKA_EMBEDDED_PORT="+strconv.Itoa(kafkaPort),
+		"INGEST_RATE_LIMIT=0",
+	)
+	in.env = append(in.env, extraEnv...)
+
+	seed := exec.Command(binary, "seed")
+	seed.Env = in.env
+	out, err := seed.Output()
+	require.NoError(t, err, "seed: %s", out)
+	in.apiKey, in.project = jsonField(t, out, "project", "apiKey"), jsonField(t, out, "project", "id")
+
+	in.cmd = exec.Command(binary, "run")
+	in.cmd.Env = in.env
+	in.cmd.Stdout, in.cmd.Stderr = in.logs, in.logs
+	require.NoError(t, in.cmd.Start())
+	go func() { in.exited <- in.cmd.Wait() }()
+	t.Cleanup(func() {
+		in.stop(30 * time.Second)
+		if t.Failed() {
+			t.Logf("pulseboard logs:\n%s", in.logs.String())
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(in.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-in.exited:
+			t.Fatalf("the all-in-one exited before becoming ready (%v); logs:\n%s", err, in.logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the all-in-one never became ready; logs:\n%s", in.logs.String())
+		}
+	}
+	return in
+}
+
+// stop sends SIGTERM and waits for the process to exit.
+func (in *instance) stop(timeout time.Duration) error {
+	var err error
+	in.stopOnce.Do(func() {
+		_ = in.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err = <-in.exited:
+		case <-time.After(timeout):
+			_ = in.cmd.Process.Kill()
+			err = fmt.Errorf("did not exit within %s", timeout)
+		}
+	})
+	return err
+}
+
+type ingestResponse struct {
+	Success bool            `json:"success"`
+	Message string          `json:"message"`
+	Code    string          `json:"code"`
+	Data    json.RawMessage `json:"data"`
+}
+
+func TestAllInOneIngestIsStoredPublishedAndReadableByKcat(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	ctx := context.Background()
+
+	sub := in.redis.Subscribe(ctx, "project:"+in.project+":events")
+	defer sub.Close()
+	_, err := sub.Receive(ctx) // subscription confirmed before we ingest
+	require.NoError(t, err)
+
+	// The old React Native SDK's request, unchanged.
+	body := `{"apiKey":"` + in.apiKey + `","type":"error","name":"TypeError","payload":{"message":"x is undefined","line":12},` +
+		`"timestamp":"2026-11-25T22:46:41.524Z","context":{"os":"ios"}}`
+	sent := time.Now()
+	resp, err := http.Post(in.ingest+"/ingest", "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode, "%s", raw)
+	var r ingestResponse
+	require.NoError(t, json.Unmarshal(raw, &r))
+	require.True(t, r.Success)
+	require.Equal(t, "Event accepted", r.Message)
+	var ev struct {
+		ID, ProjectID, Type, Name, Timestamp, ReceivedAt string
+		Payload, Context                                 map[string]any
+	}
+	require.NoError(t, json.Unmarshal(r.Data, &ev))
+	require.Equal(t, in.project, ev.ProjectID)
+	require.Equal(t, "2026-11-25T22:46:41.524Z", ev.Timestamp)
+	require.Equal(t, "ios", ev.Context["os"])
+
+	// Published on the project's channel, byte for byte the event the client got back.
+	msg, err := sub.ReceiveMessage(ctx)
+	require.NoError(t, err)
+	require.JSONEq(t, string(r.Data), msg.Payload)
+
+	// Stored (published only after the commit, so the row is there now).
+	var name, typ string
+	require.NoError(t, in.pool.QueryRow(ctx, "SELECT name, type FROM events WHERE id = $1", ev.ID).Scan(&name, &typ))
+	require.Equal(t, "TypeError", name)
+	require.Equal(t, "error", typ)
+	t.Logf("ingest → stored and published in %s", time.Since(sent))
+
+	// kcat, a Kafka client written by others, reads it from the embedded broker.
+	kcat := exec.Command("kcat", "-b", in.kafka, "-t", "pulseboard.events", "-C", "-e", "-q", "-f", "%k %s\n")
+	out, err := kcat.CombinedOutput()
+	require.NoError(t, err, "kcat: %s", out)
+	require.Contains(t, string(out), in.project+" ")
+	require.Contains(t, string(out), ev.ID)
+}
+
+func TestAllInOneSIGTERMUnderLoadLosesNoAcknowledgedEvent(t *testing.T) {
+	t.Parallel()
+	// Small consumer batches keep a backlog in the broker under load, so SIGTERM finds
+	// acknowledged events that exist only in the embedded broker's memory.
+	in := start(t, "CONSUMER_BATCH_SIZE=100")
+	ctx := context.Background()
+
+	var (
+		mu    sync.Mutex
+		acked []string
+		other = map[int]int{}
+		wg    sync.WaitGroup
+		stop  = make(chan struct{})
+	)
+	client := &http.Client{Timeout: 15 * time.Second}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var events []string
+				for j := range 20 {
+					events = append(events, fmt.Sprintf(`{"type":"event","name":"load-%d-%d-%d","payload":{"i":%d}}`, w, i, j, j))
+				}
+				req, _ := http.NewRequest(http.MethodPost, in.ingest+"/ingest/batch", strings.NewReader("["+strings.Join(events, ",")+"]"))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-API-Key", in.apiKey)
+				resp, err := client.Do(req)
+				if err != nil {
+					// The listener closed (or the connection did, mid-request): nothing
+					// was acknowledged; a real client would retry elsewhere.
+					return
+				}
+				raw, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				if resp.StatusCode == http.StatusAccepted {
+					var r struct {
+						Data struct {
+							Results []struct{ ID string } `json:"results"`
+						} `json:"data"`
+					}
+					if json.Unmarshal(raw, &r) == nil {
+						for _, res := range r.Data.Results {
+							acked = append(acked, res.ID)
+						}
+					}
+				} else {
+					other[resp.StatusCode]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	// Let load build up, then SIGTERM while requests are in flight and while the consumer
+	// is behind (lag > 0): the drain must store what only the broker holds.
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n < 2000 {
+			return false
+		}
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		lag, err := kafkax.GroupLag(lctx, []string{in.kafka}, "pulseboard-consumer", "pulseboard.events")
+		return err == nil && lag > 0
+	}, 60*time.Second, 5*time.Millisecond)
+	stopped := time.Now()
+	require.NoError(t, in.stop(90*time.Second), "logs:\n%s", in.logs.String())
+	close(stop)
+	wg.Wait()
+	t.Logf("exited %s after SIGTERM; %d events acknowledged; non-2xx answers: %v", time.Since(stopped), len(acked), other)
+	for code := range other {
+		require.Equal(t, http.StatusServiceUnavailable, code, "only 503s (which clients retry) are allowed during shutdown")
+	}
+
+	// Every acknowledged event is in Postgres, exactly once.
+	var stored, distinct int
+	require.NoError(t, in.pool.QueryRow(ctx,
+		`SELECT count(*), count(DISTINCT id) FROM events WHERE id = ANY($1::uuid[])`, acked).Scan(&stored, &distinct))
+	require.Equal(t, len(acked), distinct, "acknowledged events missing from Postgres")
+	require.Equal(t, distinct, stored, "duplicates stored")
+	require.Contains(t, in.logs.String(), "drained: every acknowledged event is stored")
+}
+
+// jsonField digs a string out of seed's JSON output.
+func jsonField(t *testing.T, raw []byte, path ...string) string {
+	t.Helper()
+	var v any
+	require.NoError(t, json.Unmarshal(raw, &v), "seed prints one JSON object: %s", raw)
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		require.True(t, ok, "no %v in %s", path, raw)
+		v = m[p]
+	}
+	s, ok := v.(string)
+	require.True(t, ok && s != "", "no %v in %s", path, raw)
+	return s
+}
