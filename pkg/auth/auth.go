@@ -1,0 +1,127 @@
+// Package auth issues and verifies PulseBoard's access tokens: HS256 JWTs with the
+// algorithm pinned, exp required, and issuer and audience checked (RELIABILITY.md promise
+// 15, pitfalls J1–J5). Refresh tokens are not JWTs (they are opaque random strings stored
+// hashed), so a refresh token can never pass as an access token or the other way round.
+package auth
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+)
+
+// Issuer and Audience of access tokens. Other token kinds, if ever added, must use another
+// audience so they cannot be confused with access tokens (B49).
+const (
+	Issuer         = "pulseboard"
+	AccessAudience = "pulseboard-api"
+)
+
+// MinSecretBytes is the shortest accepted HMAC secret (256 bits).
+const MinSecretBytes = 32
+
+// ErrInvalidToken is returned for every token that must not be trusted; callers answer
+// 401 and never branch on the reason (J5).
+var ErrInvalidToken = errors.New("invalid access token")
+
+// Claims of an access token. ID and Email are kept for the old backend's clients.
+type Claims struct {
+	ID    string `json:"id"`
+	Email string `json:"email"`
+	jwt.RegisteredClaims
+}
+
+// UserID is the subject as a UUID.
+func (c Claims) UserID() (uuid.UUID, error) { return uuid.Parse(c.Subject) }
+
+// Tokens issues and verifies access tokens.
+type Tokens struct {
+	secret []byte
+	ttl    time.Duration
+	parser *jwt.Parser
+}
+
+// NewTokens returns a Tokens with the given secret (≥ 32 bytes) and lifetime.
+func NewTokens(secret []byte, ttl time.Duration) (*Tokens, error) {
+	if len(secret) < MinSecretBytes {
+		return nil, fmt.Errorf("JWT secret must be at least %d bytes, got %d", MinSecretBytes, len(secret))
+	}
+	if ttl <= 0 {
+		return nil, errors.New("access token lifetime must be positive")
+	}
+	return &Tokens{
+		secret: secret,
+		ttl:    ttl,
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithIssuer(Issuer),
+			jwt.WithAudience(AccessAudience),
+			jwt.WithLeeway(30*time.Second),
+		),
+	}, nil
+}
+
+// RandomSecret returns a new random 256-bit secret (development only: tokens do not
+// survive a restart).
+func RandomSecret() []byte {
+	b := make([]byte, MinSecretBytes)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// TTL is the access token lifetime.
+func (t *Tokens) TTL() time.Duration { return t.ttl }
+
+// Issue returns a signed access token for the user and its expiry.
+func (t *Tokens) Issue(userID uuid.UUID, email string, now time.Time) (string, time.Time, error) {
+	exp := now.Add(t.ttl)
+	c := Claims{
+		ID:    userID.String(),
+		Email: email,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   userID.String(),
+			Issuer:    Issuer,
+			Audience:  jwt.ClaimStrings{AccessAudience},
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(exp),
+			ID:        uuid.NewString(),
+		},
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.secret)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("signing access token: %w", err)
+	}
+	return s, exp, nil
+}
+
+// MaxTokenBytes bounds what is parsed at all (CVE-2025-30204 amplified long headers).
+const MaxTokenBytes = 4096
+
+// Verify parses and validates an access token.
+func (t *Tokens) Verify(raw string) (Claims, error) {
+	var c Claims
+	if raw == "" || len(raw) > MaxTokenBytes {
+		return c, ErrInvalidToken
+	}
+	tok, err := t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
+		// Belt and braces on top of WithValidMethods (J1): never hand the key to any other
+		// algorithm, and never accept "none" (J2).
+		if tok.Method != jwt.SigningMethodHS256 {
+			return nil, fmt.Errorf("unexpected signing method %v", tok.Header["alg"])
+		}
+		return t.secret, nil
+	})
+	if err != nil || !tok.Valid {
+		return Claims{}, ErrInvalidToken
+	}
+	if _, err := c.UserID(); err != nil {
+		return Claims{}, ErrInvalidToken
+	}
+	return c, nil
+}
