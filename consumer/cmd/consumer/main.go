@@ -1,0 +1,173 @@
+// Command consumer runs one PulseBoard consumer group member on its own: Kafka →
+// PostgreSQL (exactly once) → Redis live feed, with /healthz, /readyz, /metrics and
+// /debug/pprof on ADMIN_PORT (default 9102). Configuration comes from the environment
+// (and .env); see consumer.Config and ARCHITECTURE.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/consumer"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	env, err := config.FromOS(".env")
+	if err == nil {
+		err = run(ctx, env, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "consumer:", err)
+		os.Exit(1)
+	}
+}
+
+// processConfig is what the standalone binary needs beyond consumer.Config.
+type processConfig struct {
+	// DatabaseURL [postgres://postgres@localhost:5432/pulseboard?sslmode=disable].
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
+	// RedisURL [redis://localhost:6379]. There is no embedded fallback here: a
+	// consumer publishing to a private in-process Redis would feed no live stream.
+	RedisURL string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
+	// AdminPort serves /healthz, /readyz, /metrics, /debug/pprof [9102]; 0 = any.
+	AdminPort int `env:"ADMIN_PORT" envDefault:"9102"`
+	// LogLevel: debug, info, warn, error [info].
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// DBMaxConns bounds the pool; the consumer uses one connection at a time, the rest
+	// serve readiness and partition maintenance [4].
+	DBMaxConns int32 `env:"CONSUMER_DB_MAX_CONNS" envDefault:"4"`
+	// StatementTimeout is set on the consumer's sessions (RELIABILITY.md starting
+	// configuration) [30s].
+	StatementTimeout time.Duration `env:"CONSUMER_STATEMENT_TIMEOUT" envDefault:"30s"`
+}
+
+func (c processConfig) validate() error {
+	var errs []error
+	if c.AdminPort < 0 || c.AdminPort > 65535 {
+		errs = append(errs, fmt.Errorf("ADMIN_PORT must be a port number, got %d", c.AdminPort))
+	}
+	if c.DBMaxConns < 1 {
+		errs = append(errs, fmt.Errorf("CONSUMER_DB_MAX_CONNS must be at least 1, got %d", c.DBMaxConns))
+	}
+	if c.StatementTimeout < 0 {
+		errs = append(errs, fmt.Errorf("CONSUMER_STATEMENT_TIMEOUT must not be negative, got %s", c.StatementTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// run starts the consumer and its admin server and returns when ctx is cancelled (after
+// the graceful stop) or either fails.
+func run(ctx context.Context, env config.Env, stdout io.Writer) error {
+	pcfg, err := config.Parse[processConfig](env)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Parse[consumer.Config](env)
+	if err != nil {
+		return err
+	}
+	errs := []error{pcfg.validate(), cfg.Validate()}
+	if len(cfg.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("KAFKA_BROKERS is required for the standalone consumer (the embedded broker lives in the all-in-one `pulseboard run`)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	logger, err := obs.NewLogger(stdout, pcfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger = logger.With("service", "consumer")
+
+	pool, err := pgstore.Open(ctx, pcfg.DatabaseURL, pgstore.PoolOptions{
+		MaxConns:         pcfg.DBMaxConns,
+		StatementTimeout: pcfg.StatementTimeout,
+		ApplicationName:  "pulseboard-consumer",
+	})
+	if err != nil {
+		return fmt.Errorf("%w (start one with `docker compose up -d postgres`, or set DATABASE_URL)", err)
+	}
+	defer pool.Close()
+
+	rdb, err := openRedis(ctx, pcfg.RedisURL, logger)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rdb.Close() }()
+
+	topicCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = kafkax.EnsureTopics(topicCtx, cfg.Kafka.Brokers,
+		kafkax.Topic{Name: cfg.Kafka.Topic, Partitions: cfg.Kafka.Partitions},
+		kafkax.Topic{Name: cfg.Kafka.DLQTopic, Partitions: 1})
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	reg := obs.NewRegistry()
+	ready := obs.NewReadiness()
+	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	svc, err := consumer.New(cfg, consumer.Deps{
+		Pool: pool, Redis: rdb, Brokers: cfg.Kafka.Brokers,
+		Logger: logger, Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(pcfg.AdminPort)))
+	if err != nil {
+		return fmt.Errorf("admin listener on port %d: %w", pcfg.AdminPort, err)
+	}
+	// Readiness turns false as soon as the stop is requested, before the drain.
+	stopReady := context.AfterFunc(ctx, ready.SetDraining)
+	defer stopReady()
+	// The admin server outlives the consumer's drain, so /metrics and /readyz stay
+	// observable while the last batch finishes.
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer stopAdmin()
+		return svc.Run(gctx)
+	})
+	g.Go(func() error { return obs.ServeAdmin(adminCtx, ln, obs.AdminHandler(reg, ready), logger) })
+	return g.Wait()
+}
+
+// openRedis connects to the configured Redis. A Redis that does not answer at start is
+// logged, not fatal: live streams are best-effort, and refusing to start would stop the
+// events from being stored too. go-redis reconnects on its own.
+func openRedis(ctx context.Context, url string, logger *slog.Logger) (*redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		logger.Warn("Redis does not answer; events are still stored, the live feed resumes when it does",
+			"addr", opts.Addr, "error", err)
+	}
+	return rdb, nil
+}

@@ -1,0 +1,61 @@
+// Package consumer is PulseBoard's Kafka → PostgreSQL → Redis stage: one member of the
+// consumer group (Config.GroupID) that stores every event of the events topic exactly
+// once and publishes the newly stored ones to the live feed. It keeps RELIABILITY.md
+// promises 2, 5, 8–11 and 13; the standalone binary is cmd/consumer, and the all-in-one
+// wires the same New/Run.
+//
+// # The loop
+//
+// One goroutine runs Run's loop, so there is one event.Decoder and one batch in hand at a
+// time:
+//
+//  1. fetch: FetchMessage (never ReadMessage, K10) until BatchSize messages or BatchWait
+//     after the first one;
+//  2. decode: event.Decoder.DecodeMessage; what fails becomes a dead letter with the
+//     *event.Error code and message, and so does an event received more than
+//     MaxClockSkew in the future (it would create partitions for a forged date);
+//  3. store: internal/eventstore, one transaction per batch (COPY into a temporary
+//     staging table, then one statement that inserts into the event_ids dedup gate, the
+//     events and the rollups). Rows of unknown projects and rows PostgreSQL refuses
+//     (found by bisection) become dead letters;
+//  4. dead letters: written with acks=all to the dead-letter topic, with the original
+//     key, value and headers plus pulseboard-dlq-{reason,code,topic,partition,offset,
+//     time}, retried until Kafka takes them;
+//  5. commit: CommitMessages (synchronous, K11) with the highest offset of each
+//     partition in the batch, all of whose messages are now stored or dead-lettered;
+//  6. publish: the newly stored events' canonical JSON on redisx.EventsChannel, in
+//     offset order, through internal/livefeed's bounded queue (best-effort).
+//
+// # Failures
+//
+// A crash (or a Hooks failpoint) before the offset commit (step 5) means the batch is
+// redelivered, and the dedup gate turns every row stored before the crash into a
+// counted duplicate: nothing is lost, nothing is stored twice. What a crash can lose is
+// live-feed messages: those of a batch whose offsets were committed but which was not
+// yet published, and those of rows stored by the crashed member before its offset
+// commit (its successor sees them as duplicates and does not publish them again, so
+// that a replay never floods live clients with old events). Live clients recover those
+// through the query API.
+//
+// When PostgreSQL fails transiently (see eventstore.Kind) the same in-memory batch is
+// retried with exponential, jittered backoff (BackoffMin to BackoffMax), nothing is
+// committed and nothing more is fetched, so memory stays bounded by one batch plus
+// kafka-go's prefetch queue; readiness reports the failure, and
+// pulseboard_consumer_oldest_message_age_seconds grows. When the database is back the
+// backlog drains without a restart. Errors nobody classified are retried too: stalling
+// is visible (readiness, lag, age), dropping events is not. Dead-letter writes are
+// retried the same way, because the offsets past a dead letter wait for it.
+//
+// When ctx is cancelled, Run finishes the batch in hand — store, dead letters, commit,
+// publish — within ShutdownTimeout, then closes the reader (which leaves the group) and
+// returns nil. A batch that cannot finish in time (the database is down) stays
+// uncommitted and Run says so.
+//
+// # Known limits
+//
+// kafka-go's Reader has no revocation callback (K12): after a rebalance, messages it had
+// already queued for a partition that moved may still be stored here and their offsets
+// committed, which can move that partition's committed offset backwards. The dedup gate
+// makes the redelivery harmless (no loss, no duplicate row); the lag gauge of a partition
+// that moved keeps its last value until it is assigned here again.
+package consumer

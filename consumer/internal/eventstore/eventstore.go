@@ -1,0 +1,436 @@
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+)
+
+// Outcome is what happened to one row of a batch.
+type Outcome uint8
+
+// Outcomes. The zero value, Pending, means "not decided yet": the row must be retried.
+const (
+	Pending Outcome = iota
+	// Stored: the row is new and was stored by this call.
+	Stored
+	// Duplicate: an event with this (project, id) was already stored, by an earlier
+	// batch, another consumer or an earlier row of this batch.
+	Duplicate
+	// UnknownProject: the project does not exist (deleted, or a forged message).
+	UnknownProject
+	// Rejected: PostgreSQL refuses this row on its own (see Result.Rejections).
+	Rejected
+)
+
+var outcomeNames = [...]string{"pending", "stored", "duplicate", "unknown_project", "rejected"}
+
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
+	}
+	return fmt.Sprintf("Outcome(%d)", o)
+}
+
+// Rejection says why PostgreSQL refused a row.
+type Rejection struct {
+	// Code is the SQLSTATE, Message the server's message (with detail when present).
+	Code    string
+	Message string
+}
+
+// Result holds one Outcome per input row.
+type Result struct {
+	Outcomes []Outcome
+	// Rejections maps the index of every Rejected row to its reason.
+	Rejections map[int]Rejection
+	// DataErrors counts transactions that failed with a data error while bisecting.
+	DataErrors int
+}
+
+// Count returns how many rows have outcome o.
+func (r *Result) Count(o Outcome) int {
+	n := 0
+	for _, x := range r.Outcomes {
+		if x == o {
+			n++
+		}
+	}
+	return n
+}
+
+// Options tune a Store.
+type Options struct {
+	// TxTimeout bounds one transaction (COPY plus the insert statement). A transaction
+	// that runs out of it is rolled back and reported as transient. 0 means no bound
+	// beyond the caller's context.
+	TxTimeout time.Duration
+	// OnTx, when set, is called after every transaction with its row count, duration
+	// and error (nil when committed).
+	OnTx func(rows int, d time.Duration, err error)
+	// Now returns the current time (partition maintenance); time.Now when nil.
+	Now func() time.Time
+}
+
+// Store writes event batches. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+	opts Options
+	mode stagingMode
+
+	mu   sync.Mutex
+	days map[int64]struct{} // UTC days (unix days) whose events partition is known to exist
+}
+
+// New returns a Store on pool.
+func New(pool *pgxpool.Pool, opts Options) *Store {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Store{pool: pool, opts: opts, mode: stagingPerTx, days: map[int64]struct{}{}}
+}
+
+// stagingMode is how the staging table comes to exist (see the package doc). Only
+// stagingPerTx is used in production; the others exist for BenchmarkStore.
+type stagingMode uint8
+
+const (
+	stagingPerTx        stagingMode = iota // CREATE TEMP TABLE IF NOT EXISTS … ON COMMIT DELETE ROWS per tx
+	stagingDropPerTx                       // CREATE TEMP TABLE … ON COMMIT DROP per tx
+	stagingAfterConnect                    // created by CreateStaging in pgxpool's AfterConnect
+)
+
+const stagingTable = "pulseboard_staging"
+
+const (
+	createStagingSQL = `CREATE TEMP TABLE IF NOT EXISTS ` + stagingTable + ` (LIKE events) ON COMMIT DELETE ROWS`
+	createDroppedSQL = `CREATE TEMP TABLE ` + stagingTable + ` (LIKE events) ON COMMIT DROP`
+)
+
+// createStaging creates the staging table on a new connection (stagingAfterConnect).
+func createStaging(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, createStagingSQL)
+	return err
+}
+
+var stagingColumns = []string{"id", "project_id", "type", "name", "payload", "context", "timestamp", "received_at"}
+
+// storeSQL moves the staged batch into the real tables; see the package doc for each
+// step. date_trunc uses an explicit 'UTC' so that the session's TimeZone cannot change
+// which minute an event counts in.
+const storeSQL = `
+WITH staged AS MATERIALIZED (
+    SELECT DISTINCT ON (project_id, id) id, project_id, type, name, payload, context, "timestamp", received_at
+    FROM ` + stagingTable + `
+    ORDER BY project_id, id, received_at
+), known AS (
+    SELECT p.id FROM projects p
+    WHERE p.id IN (SELECT DISTINCT project_id FROM staged)
+    ORDER BY p.id
+    FOR KEY SHARE
+), fresh AS (
+    INSERT INTO event_ids (project_id, id, received_at)
+    SELECT s.project_id, s.id, s.received_at
+    FROM staged s JOIN known k ON k.id = s.project_id
+    ORDER BY s.project_id, s.id
+    ON CONFLICT DO NOTHING
+    RETURNING project_id, id
+), stored AS (
+    INSERT INTO events (id, project_id, type, name, payload, context, "timestamp", received_at)
+    SELECT s.id, s.project_id, s.type, s.name, s.payload, s.context, s."timestamp", s.received_at
+    FROM staged s JOIN fresh f ON f.project_id = s.project_id AND f.id = s.id
+), rollups AS (
+    INSERT INTO event_rollups AS r (project_id, minute, type, count)
+    SELECT s.project_id, date_trunc('minute', s.received_at, 'UTC'), s.type, count(*)
+    FROM staged s JOIN fresh f ON f.project_id = s.project_id AND f.id = s.id
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, minute, type) DO UPDATE SET count = r.count + EXCLUDED.count
+)
+SELECT project_id, id FROM fresh
+UNION ALL
+SELECT u.project_id, NULL::uuid
+FROM (SELECT DISTINCT project_id FROM staged) u
+WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.id = u.project_id)`
+
+type key struct{ project, id uuid.UUID }
+
+// Store writes events and returns one Outcome per event. On error the Result still
+// holds every outcome decided so far (rows of committed transactions); the caller
+// retries the rows that are Pending. Data errors never surface as an error: those rows
+// are Rejected. The returned error is an *Error, or ctx's error when ctx ended.
+func (s *Store) Store(ctx context.Context, events []event.Event) (Result, error) {
+	res := Result{Outcomes: make([]Outcome, len(events))}
+	if len(events) == 0 {
+		return res, nil
+	}
+	if err := s.ensureDays(ctx, events); err != nil {
+		return res, err
+	}
+	idx := make([]int, len(events))
+	for i := range idx {
+		idx[i] = i
+	}
+	return res, s.storeRange(ctx, events, idx, &res, true)
+}
+
+// storeRange stores the rows idx of events in one transaction, bisecting on data errors.
+// retryPartition allows one re-ensure of the partitions after a "no partition" error.
+func (s *Store) storeRange(ctx context.Context, events []event.Event, idx []int, res *Result, retryPartition bool) error {
+	err := s.storeTx(ctx, events, idx, res)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	switch Classify(err) {
+	case KindNoPartition:
+		if retryPartition {
+			// A partition the cache believed in is gone (retention, a restore) or the
+			// cache is stale: forget it, ensure again, retry once.
+			s.forgetDays()
+			sub := make([]event.Event, len(idx))
+			for i, j := range idx {
+				sub[i] = events[j]
+			}
+			if err := s.ensureDays(ctx, sub); err != nil {
+				return err
+			}
+			return s.storeRange(ctx, events, idx, res, false)
+		}
+		// Still no partition right after creating it: treat the rows as refused.
+		fallthrough
+	case KindData:
+		res.DataErrors++
+		if len(idx) == 1 {
+			res.Outcomes[idx[0]] = Rejected
+			if res.Rejections == nil {
+				res.Rejections = map[int]Rejection{}
+			}
+			res.Rejections[idx[0]] = rejection(err)
+			return nil
+		}
+		// Bisect: each half in its own transaction. Halves that commit are final even
+		// if a later half fails transiently; the caller retries only Pending rows.
+		mid := len(idx) / 2
+		if err := s.storeRange(ctx, events, idx[:mid], res, retryPartition); err != nil {
+			return err
+		}
+		return s.storeRange(ctx, events, idx[mid:], res, retryPartition)
+	default:
+		return err
+	}
+}
+
+// storeTx runs one transaction for the rows idx and records their outcomes if it commits.
+func (s *Store) storeTx(ctx context.Context, events []event.Event, idx []int, res *Result) (err error) {
+	start := time.Now()
+	if s.opts.OnTx != nil {
+		defer func() { s.opts.OnTx(len(idx), time.Since(start), err) }()
+	}
+	ctx, cancel := s.txContext(ctx)
+	defer cancel()
+	fresh, unknown, err := s.runTx(ctx, events, idx)
+	if err != nil {
+		return wrap(err)
+	}
+	for _, i := range idx {
+		ev := &events[i]
+		k := key{ev.ProjectID, ev.ID}
+		switch {
+		case unknown[ev.ProjectID]:
+			res.Outcomes[i] = UnknownProject
+		case fresh[k]:
+			res.Outcomes[i] = Stored
+			delete(fresh, k) // a later copy of the same event in this batch is a duplicate
+		default:
+			res.Outcomes[i] = Duplicate
+		}
+	}
+	return nil
+}
+
+func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map[key]bool, map[uuid.UUID]bool, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	switch s.mode {
+	case stagingPerTx:
+		_, err = tx.Exec(ctx, createStagingSQL)
+	case stagingDropPerTx:
+		_, err = tx.Exec(ctx, createDroppedSQL)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the staging table: %w", err)
+	}
+	src := &rowSource{events: events, idx: idx, pos: -1}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stagingTable}, stagingColumns, src); err != nil {
+		return nil, nil, fmt.Errorf("copying %d rows: %w", len(idx), err)
+	}
+	rows, err := tx.Query(ctx, storeSQL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("storing %d rows: %w", len(idx), err)
+	}
+	fresh := make(map[key]bool, len(idx))
+	var unknown map[uuid.UUID]bool
+	var project uuid.UUID
+	var id pgtype.UUID
+	_, err = pgx.ForEachRow(rows, []any{&project, &id}, func() error {
+		if !id.Valid {
+			if unknown == nil {
+				unknown = map[uuid.UUID]bool{}
+			}
+			unknown[project] = true
+			return nil
+		}
+		fresh[key{project, uuid.UUID(id.Bytes)}] = true
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("storing %d rows: %w", len(idx), err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, nil, fmt.Errorf("committing %d rows: %w", len(idx), err)
+	}
+	return fresh, unknown, nil
+}
+
+// rowSource feeds the rows idx of events to CopyFrom, reusing one values slice (pgx
+// encodes each row before asking for the next).
+type rowSource struct {
+	events []event.Event
+	idx    []int
+	pos    int
+	vals   [8]any
+}
+
+func (r *rowSource) Next() bool { r.pos++; return r.pos < len(r.idx) }
+func (r *rowSource) Err() error { return nil }
+
+func (r *rowSource) Values() ([]any, error) {
+	ev := &r.events[r.idx[r.pos]]
+	r.vals[0] = [16]byte(ev.ID)
+	r.vals[1] = [16]byte(ev.ProjectID)
+	r.vals[2] = ev.Type
+	r.vals[3] = ev.Name
+	r.vals[4] = ev.Payload
+	if ev.Context != nil {
+		r.vals[5] = ev.Context
+	} else {
+		r.vals[5] = nil
+	}
+	r.vals[6] = ev.Timestamp
+	r.vals[7] = ev.ReceivedAt
+	return r.vals[:], nil
+}
+
+// EnsureAhead makes sure the partitions from yesterday to a week ahead exist, so a
+// quiet consumer never meets midnight without tomorrow's partition. The consumer calls
+// it periodically.
+func (s *Store) EnsureAhead(ctx context.Context) error {
+	ctx, cancel := s.txContext(ctx)
+	defer cancel()
+	today := s.opts.Now().UTC()
+	from, to := today.AddDate(0, 0, -1), today.AddDate(0, 0, 7)
+	if _, err := pgstore.EnsurePartitions(ctx, s.pool, from, to); err != nil {
+		return wrap(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for d := unixDay(from); d <= unixDay(to); d++ {
+		s.days[d] = struct{}{}
+	}
+	return nil
+}
+
+// ensureDays creates the partitions of the events' receive days that the cache does
+// not know, one day at a time (a batch normally spans one day, two around midnight;
+// replayed old events may add a few distant days, and a range would create every day
+// in between).
+func (s *Store) ensureDays(ctx context.Context, events []event.Event) error {
+	var missing []int64
+	s.mu.Lock()
+	for i := range events {
+		d := unixDay(events[i].ReceivedAt)
+		if _, ok := s.days[d]; ok {
+			continue
+		}
+		dup := false
+		for _, m := range missing {
+			if m == d {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			missing = append(missing, d)
+		}
+	}
+	s.mu.Unlock()
+	for _, d := range missing {
+		day := time.Unix(d*86400, 0).UTC()
+		tctx, cancel := s.txContext(ctx)
+		_, err := pgstore.EnsurePartitions(tctx, s.pool, day, day)
+		cancel()
+		if err != nil {
+			return wrap(err)
+		}
+		s.mu.Lock()
+		if len(s.days) > 10000 { // bound the cache; it refills cheaply
+			clear(s.days)
+		}
+		s.days[d] = struct{}{}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// txContext bounds one database round of work by Options.TxTimeout.
+func (s *Store) txContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.opts.TxTimeout > 0 {
+		return context.WithTimeout(ctx, s.opts.TxTimeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+func (s *Store) forgetDays() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.days)
+}
+
+func unixDay(t time.Time) int64 {
+	u := t.Unix()
+	d := u / 86400
+	if u < 0 && u%86400 != 0 {
+		d-- // floor for times before 1970
+	}
+	return d
+}
+
+// wrap turns a driver error into an *Error with its Kind. Callers that need to tell
+// their own cancellation apart check their context.
+func wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Kind: Classify(err), Err: err}
+}
