@@ -62,7 +62,7 @@ type Config struct {
 	// DrainDelay keeps answering 503 (readiness false) before closing the listener, so a
 	// load balancer notices first. 0 in the all-in-one.
 	DrainDelay time.Duration `env:"INGEST_DRAIN_DELAY" envDefault:"0s"`
-	// ShutdownTimeout bounds the wait for in-flight requests.
+	// ShutdownTimeout bounds the wait for in-flight requests and the Kafka writer's flush.
 	ShutdownTimeout time.Duration `env:"INGEST_SHUTDOWN_TIMEOUT" envDefault:"15s"`
 }
 
@@ -191,7 +191,8 @@ func (s *Service) Addr() net.Addr { return s.ln.Addr() }
 
 // Run serves until ctx is done, then shuts down gracefully: new requests get 503 (and
 // readiness is already false if the host set it), in-flight requests finish and get
-// their acknowledgement, the listener closes, and the Kafka writer is flushed and closed.
+// their acknowledgement, the listener closes, and the Kafka writer is flushed and closed
+// (ShutdownTimeout bounds both waits, so a stalled broker cannot hold the process).
 func (s *Service) Run(ctx context.Context) error {
 	gctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -216,8 +217,18 @@ func (s *Service) Run(ctx context.Context) error {
 	if serr := s.server.ShutdownWithContext(shutdownCtx); serr != nil {
 		s.deps.Logger.Warn("ingest server shutdown", "err", serr)
 	}
-	if cerr := s.producer.Close(); cerr != nil {
-		s.deps.Logger.Warn("closing the Kafka writer", "err", cerr)
+	// kafka-go's Close waits for every pending batch, which a stalled broker holds for up to
+	// MaxAttempts × WriteTimeout. Nothing still pending was acknowledged to a client (their
+	// requests got 503 or were cut off), so stop waiting once the shutdown budget is spent.
+	closed := make(chan error, 1)
+	go func() { closed <- s.producer.Close() }()
+	select {
+	case cerr := <-closed:
+		if cerr != nil {
+			s.deps.Logger.Warn("closing the Kafka writer", "err", cerr)
+		}
+	case <-shutdownCtx.Done():
+		s.deps.Logger.Warn("the Kafka writer did not flush within the shutdown timeout; its unacknowledged events are dropped")
 	}
 	stop()
 	s.deps.Logger.Info("ingestor stopped")

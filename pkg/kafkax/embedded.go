@@ -25,6 +25,11 @@ type EmbeddedOptions struct {
 	Partitions int
 	// DataDir, when set, persists the log to disk and reloads it on start.
 	DataDir string
+	// WrapListener, when set, wraps the broker's listener. Tests use it to take the broker
+	// down or make it hang (drop or stall its connections) while it keeps its address,
+	// which clients learn from metadata, so a proxy in front of the bootstrap address
+	// alone would not do.
+	WrapListener func(net.Listener) net.Listener
 }
 
 // StartEmbedded starts a single-broker cluster on 127.0.0.1.
@@ -37,7 +42,11 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			ln, err := net.Listen(network, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			if err != nil || o.WrapListener == nil {
+				return ln, err
+			}
+			return o.WrapListener(ln), nil
 		}),
 		kfake.SeedTopics(int32(o.Partitions), o.Topics...),
 		kfake.DefaultNumPartitions(o.Partitions),

@@ -193,6 +193,14 @@ func Ping(ctx context.Context, brokers []string) error {
 			last = err
 			continue
 		}
+		// Conn methods ignore ctx: bound the metadata round trip by ctx's deadline (or the
+		// dial timeout), or a broker that accepts connections but never answers would
+		// block every readiness probe forever.
+		deadline := time.Now().Add(d.Timeout)
+		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+			deadline = dl
+		}
+		_ = conn.SetDeadline(deadline)
 		_, err = conn.Brokers()
 		conn.Close()
 		if err == nil {

@@ -343,8 +343,17 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	}
 	rejected := len(results) - len(msgs)
 	if len(msgs) == 0 {
-		h.rejected.WithLabelValues("invalid").Add(float64(rejected))
-		h.respond(ctx, fasthttp.StatusBadRequest, appendBatchBody(nil, false, results, 0))
+		// A batch without any usable key (none sent, or only in the URL, which is never
+		// read) is a 401 like the other routes, not a validation failure (B02, B05).
+		code, msg := httperr.InvalidAPIKey, "Invalid API key"
+		for _, r := range results {
+			if r.code != string(httperr.InvalidAPIKey) {
+				code, msg = httperr.ValidationFailed, "no event in the batch was accepted"
+				break
+			}
+		}
+		h.rejected.WithLabelValues(cause(code)).Add(float64(rejected))
+		h.respond(ctx, code.Status(), appendBatchBody(nil, code, msg, results, 0))
 		return
 	}
 	for id, n := range counts {
@@ -365,7 +374,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	if rejected > 0 {
 		status = fasthttp.StatusOK
 	}
-	h.respond(ctx, status, appendBatchBody(make([]byte, 0, 64+len(results)*80), true, results, len(msgs)))
+	h.respond(ctx, status, appendBatchBody(make([]byte, 0, 64+len(results)*80), "", "", results, len(msgs)))
 }
 
 func (h *Handler) checkCount(ctx *fasthttp.RequestCtx, n int) bool {
@@ -380,11 +389,14 @@ func (h *Handler) checkCount(ctx *fasthttp.RequestCtx, n int) bool {
 	return true
 }
 
-func appendBatchBody(dst []byte, success bool, results []result, accepted int) []byte {
-	if success {
+// appendBatchBody appends the batch answer: a success, or with a failure code the error
+// body plus the per-event results.
+func appendBatchBody(dst []byte, failure httperr.Code, failureMsg string, results []result, accepted int) []byte {
+	if failure == "" {
 		dst = append(dst, `{"success":true,"data":{"accepted":`...)
 	} else {
-		dst = append(dst, `{"success":false,"code":"VALIDATION_FAILED","message":"no event in the batch was accepted","data":{"accepted":`...)
+		dst = httperr.AppendBody(dst, failure, failureMsg)
+		dst = append(dst[:len(dst)-1], `,"data":{"accepted":`...)
 	}
 	dst = strconv.AppendInt(dst, int64(accepted), 10)
 	dst = append(dst, `,"rejected":`...)

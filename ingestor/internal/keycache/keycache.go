@@ -78,7 +78,7 @@ func New(db *pgxpool.Pool, rdb *redis.Client, o Options, logger *slog.Logger, re
 	r := &Resolver{db: db, rdb: rdb, logger: logger, o: o, local: c, now: time.Now}
 	r.lookups = promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "pulseboard_ingest_apikey_lookups_total",
-		Help: "API key resolutions by layer that answered (local, redis, postgres, stale) and outcome (hit, miss, error).",
+		Help: "API key resolutions by layer that answered (local, redis, postgres, shared: waited for a concurrent lookup, stale) and outcome (hit, miss, error).",
 	}, []string{"layer", "result"})
 	return r
 }
@@ -96,17 +96,31 @@ func (r *Resolver) Resolve(ctx context.Context, key string) (pgstore.KeyProject,
 	if cached && now.Before(e.expires) {
 		return r.answer("local", e)
 	}
-	v, err, _ := r.group.Do(string(h[:]), func() (any, error) { return r.load(ctx, h) })
+	loader := false // only the caller that ran load is counted against Redis or Postgres
+	v, err, _ := r.group.Do(string(h[:]), func() (any, error) {
+		loader = true
+		return r.load(ctx, h)
+	})
 	if err != nil {
 		if cached && e.found {
 			// Serve what we knew rather than failing a key that was valid a minute ago.
 			r.lookups.WithLabelValues("stale", "hit").Inc()
 			return e.project, nil
 		}
-		r.lookups.WithLabelValues("postgres", "error").Inc()
+		layer := "postgres"
+		if !loader {
+			layer = "shared"
+		}
+		r.lookups.WithLabelValues(layer, "error").Inc()
 		return pgstore.KeyProject{}, err
 	}
-	return r.answerLoaded(v.(loaded))
+	l := v.(loaded)
+	if !loader {
+		// Callers that waited for another's lookup are not Postgres or Redis queries:
+		// counting them there would hide whether a flood really reached Postgres once.
+		l.layer = "shared"
+	}
+	return r.answerLoaded(l)
 }
 
 type loaded struct {

@@ -48,6 +48,7 @@ type Producer struct {
 	maxBytes int64
 	maxHold  time.Duration
 	inflight atomic.Int64
+	shedding atomic.Bool // a request was shed since the in-flight bytes were last low
 
 	ackLatency  prometheus.Histogram
 	errors      *prometheus.CounterVec
@@ -129,8 +130,22 @@ func (p *Producer) complete(msgs []kafka.Message, _ error) {
 	}
 }
 
-// Overloaded reports whether the byte budget is exhausted (readiness: shedding).
-func (p *Producer) Overloaded() bool { return p.inflight.Load() >= p.maxBytes }
+// Overloaded reports whether the producer is shedding (readiness). The budget is rarely
+// exactly full: requests are shed once the next one does not fit. So a shed request
+// keeps this true until the in-flight bytes have drained below half the budget.
+func (p *Producer) Overloaded() bool {
+	n := p.inflight.Load()
+	if n >= p.maxBytes {
+		return true
+	}
+	if p.shedding.Load() {
+		if n > p.maxBytes/2 {
+			return true
+		}
+		p.shedding.Store(false)
+	}
+	return false
+}
 
 // Produce writes msgs and returns once every one is acknowledged by all in-sync replicas.
 // The messages' Key and Value must not alias request buffers (fasthttp reuses them).
@@ -141,6 +156,7 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 	}
 	if p.inflight.Add(size) > p.maxBytes {
 		p.inflight.Add(-size)
+		p.shedding.Store(true)
 		p.errors.WithLabelValues("overloaded").Inc()
 		return ErrOverloaded
 	}
@@ -173,4 +189,12 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 }
 
 // Close flushes and closes the writer. Call it after the HTTP server stopped accepting.
-func (p *Producer) Close() error { return p.w.Close() }
+// kafka-go's Writer.Close leaves an explicit Transport's idle connections open, so they
+// are closed here too.
+func (p *Producer) Close() error {
+	err := p.w.Close()
+	if t, ok := p.w.Transport.(*kafka.Transport); ok {
+		t.CloseIdleConnections()
+	}
+	return err
+}
