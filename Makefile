@@ -44,7 +44,7 @@ vet:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
 
 staticcheck:
-	@set -e; for m in $(MODULES); do (cd $$m && $(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...); done
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...); done
 
 tidy:
 	@set -e; for m in $(MODULES); do (cd $$m && GOWORK=off GOFLAGS=-mod=mod $(GO) mod tidy); done

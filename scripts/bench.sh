@@ -35,7 +35,7 @@ trap cleanup EXIT
 [ -x "$BIN" ] || make build >/dev/null
 
 # A fresh database so that numbers do not depend on earlier runs.
-psql "${DB_URL%/*}/postgres?sslmode=disable" -qc "DROP DATABASE IF EXISTS pulseboard_bench WITH (FORCE)" >/dev/null
+PGOPTIONS="-c client_min_messages=warning" psql "${DB_URL%/*}/postgres?sslmode=disable" -qc "DROP DATABASE IF EXISTS pulseboard_bench WITH (FORCE)" >/dev/null
 
 export DATABASE_URL=$DB_URL INGEST_PORT ADMIN_PORT KAFKA_EMBEDDED_PORT=$KAFKA_PORT KAFKA_BROKERS= \
 	INGEST_RATE_LIMIT=0 LOG_LEVEL=warn
