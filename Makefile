@@ -16,6 +16,7 @@ build:
 	$(GO) build -o $(BIN)/pulseboard ./cmd/pulseboard
 	$(GO) build -o $(BIN)/ingestor ./ingestor/cmd/ingestor
 	$(GO) build -o $(BIN)/consumer ./consumer/cmd/consumer
+	$(GO) build -o $(BIN)/alerter ./alerter/cmd/alerter
 
 run: build
 	./$(BIN)/pulseboard run

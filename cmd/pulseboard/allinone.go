@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pulseboard/pulseboard/alerter"
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/migrations"
@@ -40,6 +41,7 @@ type allConfig struct {
 	DrainTimeout time.Duration `env:"PULSEBOARD_DRAIN_TIMEOUT" envDefault:"60s"`
 	Ingestor     ingestor.Config
 	Consumer     consumer.Config
+	Alerter      alerter.Config
 }
 
 func loadEnv() (config.Env, error) { return config.FromOS(".env") }
@@ -121,24 +123,32 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	alert, err := alerter.New(cfg.Alerter, alerter.Deps{
+		Pool: pool, Brokers: brokers, Logger: logger.With("component", "alerter"), Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
 	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
 	if err != nil {
 		return fmt.Errorf("admin listener on %s:%d: %w", cfg.AdminHost, cfg.AdminPort, err)
 	}
 
 	// Each part gets its own context so shutdown can stop them in order: ingest first,
-	// then (once everything acknowledged is stored) the consumer, then the broker, and the
-	// admin port last so readiness and metrics stay observable throughout.
+	// then (once everything acknowledged is stored) the consumer and the alerter, then the
+	// broker, and the admin port last so readiness and metrics stay observable throughout.
 	base := context.WithoutCancel(ctx)
 	ingestCtx, stopIngest := context.WithCancel(base)
 	consumeCtx, stopConsume := context.WithCancel(base)
+	alertCtx, stopAlert := context.WithCancel(base)
 	adminCtx, stopAdmin := context.WithCancel(base)
 	defer stopIngest()
 	defer stopConsume()
+	defer stopAlert()
 	defer stopAdmin()
 
 	var g errgroup.Group
-	failed := make(chan error, 3)
+	failed := make(chan error, 4)
 	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
 	ingestDone := make(chan struct{})
 	consumeDone := make(chan struct{})
@@ -158,6 +168,15 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		}
 		return err
 	})
+	alertDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(alertDone)
+		err := alert.Run(alertCtx)
+		if err != nil {
+			failed <- fmt.Errorf("alerter: %w", err)
+		}
+		return err
+	})
 	logger.Info("pulseboard is running", "ingest", ing.Addr().String(), "admin", adminLn.Addr().String(), "kafka", brokers)
 
 	var cause error
@@ -174,7 +193,9 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		drainEmbedded(cfg, brokers, logger, consumeDone)
 	}
 	stopConsume()
+	stopAlert()
 	<-consumeDone
+	<-alertDone
 	if embedded != nil {
 		embedded.Close()
 		logger.Info("embedded broker stopped")

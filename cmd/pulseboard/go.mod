@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/google/uuid v1.6.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/pulseboard/pulseboard/alerter v0.0.0-00010101000000-000000000000
 	github.com/pulseboard/pulseboard/consumer v0.0.0
 	github.com/pulseboard/pulseboard/ingestor v0.0.0
 	github.com/pulseboard/pulseboard/migrations v0.0.0
@@ -68,6 +69,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.23.0 // indirect
+	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/segmentio/kafka-go v0.4.51 // indirect
 	github.com/sethvargo/go-retry v0.5.0 // indirect
 	github.com/shirou/gopsutil/v4 v4.26.6 // indirect
@@ -82,6 +84,7 @@ require (
 	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	github.com/valyala/fastjson v1.6.10 // indirect
+	github.com/wneessen/go-mail v0.8.1 // indirect
 	github.com/yuin/gopher-lua v1.1.1 // indirect
 	github.com/yusufpapurcu/wmi v1.2.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
@@ -100,6 +103,7 @@ require (
 )
 
 replace (
+	github.com/pulseboard/pulseboard/alerter => ../../alerter
 	github.com/pulseboard/pulseboard/consumer => ../../consumer
 	github.com/pulseboard/pulseboard/ingestor => ../../ingestor
 	github.com/pulseboard/pulseboard/migrations => ../../migrations

@@ -236,6 +236,25 @@ func TestAllInOneIngestIsStoredPublishedAndReadableByKcat(t *testing.T) {
 	require.NoError(t, err, "kcat: %s", out)
 	require.Contains(t, string(out), in.project+" ")
 	require.Contains(t, string(out), ev.ID)
+
+	// The all-in-one runs the alerter too: nine more errors reach the default threshold
+	// (10 in 60 s); without SMTP_HOST the email goes to the log and is recorded as sent.
+	var batch []string
+	for i := range 9 {
+		batch = append(batch, fmt.Sprintf(`{"type":"error","name":"E%d","payload":{}}`, i))
+	}
+	req, _ := http.NewRequest(http.MethodPost, in.ingest+"/ingest/batch", strings.NewReader("["+strings.Join(batch, ",")+"]"))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", in.apiKey)
+	bresp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	bresp.Body.Close()
+	require.Equal(t, http.StatusAccepted, bresp.StatusCode)
+	require.Eventually(t, func() bool {
+		var state string
+		err := in.pool.QueryRow(ctx, `SELECT state FROM alerts WHERE project_id = $1 AND kind = 'threshold'`, in.project).Scan(&state)
+		return err == nil && state == "sent"
+	}, 30*time.Second, 50*time.Millisecond, "no threshold alert recorded as sent")
 }
 
 func TestAllInOneSIGTERMUnderLoadLosesNoAcknowledgedEvent(t *testing.T) {

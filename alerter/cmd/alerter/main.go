@@ -1,0 +1,139 @@
+// Command alerter runs one PulseBoard alerter replica on its own: error-threshold alerts
+// by email from its own consumer group, the daily digest and retention, with /healthz,
+// /readyz, /metrics and /debug/pprof on ADMIN_PORT (default 9103). Configuration comes
+// from the environment (and .env); see alerter.Config and ARCHITECTURE.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/alerter"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	env, err := config.FromOS(".env")
+	if err == nil {
+		err = run(ctx, env, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "alerter:", err)
+		os.Exit(1)
+	}
+}
+
+// processConfig is what the standalone binary needs beyond alerter.Config.
+type processConfig struct {
+	// DatabaseURL [postgres://postgres@localhost:5432/pulseboard?sslmode=disable].
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
+	// AdminHost and AdminPort serve /healthz, /readyz, /metrics, /debug/pprof
+	// [127.0.0.1, 9103]; port 0 = any.
+	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
+	AdminPort int    `env:"ADMIN_PORT" envDefault:"9103"`
+	// LogLevel: debug, info, warn, error [info].
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// DBMaxConns bounds the pool: evaluation, resolution, delivery (one connection held
+	// per email in flight), the job lock and the job itself [6].
+	DBMaxConns int32 `env:"ALERTER_DB_MAX_CONNS" envDefault:"6"`
+}
+
+func (c processConfig) validate() error {
+	var errs []error
+	if c.AdminPort < 0 || c.AdminPort > 65535 {
+		errs = append(errs, fmt.Errorf("ADMIN_PORT must be a port number, got %d", c.AdminPort))
+	}
+	if c.DBMaxConns < 4 {
+		errs = append(errs, fmt.Errorf("ALERTER_DB_MAX_CONNS must be at least 4, got %d", c.DBMaxConns))
+	}
+	return errors.Join(errs...)
+}
+
+// run starts the alerter and its admin server and returns when ctx is cancelled (after
+// the graceful stop) or either fails.
+func run(ctx context.Context, env config.Env, stdout io.Writer) error {
+	pcfg, err := config.Parse[processConfig](env)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Parse[alerter.Config](env)
+	if err != nil {
+		return err
+	}
+	errs := []error{pcfg.validate(), cfg.Validate()}
+	if len(cfg.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("KAFKA_BROKERS is required for the standalone alerter (the embedded broker lives in the all-in-one `pulseboard run`)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	logger, err := obs.NewLogger(stdout, pcfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger = logger.With("service", "alerter")
+
+	pool, err := pgstore.Open(ctx, pcfg.DatabaseURL, pgstore.PoolOptions{
+		MaxConns:        pcfg.DBMaxConns,
+		ApplicationName: "pulseboard-alerter",
+	})
+	if err != nil {
+		return fmt.Errorf("%w (start one with `docker compose up -d postgres`, or set DATABASE_URL)", err)
+	}
+	defer pool.Close()
+
+	topicCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = kafkax.EnsureTopics(topicCtx, cfg.Kafka.Brokers, kafkax.Topic{Name: cfg.Kafka.Topic, Partitions: cfg.Kafka.Partitions})
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	reg := obs.NewRegistry()
+	ready := obs.NewReadiness()
+	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	svc, err := alerter.New(cfg, alerter.Deps{
+		Pool: pool, Brokers: cfg.Kafka.Brokers,
+		Logger: logger, Registerer: reg, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.SMTP.Host == "" {
+		logger.Warn("SMTP_HOST is unset: emails are written to the log (and recorded with transport \"log\"), not sent")
+	}
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)))
+	if err != nil {
+		return fmt.Errorf("admin listener on port %d: %w", pcfg.AdminPort, err)
+	}
+	// Readiness turns false as soon as the stop is requested.
+	stopReady := context.AfterFunc(ctx, ready.SetDraining)
+	defer stopReady()
+	// The admin server outlives the alerter's stop so /metrics stays observable.
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer stopAdmin()
+		return svc.Run(gctx)
+	})
+	g.Go(func() error { return obs.ServeAdmin(adminCtx, ln, obs.AdminHandler(reg, ready), logger) })
+	return g.Wait()
+}

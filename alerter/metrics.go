@@ -1,0 +1,99 @@
+package alerter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Bounded label values.
+var (
+	alertKinds   = []string{kindThreshold, kindResolved}
+	emailKinds   = []string{kindThreshold, kindResolved, kindDigest}
+	jobNames     = []string{JobDigest, JobRetention}
+	jobOutcomes  = []string{OutcomeSuccess, OutcomePartial, OutcomeFailure, OutcomeSkipped}
+	failureKinds = []string{"transient", "permanent"}
+)
+
+// metrics are the alerter's Prometheus collectors. No label carries a project or user.
+type metrics struct {
+	alertsFired   *prometheus.CounterVec
+	emailsSent    *prometheus.CounterVec
+	emailsFailed  *prometheus.CounterVec
+	evalLag       prometheus.Histogram
+	storedWait    prometheus.Histogram
+	evalErrors    prometheus.Counter
+	fetchErrors   prometheus.Counter
+	jobDuration   *prometheus.HistogramVec
+	jobRuns       *prometheus.CounterVec
+	commitErrors  prometheus.Counter
+	messagesTaken prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	m := &metrics{
+		alertsFired: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_alerts_fired_total",
+			Help: "Alerts recorded (pending delivery), by kind: threshold or resolved.",
+		}, []string{"kind"}),
+		emailsSent: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_emails_sent_total",
+			Help: "Emails handed to the transport (SMTP server, or the log without SMTP_HOST), by kind.",
+		}, []string{"kind"}),
+		emailsFailed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_emails_failed_total",
+			Help: "Failed delivery attempts, by kind and failure: transient (retried with backoff) or permanent (marked failed).",
+		}, []string{"kind", "failure"}),
+		evalLag: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pulseboard_alerter_window_evaluation_lag_seconds",
+			Help:    "Delay from the receive time of the newest error of a project in a batch to the commit of that project's window evaluation.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+		storedWait: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pulseboard_alerter_stored_wait_seconds",
+			Help:    "Time a batch waited for the consumer group to store it before its windows could be evaluated.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+		evalErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_evaluation_errors_total",
+			Help: "Failed window evaluations or resolution checks (retried with backoff; offsets wait).",
+		}),
+		fetchErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_fetch_errors_total",
+			Help: "Errors from the Kafka reader or from reading the consumer group's offsets.",
+		}),
+		commitErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_commit_errors_total",
+			Help: "Failed offset commits (the batch is evaluated again after redelivery; evaluation is idempotent).",
+		}),
+		messagesTaken: f.NewCounter(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_messages_processed_total",
+			Help: "Messages of the events topic whose offsets the alerter committed.",
+		}),
+		jobDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pulseboard_alerter_job_duration_seconds",
+			Help:    "Duration of scheduled job runs (digest, retention), whatever their outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
+		}, []string{"job"}),
+		jobRuns: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_job_runs_total",
+			Help: "Scheduled job runs by job and outcome: success, partial (some emails left to retry), failure, skipped (another instance holds the job, or the slot is done).",
+		}, []string{"job", "outcome"}),
+	}
+	for _, k := range alertKinds {
+		m.alertsFired.WithLabelValues(k)
+	}
+	for _, k := range emailKinds {
+		m.emailsSent.WithLabelValues(k)
+		for _, f := range failureKinds {
+			m.emailsFailed.WithLabelValues(k, f)
+		}
+	}
+	for _, j := range jobNames {
+		m.jobDuration.WithLabelValues(j)
+		for _, o := range jobOutcomes {
+			m.jobRuns.WithLabelValues(j, o)
+		}
+	}
+	return m
+}
