@@ -83,11 +83,14 @@ python3 - "$JSONL" "$OUT/bench-$STAMP" "$ACKED" "$STORED" "$DUPES" <<'PY'
 import json, platform, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 noop = rows[0]
-out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "noop": noop, "scenarios": rows[1:],
+load = os.getloadavg()
+out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": load}, "noop": noop, "scenarios": rows[1:],
        "acknowledged": int(sys.argv[3]), "stored": int(sys.argv[4]), "duplicates": int(sys.argv[5])}
 json.dump(out, open(sys.argv[2] + ".json", "w"), indent=2)
 with open(sys.argv[2] + ".md", "w") as f:
-    f.write("# PulseBoard bench\n\nmachine: %d CPUs, %s\n\n" % (os.cpu_count(), platform.platform()))
+    f.write("# PulseBoard bench\n\nmachine: %d CPUs, %s; load average at the end %.1f / %.1f / %.1f "
+            "(the load generator runs on the same cores; other work on the machine lowers every figure)\n\n"
+            % ((os.cpu_count(), platform.platform()) + load))
     f.write("no-op fasthttp ceiling: %.0f req/s (p50 %.2f ms, p99 %.2f ms)\n\n" % (noop["requestsPerSecond"], noop["latencyMs"]["p50"], noop["latencyMs"]["p99"]))
     f.write("| scenario | events/s | req/s | req/s vs no-op | p50 ms | p90 ms | p99 ms | statuses |\n|---|---|---|---|---|---|---|---|\n")
     for r in rows[1:]:

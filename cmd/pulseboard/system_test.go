@@ -237,6 +237,38 @@ func TestAllInOneIngestIsStoredPublishedAndReadableByKcat(t *testing.T) {
 	require.Contains(t, string(out), in.project+" ")
 	require.Contains(t, string(out), ev.ID)
 
+	// A client retry that reuses its eventId (three attempts, plus the same id twice in
+	// one batch) leaves exactly one row, although every attempt gets its own receivedAt.
+	retryID := "0192f1a4-7c1e-7b3a-9d2f-3a4b5c6d7e8f"
+	single := `{"apiKey":"` + in.apiKey + `","eventId":"` + retryID + `","type":"event","name":"retry","payload":{}}`
+	for range 3 {
+		resp, err := http.Post(in.ingest+"/ingest", "application/json", strings.NewReader(single))
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	}
+	dup := `{"eventId":"` + retryID + `","type":"event","name":"retry","payload":{}}`
+	dreq, _ := http.NewRequest(http.MethodPost, in.ingest+"/ingest/batch", strings.NewReader("["+dup+","+dup+"]"))
+	dreq.Header.Set("Content-Type", "application/json")
+	dreq.Header.Set("X-API-Key", in.apiKey)
+	dresp, err := http.DefaultClient.Do(dreq)
+	require.NoError(t, err)
+	dresp.Body.Close()
+	require.Equal(t, http.StatusAccepted, dresp.StatusCode)
+	// The consumer stores in offset order per partition, so once a later event of the
+	// project is stored, all five attempts have been processed.
+	marker := `{"apiKey":"` + in.apiKey + `","type":"event","name":"after-retries","payload":{}}`
+	mresp, err := http.Post(in.ingest+"/ingest", "application/json", strings.NewReader(marker))
+	require.NoError(t, err)
+	mresp.Body.Close()
+	require.Eventually(t, func() bool {
+		var n int
+		return in.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE name = 'after-retries'`).Scan(&n) == nil && n == 1
+	}, 30*time.Second, 20*time.Millisecond)
+	var copies int
+	require.NoError(t, in.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = $1`, retryID).Scan(&copies))
+	require.Equal(t, 1, copies, "a retried eventId must be stored once")
+
 	// The all-in-one runs the alerter too: nine more errors reach the default threshold
 	// (10 in 60 s); without SMTP_HOST the email goes to the log and is recorded as sent.
 	var batch []string
