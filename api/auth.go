@@ -1,0 +1,383 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pulseboard/pulseboard/api/internal/authn"
+	"github.com/pulseboard/pulseboard/api/internal/passwords"
+	"github.com/pulseboard/pulseboard/api/internal/store"
+	"github.com/pulseboard/pulseboard/api/internal/throttle"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
+)
+
+// refreshCookie is the old backend's cookie name, kept for its clients (API.md wins
+// over the __Host- prefix suggested in RELIABILITY.md).
+const refreshCookie = "refreshToken"
+
+// refreshTokenLen is the length of a refresh token: 32 random bytes in unpadded base64url.
+const refreshTokenLen = 43
+
+// emailPattern is ajv-formats' "email" format (fast mode), which the old backend's
+// schema applied, matched after lower-casing. It admits ASCII addresses only, so
+// Unicode look-alikes of an existing address are refused rather than becoming a second
+// account (and lower-casing folds the few that map onto ASCII, such as the Kelvin sign).
+var emailPattern = regexp.MustCompile("^" + localChars + `+(?:\.` + localChars + `+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$`)
+
+const localChars = "[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+
+// Field limits. The old schema had the minimums; the maximums are new (bounded input).
+const (
+	minNameChars     = 2
+	maxNameChars     = 100
+	maxEmailChars    = 254
+	minPasswordChars = 8
+)
+
+type authUser struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Email string `json:"email"`
+}
+
+type authData struct {
+	AccessToken string   `json:"accessToken"`
+	User        authUser `json:"user"`
+}
+
+// normalizeEmail makes A@x.com and " a@x.com" one account (B62).
+func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+// credentials validates the e-mail and password of a register or login body.
+func credentials(f fields, register bool) (email, password string, err error) {
+	email, _, err = f.str("email")
+	if err != nil {
+		return "", "", err
+	}
+	email = normalizeEmail(email)
+	if err := checkLength("body/email", email, 0, maxEmailChars); err != nil {
+		return "", "", err
+	}
+	if !emailPattern.MatchString(email) {
+		return "", "", invalid(`body/email must match format "email"`)
+	}
+	password, _, err = f.str("password")
+	if err != nil {
+		return "", "", err
+	}
+	if register {
+		if err := checkLength("body/password", password, minPasswordChars, 1<<20); err != nil {
+			return "", "", err
+		}
+	}
+	// Refused before any hashing, never truncated (X6, B60).
+	if passwords.Check(password) != nil {
+		return "", "", invalid("body/password must NOT be longer than " + strconv.Itoa(passwords.MaxBytes) + " bytes")
+	}
+	return email, password, nil
+}
+
+// register: POST /auth/register (compat).
+func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
+	f, err := s.decodeObject(w, r)
+	if err != nil {
+		return err
+	}
+	if err := f.required("name", "email", "password"); err != nil {
+		return err
+	}
+	name, _, err := f.str("name")
+	if err != nil {
+		return err
+	}
+	if err := checkLength("body/name", name, minNameChars, maxNameChars); err != nil {
+		return err
+	}
+	email, password, err := credentials(f, true)
+	if err != nil {
+		return err
+	}
+	// Hash before looking at the e-mail, so a taken address costs the same time.
+	hash, err := s.hasher.Hash(r.Context(), password)
+	if err != nil {
+		return err
+	}
+	u, err := s.store.CreateUser(r.Context(), name, email, hash, s.now())
+	if err != nil {
+		return err // ErrEmailTaken → 409 EMAIL_TAKEN (a documented, accepted enumeration risk: compat)
+	}
+	return s.startSession(w, r, u, http.StatusCreated)
+}
+
+// Throttle keys. Accounts are keyed by a hash of the normalised e-mail, so Redis holds
+// no addresses; IPv6 clients by their /64, which one client usually owns whole.
+func accountKey(email string) string {
+	h := sha256.Sum256([]byte(email))
+	return "acct:" + base64.RawURLEncoding.EncodeToString(h[:16])
+}
+
+func ipKey(a netip.Addr) string {
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return "ip:" + p.String()
+	}
+	return "ip:" + a.String()
+}
+
+func (s *Service) accountPolicy() throttle.Policy {
+	return throttle.Policy{Free: s.cfg.LoginAccountFreeFailures, Base: s.cfg.LoginBackoffBase, Max: s.cfg.LoginBackoffMax, Forget: s.cfg.LoginFailureTTL}
+}
+
+func (s *Service) ipPolicy() throttle.Policy {
+	return throttle.Policy{Free: s.cfg.LoginIPFreeFailures, Base: s.cfg.LoginBackoffBase, Max: s.cfg.LoginBackoffMax, Forget: s.cfg.LoginFailureTTL}
+}
+
+var errInvalidCredentials = newError(httperr.InvalidCredentials, "Invalid credentials")
+
+// login: POST /auth/login (compat). Unknown e-mail and wrong password get the same
+// status, body and (through the dummy hash) timing; both count as failures for the
+// account and the IP.
+func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
+	f, err := s.decodeObject(w, r)
+	if err != nil {
+		return err
+	}
+	if err := f.required("email", "password"); err != nil {
+		return err
+	}
+	email, password, err := credentials(f, false)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	acct, ip := accountKey(email), ipKey(s.clientIP(r))
+	if err := s.throttled(ctx, acct, ip); err != nil {
+		return err
+	}
+	u, err := s.store.UserByEmail(ctx, email)
+	var ok bool
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if err := s.hasher.VerifyDummy(ctx, password); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		if ok, err = s.hasher.Verify(ctx, u.PasswordHash, password); err != nil {
+			return err
+		}
+	}
+	if !ok {
+		s.throttle.Fail(ctx, acct, s.accountPolicy())
+		s.throttle.Fail(ctx, ip, s.ipPolicy())
+		return errInvalidCredentials
+	}
+	s.throttle.Reset(ctx, acct)
+	if s.hasher.NeedsRehash(u.PasswordHash) {
+		if h, err := s.hasher.Hash(ctx, password); err == nil {
+			if err := s.store.UpdatePasswordHash(ctx, u.ID, h); err != nil {
+				s.logger.Warn("upgrading a password hash failed", "request_id", requestID(ctx), "error", err)
+			}
+		}
+	}
+	return s.startSession(w, r, u, http.StatusOK)
+}
+
+// throttled refuses a login while the account or the IP is backing off (B59).
+func (s *Service) throttled(ctx context.Context, keys ...string) error {
+	var wait time.Duration
+	scope := ""
+	for _, k := range keys {
+		if d := s.throttle.Locked(ctx, k); d > wait {
+			wait, scope = d, strings.SplitN(k, ":", 2)[0]
+		}
+	}
+	if wait == 0 {
+		return nil
+	}
+	if scope == "acct" {
+		scope = "account"
+	}
+	s.m.loginThrottled.WithLabelValues(scope).Inc()
+	return &apiError{code: httperr.RateLimited, msg: "Too many failed sign-in attempts; retry after the Retry-After delay", retryAfter: wait}
+}
+
+// startSession issues an access token and a new refresh-token family and answers with
+// the compat body and cookie.
+func (s *Service) startSession(w http.ResponseWriter, r *http.Request, u store.User, status int) error {
+	rt, rtHash, err := newRefreshToken()
+	if err != nil {
+		return err
+	}
+	if err := s.store.NewSession(r.Context(), u.ID, rtHash, s.now(), s.cfg.RefreshTTL.D()); err != nil {
+		return err
+	}
+	return s.answerSession(w, u, rt, status)
+}
+
+func (s *Service) answerSession(w http.ResponseWriter, u store.User, refreshToken string, status int) error {
+	access, _, err := s.tokens.Issue(u.ID, u.Email, time.Now())
+	if err != nil {
+		return err
+	}
+	s.setRefreshCookie(w, refreshToken)
+	return writeData(w, status, authData{AccessToken: access, User: authUser{ID: u.ID.String(), Name: u.Name, Email: u.Email}})
+}
+
+// setRefreshCookie writes the compat cookie byte for byte, attributes in the order the
+// old backend (@fastify/cookie) wrote them.
+func (s *Service) setRefreshCookie(w http.ResponseWriter, token string) {
+	v := refreshCookie + "=" + token + "; Max-Age=" + strconv.FormatInt(int64(s.cfg.RefreshTTL.D()/time.Second), 10) + "; Path=/auth; HttpOnly"
+	if s.cfg.Production() {
+		v += "; Secure"
+	}
+	w.Header().Add("Set-Cookie", v+"; SameSite=Strict")
+}
+
+func (s *Service) clearRefreshCookie(w http.ResponseWriter) {
+	v := refreshCookie + "=; Max-Age=0; Path=/auth; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly"
+	if s.cfg.Production() {
+		v += "; Secure"
+	}
+	w.Header().Add("Set-Cookie", v+"; SameSite=Strict")
+}
+
+func newRefreshToken() (token string, hash []byte, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, err
+	}
+	token = base64.RawURLEncoding.EncodeToString(b)
+	h := sha256.Sum256([]byte(token))
+	return token, h[:], nil
+}
+
+// presentedRefreshToken returns the cookie's token; NO_REFRESH_TOKEN when there is
+// none, INVALID_REFRESH_TOKEN when it cannot be one of ours (an access JWT, garbage).
+func presentedRefreshToken(r *http.Request) (string, []byte, error) {
+	c, err := r.Cookie(refreshCookie)
+	if err != nil || c.Value == "" {
+		return "", nil, newError(httperr.NoRefreshToken, "No refresh token")
+	}
+	if len(c.Value) != refreshTokenLen {
+		return "", nil, errInvalidRefresh
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(c.Value); err != nil {
+		return "", nil, errInvalidRefresh
+	}
+	h := sha256.Sum256([]byte(c.Value))
+	return c.Value, h[:], nil
+}
+
+var errInvalidRefresh = newError(httperr.InvalidRefreshToken, "Invalid refresh token")
+
+// checkOrigin protects the cookie-authenticated endpoints against cross-site requests
+// (B57): a browser always sends Origin on a cross-origin POST, so a present Origin must
+// be one of CORS_ORIGIN ("null" never is). Non-browser clients send none.
+func (s *Service) checkOrigin(r *http.Request) error {
+	origins, present := r.Header["Origin"]
+	if present && (len(origins) != 1 || !s.origins[origins[0]]) {
+		return newError(httperr.ForbiddenOrigin, "Origin not allowed")
+	}
+	if !present && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return newError(httperr.ForbiddenOrigin, "Origin not allowed")
+	}
+	return nil
+}
+
+// refresh: POST /auth/refresh (compat). Rotates the refresh token; see doc.go for the
+// reuse policy. A refused refresh never touches the cookie: if a concurrent refresh of
+// the same client won, the browser already holds its new token.
+func (s *Service) refresh(w http.ResponseWriter, r *http.Request) error {
+	if err := s.checkOrigin(r); err != nil {
+		return err
+	}
+	_, oldHash, err := presentedRefreshToken(r)
+	if err != nil {
+		return err
+	}
+	newToken, newHash, err := newRefreshToken()
+	if err != nil {
+		return err
+	}
+	res, err := s.store.Rotate(r.Context(), oldHash, newHash, s.now(), s.cfg.RefreshTTL.D(), s.cfg.RefreshReuseGrace)
+	if err != nil {
+		return err
+	}
+	switch res.Outcome {
+	case store.Rotated:
+		return s.answerSession(w, res.User, newToken, http.StatusOK)
+	case store.ReuseDetected:
+		s.m.refreshReuse.Inc()
+		s.logger.Warn("security: refresh token reuse detected; token family revoked",
+			"request_id", requestID(r.Context()), "user_id", res.UserID.String(), "family_id", res.FamilyID.String(),
+			"ip", s.clientIP(r).String())
+	case store.ReusedWithinGrace:
+		s.logger.Info("refresh token presented again within the grace window (concurrent refresh); refused",
+			"request_id", requestID(r.Context()), "user_id", res.UserID.String())
+	}
+	return errInvalidRefresh
+}
+
+// logout: POST /auth/logout (compat): the session's token family is revoked, the cookie
+// cleared, and the answer is the bare JSON `true`.
+func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
+	if err := s.checkOrigin(r); err != nil {
+		return err
+	}
+	s.clearRefreshCookie(w)
+	if _, h, err := presentedRefreshToken(r); err == nil {
+		if err := s.store.RevokeFamilyOf(r.Context(), h, s.now()); err != nil {
+			return err
+		}
+	}
+	writeBody(w, http.StatusOK, []byte("true"))
+	return nil
+}
+
+// authed wraps a handler that needs a Bearer access token.
+func (s *Service) authed(h func(w http.ResponseWriter, r *http.Request, p authn.Principal) error) http.Handler {
+	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		raw, ok := authn.BearerToken(r)
+		if !ok {
+			return errUnauthorized
+		}
+		p, err := s.authn.Authenticate(r.Context(), raw)
+		if errors.Is(err, authn.ErrUnauthenticated) {
+			return errUnauthorized
+		}
+		if err != nil {
+			return err
+		}
+		return h(w, r, p)
+	})
+}
+
+type meData struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Email     string   `json:"email"`
+	CreatedAt jsonTime `json:"createdAt"`
+}
+
+// me: GET /me.
+func (s *Service) me(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	u, err := s.store.UserByID(r.Context(), p.UserID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errUnauthorized
+	}
+	if err != nil {
+		return err
+	}
+	return writeData(w, http.StatusOK, meData{ID: u.ID.String(), Name: u.Name, Email: u.Email, CreatedAt: jsonTime(u.CreatedAt)})
+}

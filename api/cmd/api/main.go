@@ -1,0 +1,112 @@
+// Command api runs PulseBoard's query API (auth, projects, events, stats, alerts) against
+// PostgreSQL and Redis. Configuration comes from the environment (and .env); see
+// api.Config for the variables.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulseboard/pulseboard/api"
+	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/redisx"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, err := config.FromOS(".env")
+	if err == nil {
+		err = run(ctx, env, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "api:", err)
+		os.Exit(1)
+	}
+}
+
+type mainConfig struct {
+	API         api.Config
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
+	RedisURL    string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
+	AdminHost   string `env:"ADMIN_HOST" envDefault:"0.0.0.0"`
+	AdminPort   int    `env:"ADMIN_PORT" envDefault:"9104"`
+	LogLevel    string `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+func run(ctx context.Context, env config.Env, stdout io.Writer) error {
+	cfg, err := config.Parse[mainConfig](env)
+	if err != nil {
+		return err
+	}
+	if err := cfg.API.Validate(); err != nil {
+		return err
+	}
+	logger, err := obs.NewLogger(stdout, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger = logger.With("service", "api")
+	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-api", MaxConns: 16})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rdb, closeRedis, err := redisx.Open(ctx, cfg.RedisURL, false, logger)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+
+	reg := obs.NewRegistry()
+	ready := obs.NewReadiness()
+	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	ready.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	tokens, err := api.NewAccessTokens(cfg.API, logger)
+	if err != nil {
+		return err
+	}
+	deps := api.Deps{Pool: pool, Redis: rdb, Logger: logger, Registerer: reg, Ready: ready, Tokens: tokens}
+	// The live streams verify the same access tokens (a random development secret is per
+	// process, so they must share this value).
+	if deps.Live, err = api.NewLive(cfg.API, deps, tokens); err != nil {
+		return err
+	}
+	svc, err := api.New(cfg.API, deps)
+	if err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	var g errgroup.Group
+	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
+	runDone := make(chan struct{})
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			ready.SetDraining() // readiness fails before the listener closes
+		case <-runDone:
+		}
+		return nil
+	})
+	err = svc.Run(ctx)
+	close(runDone)
+	stopAdmin() // the admin port outlives the drain
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	return err
+}

@@ -1,0 +1,222 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pulseboard/pulseboard/api/internal/live"
+	"github.com/pulseboard/pulseboard/pkg/auth"
+)
+
+// Config is the api's configuration. Environment variable names are in the tags; the
+// names of the old backend (PORT, HOST, CORS_ORIGIN, JWT_*) are kept. Defaults in brackets.
+type Config struct {
+	// Host and Port of the public listener [0.0.0.0, 3000].
+	Host string `env:"HOST" envDefault:"0.0.0.0"`
+	Port int    `env:"PORT" envDefault:"3000"`
+	// CORSOrigins are the browser origins allowed to call the api with credentials, and
+	// the only origins /auth/refresh and /auth/logout accept [http://localhost:3001].
+	// Comma-separated; "*" and "null" are refused.
+	CORSOrigins []string `env:"CORS_ORIGIN" envSeparator:"," envDefault:"http://localhost:3001"`
+	// AccessSecret signs access tokens (HS256, at least 32 bytes). Required in
+	// production; in development a random one is generated at start (with a warning), so
+	// tokens do not survive a restart.
+	AccessSecret Secret `env:"JWT_ACCESS_SECRET"`
+	// RefreshSecret is accepted for compatibility with the old backend's environment and
+	// is not used: refresh tokens are opaque 256-bit random values stored as SHA-256,
+	// which needs no key (a stolen database cannot be turned into valid cookies).
+	RefreshSecret Secret `env:"JWT_REFRESH_SECRET"`
+	// AccessTTL is the access token lifetime [15m].
+	AccessTTL Duration `env:"JWT_ACCESS_EXPIRES" envDefault:"15m"`
+	// RefreshTTL is the refresh token lifetime and the cookie's Max-Age [7d]. Every
+	// refresh issues a new token with a full lifetime.
+	RefreshTTL Duration `env:"JWT_REFRESH_EXPIRES" envDefault:"7d"`
+	// Env is development or production [development]. Production requires the secrets
+	// and adds Secure to the refresh cookie.
+	Env string `env:"PULSEBOARD_ENV" envDefault:"development"`
+
+	// BcryptCost is the cost of new password hashes [12]. Production refuses less than
+	// 12; tests use 4. Hashes with a lower cost are upgraded at the next login.
+	BcryptCost int `env:"API_BCRYPT_COST" envDefault:"12"`
+	// HashConcurrency bounds concurrent bcrypt computations; 0 means GOMAXPROCS [0].
+	// Requests that cannot get a slot within HashWait get 503 with Retry-After.
+	HashConcurrency int           `env:"API_HASH_CONCURRENCY" envDefault:"0"`
+	HashWait        time.Duration `env:"API_HASH_WAIT" envDefault:"2s"`
+
+	// RefreshReuseGrace: a rotated refresh token presented again within this long after
+	// its rotation gets 401 without revoking its family (two tabs refreshing at once);
+	// later, the whole family is revoked [10s, at most 10s].
+	RefreshReuseGrace time.Duration `env:"API_REFRESH_REUSE_GRACE" envDefault:"10s"`
+
+	// Login throttling (see doc.go). After LoginAccountFreeFailures failed logins on one
+	// account [5], or LoginIPFreeFailures from one client IP [20], each further failure
+	// locks that account or IP for LoginBackoffBase doubling per failure [1s], at most
+	// LoginBackoffMax [15m]. Failures are forgotten LoginFailureTTL after the last one
+	// [1h]; a successful login forgets the account's.
+	LoginAccountFreeFailures int           `env:"API_LOGIN_ACCOUNT_FREE_FAILURES" envDefault:"5"`
+	LoginIPFreeFailures      int           `env:"API_LOGIN_IP_FREE_FAILURES" envDefault:"20"`
+	LoginBackoffBase         time.Duration `env:"API_LOGIN_BACKOFF_BASE" envDefault:"1s"`
+	LoginBackoffMax          time.Duration `env:"API_LOGIN_BACKOFF_MAX" envDefault:"15m"`
+	LoginFailureTTL          time.Duration `env:"API_LOGIN_FAILURE_TTL" envDefault:"1h"`
+	// LoginThrottlePrefix prefixes the Redis keys of login throttling
+	// [pulseboard:login:]; deployments sharing a Redis can separate themselves.
+	LoginThrottlePrefix string `env:"API_LOGIN_THROTTLE_PREFIX" envDefault:"pulseboard:login:"`
+	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies whose
+	// X-Forwarded-For is believed when finding the client IP [none].
+	TrustedProxies []string `env:"API_TRUSTED_PROXIES" envSeparator:","`
+
+	// MaxBodyBytes caps request bodies [65536]; larger ones get 413.
+	MaxBodyBytes int64 `env:"API_MAX_BODY_BYTES" envDefault:"65536"`
+	// http.Server limits against slow or oversized clients. Long-lived streams (SSE,
+	// WebSocket) clear the read and write deadlines for their own connection.
+	// MaxHeaderBytes [8192] (net/http allows 4 KiB more): a 16 KiB cookie or a 1 MB
+	// Authorization header gets 431 before anything parses it (B35, B50).
+	ReadHeaderTimeout time.Duration `env:"API_READ_HEADER_TIMEOUT" envDefault:"5s"`
+	ReadTimeout       time.Duration `env:"API_READ_TIMEOUT" envDefault:"15s"`
+	WriteTimeout      time.Duration `env:"API_WRITE_TIMEOUT" envDefault:"30s"`
+	IdleTimeout       time.Duration `env:"API_IDLE_TIMEOUT" envDefault:"60s"`
+	MaxHeaderBytes    int           `env:"API_MAX_HEADER_BYTES" envDefault:"8192"`
+	// ShutdownTimeout bounds the graceful stop: in-flight requests finish and live
+	// streams are closed within it, then remaining connections are closed [15s].
+	ShutdownTimeout time.Duration `env:"API_SHUTDOWN_TIMEOUT" envDefault:"15s"`
+	// Live configures the WebSocket/SSE streams (LIVE_* variables); see NewLive.
+	Live live.Config
+}
+
+// Production reports whether PULSEBOARD_ENV is production.
+func (c Config) Production() bool { return c.Env == "production" }
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Env == "development" || c.Env == "production", "PULSEBOARD_ENV must be development or production, got %q", c.Env)
+	check(c.Port >= 0 && c.Port <= 65535, "PORT must be a port number, got %d", c.Port)
+	check(len(c.CORSOrigins) > 0, "CORS_ORIGIN must list at least one origin")
+	for _, o := range c.CORSOrigins {
+		check(validOrigin(o), "CORS_ORIGIN: %q is not an origin like https://app.example.com (\"*\" and \"null\" are refused)", o)
+	}
+	if c.Production() {
+		check(c.AccessSecret != "", "JWT_ACCESS_SECRET is required with PULSEBOARD_ENV=production")
+	}
+	check(c.AccessSecret == "" || len(c.AccessSecret) >= auth.MinSecretBytes,
+		"JWT_ACCESS_SECRET must be at least %d bytes (256 random bits)", auth.MinSecretBytes)
+	check(c.AccessTTL > 0 && c.AccessTTL.D() <= 24*time.Hour, "JWT_ACCESS_EXPIRES must be in (0, 24h], got %s", c.AccessTTL)
+	check(c.RefreshTTL.D() >= time.Minute && c.RefreshTTL.D() <= 365*24*time.Hour, "JWT_REFRESH_EXPIRES must be in [1m, 365d], got %s", c.RefreshTTL)
+	check(c.BcryptCost >= 4 && c.BcryptCost <= 31, "API_BCRYPT_COST must be between 4 and 31, got %d", c.BcryptCost)
+	if c.Production() {
+		check(c.BcryptCost >= 12, "API_BCRYPT_COST must be at least 12 in production, got %d", c.BcryptCost)
+	}
+	check(c.HashConcurrency >= 0, "API_HASH_CONCURRENCY must be >= 0, got %d", c.HashConcurrency)
+	check(c.HashWait > 0, "API_HASH_WAIT must be positive, got %s", c.HashWait)
+	check(c.RefreshReuseGrace >= 0 && c.RefreshReuseGrace <= 10*time.Second, "API_REFRESH_REUSE_GRACE must be in [0, 10s], got %s", c.RefreshReuseGrace)
+	check(c.LoginAccountFreeFailures >= 1, "API_LOGIN_ACCOUNT_FREE_FAILURES must be >= 1, got %d", c.LoginAccountFreeFailures)
+	check(c.LoginIPFreeFailures >= 1, "API_LOGIN_IP_FREE_FAILURES must be >= 1, got %d", c.LoginIPFreeFailures)
+	check(c.LoginBackoffBase > 0, "API_LOGIN_BACKOFF_BASE must be positive, got %s", c.LoginBackoffBase)
+	check(c.LoginBackoffMax >= c.LoginBackoffBase, "API_LOGIN_BACKOFF_MAX must be >= API_LOGIN_BACKOFF_BASE")
+	check(c.LoginFailureTTL >= c.LoginBackoffMax, "API_LOGIN_FAILURE_TTL must be >= API_LOGIN_BACKOFF_MAX")
+	check(c.LoginThrottlePrefix != "", "API_LOGIN_THROTTLE_PREFIX must not be empty")
+	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
+	}
+	check(c.MaxBodyBytes >= 1024 && c.MaxBodyBytes <= 16<<20, "API_MAX_BODY_BYTES must be between 1024 and 16777216, got %d", c.MaxBodyBytes)
+	check(c.ReadHeaderTimeout > 0, "API_READ_HEADER_TIMEOUT must be positive")
+	check(c.ReadTimeout > 0, "API_READ_TIMEOUT must be positive")
+	check(c.WriteTimeout > 0, "API_WRITE_TIMEOUT must be positive")
+	check(c.IdleTimeout > 0, "API_IDLE_TIMEOUT must be positive")
+	check(c.MaxHeaderBytes >= 4096 && c.MaxHeaderBytes <= 1<<20, "API_MAX_HEADER_BYTES must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
+	check(c.ShutdownTimeout > 0, "API_SHUTDOWN_TIMEOUT must be positive")
+	return errors.Join(errs...)
+}
+
+// String is the configuration with secrets masked, for start-up logs.
+func (c Config) String() string {
+	return fmt.Sprintf("host=%s port=%d env=%s cors=%s access_secret=%s access_ttl=%s refresh_ttl=%s bcrypt_cost=%d",
+		c.Host, c.Port, c.Env, strings.Join(c.CORSOrigins, ","), c.AccessSecret, c.AccessTTL, c.RefreshTTL, c.BcryptCost)
+}
+
+func validOrigin(o string) bool {
+	scheme, rest, ok := strings.Cut(o, "://")
+	if !ok || (scheme != "http" && scheme != "https") || rest == "" {
+		return false
+	}
+	return !strings.ContainsAny(rest, "/?#*@ ")
+}
+
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+// Secret is a configuration value that is never printed.
+type Secret string
+
+// String masks the value.
+func (s Secret) String() string {
+	if s == "" {
+		return "(unset)"
+	}
+	return "***"
+}
+
+// Duration is a lifetime in the old backend's notation ("15m", "7d", "1w", "900" for
+// seconds) or Go's ("1h30m").
+type Duration time.Duration
+
+// D is the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalText parses the notations above.
+func (d *Duration) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		*d = Duration(time.Duration(n) * time.Second)
+		return nil
+	}
+	units := map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour, "y": 365 * 24 * time.Hour}
+	for suffix, unit := range units {
+		if num, ok := strings.CutSuffix(s, suffix); ok {
+			n, err := strconv.ParseFloat(num, 64)
+			if err != nil {
+				return fmt.Errorf("invalid duration %q", s)
+			}
+			*d = Duration(time.Duration(n * float64(unit)))
+			return nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use e.g. 15m, 12h, 7d)", s)
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,279 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pulseboard/pulseboard/api/internal/authn"
+	"github.com/pulseboard/pulseboard/api/internal/store"
+	"github.com/pulseboard/pulseboard/pkg/apikey"
+	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
+)
+
+// Page sizes.
+const (
+	compatEventsDefault = 20
+	compatEventsMax     = 100
+	eventsDefault       = 50
+	eventsMax           = 1000
+	alertsDefault       = 50
+	alertsMax           = 200
+)
+
+var errInvalidAPIKey = newError(httperr.InvalidAPIKey, "Invalid API key")
+
+// eventsByKey: GET /events?apiKey=… (compat): the project's newest events. The key is in
+// the URL for the old clients' sake; it is never logged (the request log has no query).
+func (s *Service) eventsByKey(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	key := q.Get("apiKey")
+	if key == "" {
+		return invalid("querystring must have required property 'apiKey'")
+	}
+	limit, err := queryInt(q, "limit", compatEventsDefault, 1, compatEventsMax)
+	if err != nil {
+		return err
+	}
+	typ, err := queryEventType(q)
+	if err != nil {
+		return err
+	}
+	if !apikey.Plausible(key) {
+		return errInvalidAPIKey
+	}
+	projID, err := s.store.ProjectIDByKeyHash(r.Context(), apikey.HashOf(key))
+	if errors.Is(err, store.ErrNotFound) {
+		return errInvalidAPIKey
+	}
+	if err != nil {
+		return err
+	}
+	evs, err := s.store.Events(r.Context(), projID, store.EventQuery{Type: typ, Limit: limit})
+	if err != nil {
+		return err
+	}
+	out := append([]byte(`{"success":true,"data":`), appendEvents(nil, evs)...)
+	writeBody(w, http.StatusOK, append(out, '}'))
+	return nil
+}
+
+func appendEvents(dst []byte, evs []event.Event) []byte {
+	dst = append(dst, '[')
+	for i := range evs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = evs[i].AppendJSON(dst)
+	}
+	return append(dst, ']')
+}
+
+// Cursors are opaque to clients: base64url of the position's time (Unix µs) and id.
+func encodeCursor(t time.Time, id uuid.UUID) string {
+	var b [24]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(t.UnixMicro()))
+	copy(b[8:], id[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func decodeCursor(r *http.Request) (*store.Cursor, error) {
+	v := r.URL.Query().Get("cursor")
+	if v == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	if err != nil || len(b) != 24 {
+		return nil, invalid("querystring/cursor is not a cursor returned by this endpoint")
+	}
+	id, _ := uuid.FromBytes(b[8:])
+	return &store.Cursor{Time: time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))).UTC(), ID: id}, nil
+}
+
+// projectEvents: GET /projects/{id}/events: filters and keyset pagination on
+// (receivedAt, id), newest first. since/until bound receivedAt: [since, until).
+func (s *Service) projectEvents(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	id, err := projectID(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	eq := store.EventQuery{Name: q.Get("name")}
+	if eq.Limit, err = queryInt(q, "limit", eventsDefault, 1, eventsMax); err != nil {
+		return err
+	}
+	if eq.Type, err = queryEventType(q); err != nil {
+		return err
+	}
+	if eq.Since, err = queryTime(q, "since"); err != nil {
+		return err
+	}
+	if eq.Until, err = queryTime(q, "until"); err != nil {
+		return err
+	}
+	if eq.After, err = decodeCursor(r); err != nil {
+		return err
+	}
+	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
+		return err
+	}
+	limit := eq.Limit
+	eq.Limit++ // one more tells whether there is a next page
+	evs, err := s.store.Events(r.Context(), id, eq)
+	if err != nil {
+		return err
+	}
+	next := ""
+	if len(evs) > limit {
+		evs = evs[:limit]
+		last := evs[limit-1]
+		next = encodeCursor(last.ReceivedAt, last.ID)
+	}
+	writePage(w, appendEvents(nil, evs), next)
+	return nil
+}
+
+// Stats intervals and their default ranges.
+var intervals = map[string]struct{ width, defaultRange time.Duration }{
+	"1m": {time.Minute, time.Hour},
+	"1h": {time.Hour, 24 * time.Hour},
+	"1d": {24 * time.Hour, 30 * 24 * time.Hour},
+}
+
+// maxBuckets bounds a stats answer (a week of minutes).
+const maxBuckets = 7 * 24 * 60
+
+type bucketJSON struct {
+	Bucket jsonTime `json:"bucket"`
+	Error  int64    `json:"error"`
+	Event  int64    `json:"event"`
+	Metric int64    `json:"metric"`
+}
+
+type statsJSON struct {
+	Interval string       `json:"interval"`
+	Series   []bucketJSON `json:"series"`
+}
+
+// stats: GET /projects/{id}/stats: stored events per type and bucket, from the rollups,
+// every bucket of [since, until) present (zeros included), buckets aligned on UTC.
+func (s *Service) stats(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	id, err := projectID(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	name := q.Get("interval")
+	if name == "" {
+		name = "1h"
+	}
+	iv, ok := intervals[name]
+	if !ok {
+		return invalid("querystring/interval must be equal to one of the allowed values (1m, 1h, 1d)")
+	}
+	since, err := queryTime(q, "since")
+	if err != nil {
+		return err
+	}
+	until, err := queryTime(q, "until")
+	if err != nil {
+		return err
+	}
+	end := s.now().UTC()
+	if until != nil {
+		end = *until
+	}
+	start := end.Add(-iv.defaultRange)
+	if since != nil {
+		start = *since
+	}
+	start = start.UTC().Truncate(iv.width) // Truncate works on absolute time: UTC-aligned
+	if !end.After(start) {
+		return invalid("querystring/until must be later than querystring/since")
+	}
+	n := int((end.Sub(start) + iv.width - 1) / iv.width)
+	if n > maxBuckets {
+		return invalid("the range holds more than " + strconv.Itoa(maxBuckets) + " buckets of " + name + "; narrow since/until or use a wider interval")
+	}
+	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
+		return err
+	}
+	rows, err := s.store.Stats(r.Context(), id, iv.width, start, end)
+	if err != nil {
+		return err
+	}
+	series := make([]bucketJSON, n)
+	for i := range series {
+		series[i].Bucket = jsonTime(start.Add(time.Duration(i) * iv.width))
+	}
+	for _, b := range rows {
+		i := int(b.Start.Sub(start) / iv.width)
+		if i >= 0 && i < n {
+			series[i].Error, series[i].Event, series[i].Metric = b.Error, b.Event, b.Metric
+		}
+	}
+	return writeData(w, http.StatusOK, statsJSON{Interval: name, Series: series})
+}
+
+type alertJSON struct {
+	ID          string    `json:"id"`
+	Kind        string    `json:"kind"`
+	State       string    `json:"state"`
+	WindowStart jsonTime  `json:"windowStart"`
+	WindowEnd   jsonTime  `json:"windowEnd"`
+	ErrorCount  int32     `json:"errorCount"`
+	Threshold   int32     `json:"threshold"`
+	Attempts    int32     `json:"attempts"`
+	LastError   *string   `json:"lastError"`
+	CreatedAt   jsonTime  `json:"createdAt"`
+	SentAt      *jsonTime `json:"sentAt"`
+}
+
+// alerts: GET /projects/{id}/alerts: the alert history, newest first, keyset-paginated.
+func (s *Service) alerts(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	id, err := projectID(r)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(r.URL.Query(), "limit", alertsDefault, 1, alertsMax)
+	if err != nil {
+		return err
+	}
+	after, err := decodeCursor(r)
+	if err != nil {
+		return err
+	}
+	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
+		return err
+	}
+	as, err := s.store.Alerts(r.Context(), id, after, limit+1)
+	if err != nil {
+		return err
+	}
+	next := ""
+	if len(as) > limit {
+		as = as[:limit]
+		next = encodeCursor(as[limit-1].CreatedAt, as[limit-1].ID)
+	}
+	out := make([]alertJSON, len(as))
+	for i, a := range as {
+		out[i] = alertJSON{
+			ID: a.ID.String(), Kind: a.Kind, State: a.State,
+			WindowStart: jsonTime(a.WindowStart), WindowEnd: jsonTime(a.WindowEnd),
+			ErrorCount: a.ErrorCount, Threshold: a.Threshold, Attempts: a.Attempts, LastError: a.LastError,
+			CreatedAt: jsonTime(a.CreatedAt), SentAt: optTime(a.SentAt),
+		}
+	}
+	b, err := marshal(out)
+	if err != nil {
+		return err
+	}
+	writePage(w, b, next)
+	return nil
+}

@@ -1,0 +1,167 @@
+package live
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/google/uuid"
+)
+
+// Close codes the server uses for WebSocket streams (SSE streams just end).
+const (
+	closeTokenExpired ws.StatusCode = 4001 // access token expired or revoked: re-authenticate
+	closeSlow                       = ws.StatusPolicyViolation
+	closeGoingAway                  = ws.StatusGoingAway
+)
+
+// client is one live stream (WebSocket or SSE) of one project.
+type client struct {
+	transport transport
+	tm        *transportMetrics
+	project   uuid.UUID
+	projectID string // canonical form, as sent in "connected"
+	userID    uuid.UUID
+	issuedAt  time.Time
+	expires   time.Time
+
+	// queue is the bounded buffer between the Redis dispatch loop (the only sender) and
+	// the client's writer (the only receiver). The dispatcher never blocks on it.
+	queue chan *message
+	// missed counts messages dropped since the last resync was queued or written, -1
+	// after a Redis reconnect (count unknown). Whoever swaps it to 0 owes the client a
+	// resync: the dispatcher when it can queue a marker before the next message, or the
+	// writer when it finds the queue drained.
+	missed atomic.Int64
+	// fullSince is when the dispatcher first found the queue full without a successful
+	// send since; dispatcher-only.
+	fullSince time.Time
+
+	// topic and idx locate the client in its topic's client list; guarded by Hub.mu.
+	topic *topic
+	idx   int
+
+	killOnce   sync.Once
+	killed     chan struct{}
+	killCode   ws.StatusCode
+	killReason string
+	slowReason string // set by kill when the client is closed for being slow
+
+	// forceClose, set once a WebSocket is upgraded, closes the TCP connection: Close
+	// uses it when its context ends before the streams finished.
+	forceMu    sync.Mutex
+	forceClose func()
+}
+
+func newClient(t transport, tm *transportMetrics, project uuid.UUID, userID uuid.UUID, iat, exp time.Time, queueSize int) *client {
+	return &client{
+		transport: t,
+		tm:        tm,
+		project:   project,
+		projectID: project.String(),
+		userID:    userID,
+		issuedAt:  iat,
+		expires:   exp,
+		queue:     make(chan *message, queueSize),
+		killed:    make(chan struct{}),
+	}
+}
+
+// kill asks the client's writer to close the stream with code and reason (the first
+// call wins); slow is the slow-client reason for the metric, or "". It never blocks.
+func (c *client) kill(code ws.StatusCode, reason, slow string) {
+	c.killOnce.Do(func() {
+		c.killCode, c.killReason, c.slowReason = code, reason, slow
+		close(c.killed)
+	})
+}
+
+func (c *client) setForceClose(f func()) {
+	c.forceMu.Lock()
+	c.forceClose = f
+	c.forceMu.Unlock()
+}
+
+func (c *client) force() {
+	c.forceMu.Lock()
+	f := c.forceClose
+	c.forceMu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// offer queues m for the client without ever blocking (RELIABILITY.md R1): the Redis
+// receive loop must not wait for one slow client. It runs on the dispatch goroutine only.
+// It reports whether the client was found stuck and should be closed as slow.
+func (c *client) offer(m *message, stallLimit time.Duration) (stuck bool) {
+	// A pending resync goes first, so the client learns of the gap at its position.
+	if n := c.missed.Swap(0); n != 0 {
+		select {
+		case c.queue <- &message{missed: n}:
+		default:
+			c.restoreMissed(n)
+			c.restoreMissed(1) // m is dropped too
+			return c.dropped(stallLimit)
+		}
+	}
+	select {
+	case c.queue <- m:
+		c.fullSince = time.Time{}
+		return false
+	default:
+		c.restoreMissed(1)
+		return c.dropped(stallLimit)
+	}
+}
+
+// offerResync records that the client missed an unknown number of messages (a Redis
+// reconnect) and queues a resync marker if there is room.
+func (c *client) offerResync() {
+	c.missed.Store(-1)
+	if n := c.missed.Swap(0); n != 0 {
+		select {
+		case c.queue <- &message{missed: n}:
+		default:
+			c.restoreMissed(n)
+		}
+	}
+}
+
+// restoreMissed adds n dropped messages back to the pending count; an unknown count
+// (-1) absorbs any known one.
+func (c *client) restoreMissed(n int64) {
+	for {
+		old := c.missed.Load()
+		var next int64
+		switch {
+		case old < 0 || n < 0:
+			next = -1
+		default:
+			next = old + n
+		}
+		if c.missed.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+func (c *client) dropped(stallLimit time.Duration) bool {
+	c.tm.dropped.Inc()
+	now := time.Now()
+	if c.fullSince.IsZero() {
+		c.fullSince = now
+		return false
+	}
+	return now.Sub(c.fullSince) >= stallLimit
+}
+
+// takeMissed is the writer's side: when its queue is drained, a pending resync is
+// written at once rather than waiting for the next published event.
+func (c *client) takeMissed() int64 {
+	if len(c.queue) != 0 {
+		return 0
+	}
+	return c.missed.Swap(0)
+}

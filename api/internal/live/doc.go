@@ -1,0 +1,89 @@
+// Package live serves PulseBoard's live streams: GET /realtime/{projectId} (WebSocket,
+// github.com/gobwas/ws) and GET /realtime/{projectId}/sse (Server-Sent Events). The
+// consumer PUBLISHes every newly stored event's JSON to the Redis channel
+// project:<id>:events; a Hub relays it to that project's connected clients (API.md "Live
+// streams", RELIABILITY.md promise 13).
+//
+// # Before a stream starts
+//
+// Everything that can refuse a stream happens before the upgrade and answers JSON
+// ({"success":false,"code","message"}): an Origin outside Config.AllowedOrigins is 403
+// FORBIDDEN_ORIGIN (no Origin means a non-browser client, allowed; this is the CSWSH
+// defence gobwas leaves to us, W3); the access token, from Authorization: Bearer, the
+// subprotocol pair "bearer, <jwt>" (the server then selects "bearer") or ?token=, must
+// verify, must not be past exp (the parser's 30 s leeway is not granted to streams) and
+// must not predate users.tokens_valid_after, else 401; a project that is missing, not the
+// caller's, or not a UUID is 404 PROJECT_NOT_FOUND; more than MaxConnsPerUser streams is
+// 429; a Redis subscription that is not confirmed within SubscribeTimeout is 503.
+//
+// # One subscription per project
+//
+// A Hub owns one go-redis PubSub connection. A project's topic is created when its
+// first local client joins and goes when its last leaves; the reconcile loop, the only
+// sender of SUBSCRIBE and UNSUBSCRIBE, makes Redis follow the topics, so no request ever
+// waits on Redis while holding a lock, and commands reach Redis in the order the state
+// changes were decided. A joining client waits until Redis has confirmed its channel's
+// SUBSCRIBE (ChannelWithSubscriptions delivers the confirmations), so that everything
+// published after "connected" reaches it. A confirmation that arrives with none of our
+// commands pending is go-redis re-subscribing after a reconnect: what was published in
+// between is lost, so that topic's clients are sent {"type":"resync","missed":-1}
+// (RELIABILITY.md R2). One client leaving never touches the others' subscription (the old
+// backend unsubscribed everyone).
+//
+// # Fan-out, queues and slow clients
+//
+// The dispatch loop is the only reader of the PubSub channel. For each message it builds
+// the WebSocket frame and the SSE block once and offers the same pointer to every client
+// of the project with a non-blocking send into the client's bounded queue (QueueSize), so
+// one slow client never delays the loop or the others (R1). A full queue drops the
+// message and counts it; the client then gets {"type":"resync","missed":N}: queued by
+// the dispatcher in front of the next message that fits (so it sits where the gap is),
+// or written by the client's writer as soon as it has drained its queue. A client whose
+// queue stays full for WriteTimeout is closed (WebSocket 1008); one that stops reading
+// altogether fails its next write after WriteTimeout and is closed. Memory per client is
+// therefore bounded by QueueSize pointers plus the kernel's socket buffers.
+//
+// # Goroutines per connection
+//
+// WebSocket: two. gobwas/ws does not synchronise writes (W4), so a writer goroutine owns
+// every write: events (batched into one writev), pings every PingInterval, pongs, and the
+// close frame, each under a write deadline (W5). A reader goroutine reads frames with a
+// wsutil.Reader (MaxFrameSize and MaxMessageSize, plus its own message cap: never
+// ws.ReadFrame or wsutil.ReadClientData on untrusted input, W1/W2; CheckUTF8, W6) under a
+// read deadline of 2.5 × PingInterval, and answers control frames through the writer
+// (wsutil.ControlFrameHandler into a buffer). Oversize → 1009, invalid UTF-8 → 1007,
+// protocol errors → 1002, a frame flood → 1008. The upgrade handler itself returns, so
+// net/http's connection goroutine is not kept. permessage-deflate is never negotiated
+// (W7). SSE: one, the handler's own.
+//
+// # Closing
+//
+// A stream is closed at its token's exp (WebSocket 4001 "token expired"; SSE ends the
+// response), when its user's tokens are revoked or the user or project is deleted
+// (checked for all streams every RevocationCheckInterval; 4001 or 4004), and by
+// Hub.Close (1001 "going away").
+//
+// # SSE replay and the splice
+//
+// Each SSE event carries id: <cursor>, an opaque encoding of (received_at, id), the order
+// the events table is indexed in. On reconnect with Last-Event-ID (or ?lastEventId=) the
+// stream, already subscribed and with live messages queuing, replays from Postgres the
+// newest ReplayLimit events after the cursor within ReplayWindow (ORDER BY received_at,
+// id). If more were missed than that, a resync with their count goes first. Then the
+// queue is drained: a live message whose event id was replayed is skipped. Comparing ids
+// rather than cursors matters: an event can be published after a later-received one
+// (several consumers), and dropping every live event whose cursor is below the last
+// replayed one would then lose it. Because the subscription is confirmed before the
+// replay query runs, every event committed after the query's snapshot is in the queue
+// (the consumer publishes after its commit), and every one committed before is in the
+// replay: no gap, no duplicate. A queue that overflows during the replay is reported by
+// a resync like any other.
+//
+// # Metrics
+//
+// pulseboard_api_live_connections{transport}, _messages_sent_total{transport},
+// _messages_dropped_total{transport}, _resyncs_sent_total{transport,reason},
+// _slow_clients_closed_total{transport,reason}, _rejected_total{transport,reason},
+// _replayed_events_total, _redis_subscriptions and _redis_resubscriptions_total; no
+// label carries a project, user or token.
+package live

@@ -1,0 +1,159 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// NewSession stores the first refresh token (by hash) of a new family for the user. It
+// also deletes the user's refresh tokens that have expired: they can neither be used
+// nor, once expired, be a meaningful reuse signal.
+func (s *Store) NewSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, now time.Time, ttl time.Duration) error {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	family, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return mapErr("creating session", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2`, userID, now); err != nil {
+		return mapErr("creating session", err)
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, id, userID, family, tokenHash, now, now.Add(ttl)); err != nil {
+		return mapErr("creating session", err)
+	}
+	return mapErr("creating session", tx.Commit(ctx))
+}
+
+// Outcome is the result of presenting a refresh token.
+type Outcome int
+
+// Outcomes of Rotate.
+const (
+	// Rotated: the token was current; it is now rotated and the new one is current.
+	Rotated Outcome = iota + 1
+	// Invalid: unknown, expired, revoked, or older than the user's tokens_valid_after.
+	Invalid
+	// ReusedWithinGrace: the token was rotated less than the grace period ago (a
+	// concurrent refresh from the same client). Refused; the family stays valid.
+	ReusedWithinGrace
+	// ReuseDetected: the token was rotated longer ago than the grace period. The whole
+	// family is now revoked (RFC 9700 §4.14.2).
+	ReuseDetected
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Rotated:
+		return "rotated"
+	case Invalid:
+		return "invalid"
+	case ReusedWithinGrace:
+		return "reused_within_grace"
+	case ReuseDetected:
+		return "reuse_detected"
+	}
+	return "unknown"
+}
+
+// Rotation is what Rotate found and did.
+type Rotation struct {
+	Outcome  Outcome
+	User     User      // set when Rotated
+	UserID   uuid.UUID // set unless Invalid because the token is unknown
+	FamilyID uuid.UUID
+}
+
+// Rotate presents the refresh token with hash oldHash and, if it is current, replaces it
+// with newHash in one transaction. The token row is locked (FOR UPDATE), so of two
+// concurrent refreshes with the same token exactly one rotates it; the other sees it
+// rotated a moment ago and gets ReusedWithinGrace: one wins, the other is refused, and
+// there are never two diverging valid tokens.
+func (s *Store) Rotate(ctx context.Context, oldHash, newHash []byte, now time.Time, ttl, grace time.Duration) (Rotation, error) {
+	var r Rotation
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var (
+		id                   uuid.UUID
+		createdAt, expiresAt time.Time
+		rotatedAt, revokedAt *time.Time
+		validAfter           time.Time
+	)
+	err = tx.QueryRow(ctx, `
+		SELECT rt.id, rt.user_id, rt.family_id, rt.created_at, rt.expires_at, rt.rotated_at, rt.revoked_at, u.tokens_valid_after
+		FROM refresh_tokens rt JOIN users u ON u.id = rt.user_id
+		WHERE rt.token_hash = $1
+		FOR UPDATE OF rt`, oldHash).Scan(&id, &r.UserID, &r.FamilyID, &createdAt, &expiresAt, &rotatedAt, &revokedAt, &validAfter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		r.Outcome = Invalid
+		return r, nil
+	}
+	if err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	switch {
+	case revokedAt != nil, !expiresAt.After(now), createdAt.Before(validAfter):
+		r.Outcome = Invalid
+		return r, nil
+	case rotatedAt != nil && now.Sub(*rotatedAt) <= grace:
+		r.Outcome = ReusedWithinGrace
+		return r, nil
+	case rotatedAt != nil:
+		if err := revokeFamily(ctx, tx, r.FamilyID, now); err != nil {
+			return r, err
+		}
+		r.Outcome = ReuseDetected
+		return r, mapErr("revoking refresh token family", tx.Commit(ctx))
+	}
+	newID, err := uuid.NewV7()
+	if err != nil {
+		return r, err
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, newID, r.UserID, r.FamilyID, newHash, now, now.Add(ttl)); err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 WHERE id = $1`, id, now, newID); err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	r.User, err = scanUser(tx.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, r.UserID))
+	if err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return r, mapErr("rotating refresh token", err)
+	}
+	r.Outcome = Rotated
+	return r, nil
+}
+
+// RevokeFamilyOf revokes the family of the refresh token with this hash (logout). An
+// unknown token is not an error: logout always succeeds.
+func (s *Store) RevokeFamilyOf(ctx context.Context, tokenHash []byte, now time.Time) error {
+	_, err := s.db.Exec(ctx, `
+		UPDATE refresh_tokens SET revoked_at = $2
+		WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL`,
+		tokenHash, now)
+	return mapErr("revoking refresh token family", err)
+}
+
+func revokeFamily(ctx context.Context, tx pgx.Tx, family uuid.UUID, now time.Time) error {
+	_, err := tx.Exec(ctx, `UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL`, family, now)
+	return mapErr("revoking refresh token family", err)
+}

@@ -1,0 +1,63 @@
+// Package store is the api's PostgreSQL boundary: users, refresh-token families,
+// projects, and the read side of events, rollups and alerts. Driver errors are mapped
+// here and nowhere else: no rows → ErrNotFound, the users e-mail unique index →
+// ErrEmailTaken, a closed pool or an unreachable server → ErrUnavailable; everything
+// else is wrapped with the operation's name and is an internal error for callers.
+//
+// Every project query takes the caller's user id and filters on it in SQL, so another
+// user's project is indistinguishable from a missing one (tenant isolation,
+// RELIABILITY.md promise 19).
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrEmailTaken  = errors.New("email already registered")
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// Store runs the api's queries on a pool.
+type Store struct {
+	db *pgxpool.Pool
+}
+
+// New returns a Store on db.
+func New(db *pgxpool.Pool) *Store { return &Store{db: db} }
+
+// mapErr maps a driver error for operation op.
+func mapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return ErrNotFound
+	case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "users_email_key":
+		return ErrEmailTaken
+	case errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P03" || pgErr.Code == "53300"):
+		// admin shutdown, cannot connect now, too many connections
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	case errors.As(err, &pgErr):
+		return fmt.Errorf("%s: %w", op, err)
+	case errors.Is(err, puddle.ErrClosedPool), errors.As(err, &connErr), errors.As(err, &netErr),
+		pgconn.Timeout(err), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	default:
+		return fmt.Errorf("%s: %w", op, err)
+	}
+}

@@ -1,0 +1,265 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pulseboard/pulseboard/api/internal/authn"
+	"github.com/pulseboard/pulseboard/api/internal/passwords"
+	"github.com/pulseboard/pulseboard/api/internal/store"
+	"github.com/pulseboard/pulseboard/api/internal/throttle"
+	"github.com/pulseboard/pulseboard/pkg/auth"
+	"github.com/pulseboard/pulseboard/pkg/obs"
+)
+
+// LiveStreams serves the WebSocket and SSE live streams (api/internal/live). The api
+// mounts it and closes it at shutdown; it authenticates and authorises each stream
+// itself, before upgrading.
+//
+// Both routes run behind the api's middleware, whose ResponseWriter passes Flush and
+// Hijack through and unwraps for http.ResponseController. The http.Server has read and
+// write timeouts (Config.ReadTimeout, WriteTimeout): an SSE handler must clear them for
+// its request with http.NewResponseController(w).SetReadDeadline(time.Time{}) and
+// SetWriteDeadline, and a hijacked connection must set its own deadlines.
+type LiveStreams interface {
+	// ServeWS is mounted at GET /realtime/{projectId}.
+	ServeWS(w http.ResponseWriter, r *http.Request)
+	// ServeSSE is mounted at GET /realtime/{projectId}/sse.
+	ServeSSE(w http.ResponseWriter, r *http.Request)
+	// Close closes every open stream and refuses new ones; it returns when they are
+	// closed or ctx is done. net/http's Shutdown does not wait for hijacked connections
+	// and never sees an SSE stream as idle, so Run calls this during shutdown.
+	Close(ctx context.Context)
+}
+
+// Deps are the api's dependencies, built and closed by the caller.
+type Deps struct {
+	Pool  *pgxpool.Pool
+	Redis *redis.Client
+	// Logger defaults to discarding; Registerer to a private registry.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Ready is the host's readiness; the host adds its dependency checks and sets
+	// draining before cancelling Run's context. May be nil.
+	Ready *obs.Readiness
+	// Listener, when set, is used instead of listening on Host:Port (tests use port 0).
+	Listener net.Listener
+	// Live serves the live streams; nil answers those routes 404.
+	Live LiveStreams
+	// Tokens issues and verifies access tokens. The host builds it with NewAccessTokens
+	// when the live streams need the same one (in development the secret is random, so
+	// both must share this value); nil builds one from the Config.
+	Tokens *auth.Tokens
+	// Now is the clock for login throttling and refresh-token lifetimes (tests inject
+	// one); nil means time.Now. Access tokens always use the real clock.
+	Now func() time.Time
+}
+
+// Service is a configured api. Create it with New and call Run once.
+type Service struct {
+	cfg    Config
+	deps   Deps
+	logger *slog.Logger
+	m      *metrics
+	now    func() time.Time
+
+	store    *store.Store
+	tokens   *auth.Tokens
+	authn    *authn.Authenticator
+	hasher   *passwords.Hasher
+	throttle *throttle.Limiter
+
+	origins        map[string]bool
+	trustedProxies []netip.Prefix
+
+	mux      *http.ServeMux
+	patterns []string // registered, for the OpenAPI coverage test
+	handler  http.Handler
+	server   *http.Server
+	ln       net.Listener
+	started  atomic.Bool
+}
+
+// New checks the configuration and dependencies, builds the handlers and registers the
+// metrics. It listens (unless Deps.Listener is set) but serves nothing until Run.
+func New(cfg Config, deps Deps) (*Service, error) {
+	var errs []error
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if deps.Pool == nil {
+		errs = append(errs, errors.New("api: Deps.Pool is required"))
+	}
+	if deps.Redis == nil {
+		errs = append(errs, errors.New("api: Deps.Redis is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if deps.Registerer == nil {
+		deps.Registerer = prometheus.NewRegistry()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Service{cfg: cfg, deps: deps, logger: deps.Logger.With("component", "api"), now: deps.Now}
+
+	var err error
+	if s.tokens = deps.Tokens; s.tokens == nil {
+		if s.tokens, err = NewAccessTokens(cfg, s.logger); err != nil {
+			return nil, err
+		}
+	}
+	s.store = store.New(deps.Pool)
+	s.authn = authn.New(s.tokens, s.store, func(err error) bool { return errors.Is(err, store.ErrNotFound) })
+	conc := cfg.HashConcurrency
+	if conc == 0 {
+		conc = runtime.GOMAXPROCS(0)
+	}
+	if s.hasher, err = passwords.New(cfg.BcryptCost, conc, cfg.HashWait); err != nil {
+		return nil, err
+	}
+	s.m = newMetrics(deps.Registerer)
+	s.throttle = throttle.New(deps.Redis, cfg.LoginThrottlePrefix, deps.Now, s.logger)
+	s.throttle.OnFallback = s.m.throttleFallback.Inc
+	s.origins = map[string]bool{}
+	for _, o := range cfg.CORSOrigins {
+		s.origins[o] = true
+	}
+	s.trustedProxies, _ = parsePrefixes(cfg.TrustedProxies) // validated above
+
+	s.mux = http.NewServeMux()
+	s.routes()
+	s.handler = s.instrument(s.cors(http.HandlerFunc(s.router)))
+	s.server = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+	}
+
+	s.ln = deps.Listener
+	if s.ln == nil {
+		if s.ln, err = net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))); err != nil {
+			return nil, fmt.Errorf("api: listening on %s:%d: %w", cfg.Host, cfg.Port, err)
+		}
+	}
+	return s, nil
+}
+
+// NewAccessTokens returns the access token issuer of cfg: JWT_ACCESS_SECRET, or in
+// development, when it is unset, a random secret (with a warning: tokens then do not
+// survive a restart and are not shared between instances). Validate refuses a missing
+// secret in production.
+func NewAccessTokens(cfg Config, logger *slog.Logger) (*auth.Tokens, error) {
+	secret := []byte(cfg.AccessSecret)
+	if len(secret) == 0 {
+		if cfg.Production() {
+			return nil, errors.New("JWT_ACCESS_SECRET is required with PULSEBOARD_ENV=production")
+		}
+		secret = auth.RandomSecret()
+		if logger != nil {
+			logger.Warn("JWT_ACCESS_SECRET is not set: using a random secret (development only; access tokens do not survive a restart and are not shared between instances)")
+		}
+	}
+	return auth.NewTokens(secret, cfg.AccessTTL.D())
+}
+
+// routes registers every route; API.md is the contract, openapi.json its description
+// (a test checks that every pattern registered here is documented there).
+func (s *Service) routes() {
+	m := func(pattern string, h http.Handler) {
+		s.patterns = append(s.patterns, pattern)
+		s.mux.Handle(pattern, h)
+	}
+	m("POST /auth/register", s.handle(s.register))
+	m("POST /auth/login", s.handle(s.login))
+	m("POST /auth/refresh", s.handle(s.refresh))
+	m("POST /auth/logout", s.handle(s.logout))
+	m("GET /me", s.authed(s.me))
+
+	m("POST /projects", s.authed(s.createProject))
+	m("GET /projects", s.authed(s.listProjects))
+	m("GET /projects/{id}", s.authed(s.getProject))
+	m("PATCH /projects/{id}", s.authed(s.updateProject))
+	m("PUT /projects/{id}", s.authed(s.updateProject)) // alias of PATCH (partial update)
+	m("DELETE /projects/{id}", s.authed(s.deleteProject))
+	m("POST /projects/{id}/rotate-key", s.authed(s.rotateKey))
+	m("GET /projects/{id}/events", s.authed(s.projectEvents))
+	m("DELETE /projects/{id}/events", s.authed(s.deleteEvents))
+	m("GET /projects/{id}/stats", s.authed(s.stats))
+	m("GET /projects/{id}/alerts", s.authed(s.alerts))
+
+	m("GET /events", s.handle(s.eventsByKey))
+	m("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+
+	if s.deps.Live != nil {
+		m("GET /realtime/{projectId}", http.HandlerFunc(s.deps.Live.ServeWS))
+		m("GET /realtime/{projectId}/sse", http.HandlerFunc(s.deps.Live.ServeSSE))
+	}
+}
+
+// Handler is the api's whole HTTP handler (middleware included).
+func (s *Service) Handler() http.Handler { return s.handler }
+
+// Addr is the public listener's address.
+func (s *Service) Addr() net.Addr { return s.ln.Addr() }
+
+// Run serves until ctx is done, then shuts down gracefully within ShutdownTimeout: the
+// host has already made readiness fail; the listener closes, in-flight requests finish,
+// live streams are closed (Live.Close: Shutdown does not wait for hijacked connections
+// and never sees an SSE stream as idle), and whatever is left is closed hard.
+func (s *Service) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("api: Run called more than once")
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.server.Serve(s.ln) }()
+	s.logger.Info("api listening", "addr", s.ln.Addr().String(), "config", s.cfg.String())
+
+	select {
+	case err := <-serveErr:
+		if s.deps.Live != nil {
+			s.deps.Live.Close(context.Background())
+		}
+		return fmt.Errorf("api server: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- s.server.Shutdown(shutdownCtx) }()
+	if s.deps.Live != nil {
+		s.deps.Live.Close(shutdownCtx)
+	}
+	err := <-shutdownDone
+	if err != nil {
+		s.logger.Warn("api shutdown did not finish in time; closing the remaining connections", "error", err)
+		_ = s.server.Close()
+	}
+	if serr := <-serveErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return fmt.Errorf("api server: %w", serr)
+	}
+	s.logger.Info("api stopped")
+	return nil
+}
