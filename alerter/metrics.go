@@ -5,7 +5,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// Bounded label values.
+// Bounded label values. The scheduled job's label is job_name, never job: Prometheus
+// sets job (and instance) on every scraped series, and renames a clashing exported label
+// to exported_job.
 var (
 	alertKinds   = []string{kindThreshold, kindResolved}
 	emailKinds   = []string{kindThreshold, kindResolved, kindDigest}
@@ -74,11 +76,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name:    "pulseboard_alerter_job_duration_seconds",
 			Help:    "Duration of scheduled job runs (digest, retention), whatever their outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
-		}, []string{"job"}),
+		}, []string{"job_name"}),
 		jobRuns: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "pulseboard_alerter_job_runs_total",
 			Help: "Scheduled job runs by job and outcome: success, partial (some emails left to retry), failure, skipped (another instance holds the job, or the slot is done).",
-		}, []string{"job", "outcome"}),
+		}, []string{"job_name", "outcome"}),
 	}
 	for _, k := range alertKinds {
 		m.alertsFired.WithLabelValues(k)

@@ -47,8 +47,10 @@ type processConfig struct {
 	// RedisURL [redis://localhost:6379]. There is no embedded fallback here: a
 	// consumer publishing to a private in-process Redis would feed no live stream.
 	RedisURL string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
-	// AdminPort serves /healthz, /readyz, /metrics, /debug/pprof [9102]; 0 = any.
-	AdminPort int `env:"ADMIN_PORT" envDefault:"9102"`
+	// AdminHost and AdminPort serve /healthz, /readyz, /metrics, /debug/pprof [all
+	// interfaces, 9102]; port 0 = any. Set ADMIN_HOST=127.0.0.1 to keep them local.
+	AdminHost string `env:"ADMIN_HOST"`
+	AdminPort int    `env:"ADMIN_PORT" envDefault:"9102"`
 	// LogLevel: debug, info, warn, error [info].
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// DBMaxConns bounds the pool; the consumer uses one connection at a time, the rest
@@ -133,9 +135,9 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(pcfg.AdminPort)))
+	ln, err := net.Listen("tcp", net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)))
 	if err != nil {
-		return fmt.Errorf("admin listener on port %d: %w", pcfg.AdminPort, err)
+		return fmt.Errorf("admin listener on %q port %d: %w", pcfg.AdminHost, pcfg.AdminPort, err)
 	}
 	// Readiness turns false as soon as the stop is requested, before the drain.
 	stopReady := context.AfterFunc(ctx, ready.SetDraining)

@@ -71,6 +71,7 @@ func TestRunServesAndConsumes(t *testing.T) {
 			"KAFKA_BROKERS":       strings.Join(kc.Brokers, ","),
 			"KAFKA_TOPIC":         kc.Topic,
 			"KAFKA_DLQ_TOPIC":     kc.DLQTopic,
+			"ADMIN_HOST":          "127.0.0.1",
 			"ADMIN_PORT":          "0",
 			"CONSUMER_BATCH_WAIT": "10ms",
 		}, logw)
@@ -106,6 +107,8 @@ func TestRunServesAndConsumes(t *testing.T) {
 		for range lines { // keep draining the logs
 		}
 	}()
+	// ADMIN_HOST is honoured: the admin port (pprof included) stays off other interfaces.
+	require.True(t, strings.HasPrefix(admin, "127.0.0.1:"), "admin listens on %s", admin)
 
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + admin + path)

@@ -82,6 +82,11 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 		Name: "pulseboard_ingest_produce_errors_total",
 		Help: "Requests whose events the broker did not acknowledge, by reason (timeout, broker, overloaded).",
 	}, []string{"reason"})
+	// Export zeros from the start: a series that appears with its first error hides that
+	// error from rate() and increase(), and alerts on it see nothing.
+	for _, reason := range []string{"timeout", "broker", "overloaded"} {
+		p.errors.WithLabelValues(reason)
+	}
 	p.batchEvents = f.NewHistogram(prometheus.HistogramOpts{
 		Name:    "pulseboard_ingest_produce_batch_events",
 		Help:    "Events per Kafka produce batch as completed by the writer.",
