@@ -21,25 +21,30 @@ import (
 
 // proc is one service process of the test.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	logs   *syncBuffer
-	exited chan error
+	name    string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	done    chan struct{} // closed when the process has exited; waitErr is then set
+	waitErr error
 }
 
 func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	require.NoError(t, p.cmd.Start())
-	go func() { p.exited <- p.cmd.Wait() }()
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-p.exited:
+		case <-p.done:
 		case <-time.After(30 * time.Second):
 			_ = p.cmd.Process.Kill()
+			<-p.done
 		}
 		if t.Failed() {
 			t.Logf("%s logs:\n%s", p.name, p.logs.String())
@@ -61,8 +66,8 @@ func (p *proc) waitReady(t *testing.T, adminURL string) {
 			}
 		}
 		select {
-		case err := <-p.exited:
-			t.Fatalf("%s exited before becoming ready (%v); logs:\n%s", p.name, err, p.logs.String())
+		case <-p.done:
+			t.Fatalf("%s exited before becoming ready (%v); logs:\n%s", p.name, p.waitErr, p.logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
