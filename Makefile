@@ -17,6 +17,7 @@ build:
 	$(GO) build -o $(BIN)/ingestor ./ingestor/cmd/ingestor
 	$(GO) build -o $(BIN)/consumer ./consumer/cmd/consumer
 	$(GO) build -o $(BIN)/alerter ./alerter/cmd/alerter
+	$(GO) build -o $(BIN)/api ./api/cmd/api
 
 run: build
 	./$(BIN)/pulseboard run

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pulseboard/pulseboard/alerter"
+	"github.com/pulseboard/pulseboard/api"
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/migrations"
@@ -42,6 +43,7 @@ type allConfig struct {
 	Ingestor     ingestor.Config
 	Consumer     consumer.Config
 	Alerter      alerter.Config
+	API          api.Config
 }
 
 func loadEnv() (config.Env, error) { return config.FromOS(".env") }
@@ -129,6 +131,19 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	apiLogger := logger.With("component", "api")
+	tokens, err := api.NewAccessTokens(cfg.API, apiLogger)
+	if err != nil {
+		return err
+	}
+	apiDeps := api.Deps{Pool: pool, Redis: rdb, Logger: apiLogger, Registerer: reg, Ready: ready, Tokens: tokens}
+	if apiDeps.Live, err = api.NewLive(cfg.API, apiDeps, tokens); err != nil {
+		return err
+	}
+	apiSvc, err := api.New(cfg.API, apiDeps)
+	if err != nil {
+		return err
+	}
 	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
 	if err != nil {
 		return fmt.Errorf("admin listener on %s:%d: %w", cfg.AdminHost, cfg.AdminPort, err)
@@ -141,6 +156,8 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	ingestCtx, stopIngest := context.WithCancel(base)
 	consumeCtx, stopConsume := context.WithCancel(base)
 	alertCtx, stopAlert := context.WithCancel(base)
+	apiCtx, stopAPI := context.WithCancel(base)
+	defer stopAPI()
 	adminCtx, stopAdmin := context.WithCancel(base)
 	defer stopIngest()
 	defer stopConsume()
@@ -148,7 +165,7 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	defer stopAdmin()
 
 	var g errgroup.Group
-	failed := make(chan error, 4)
+	failed := make(chan error, 5)
 	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
 	ingestDone := make(chan struct{})
 	consumeDone := make(chan struct{})
@@ -168,6 +185,15 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		}
 		return err
 	})
+	apiDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(apiDone)
+		err := apiSvc.Run(apiCtx)
+		if err != nil {
+			failed <- fmt.Errorf("api: %w", err)
+		}
+		return err
+	})
 	alertDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(alertDone)
@@ -177,7 +203,7 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		}
 		return err
 	})
-	logger.Info("pulseboard is running", "ingest", ing.Addr().String(), "admin", adminLn.Addr().String(), "kafka", brokers)
+	logger.Info("pulseboard is running", "ingest", ing.Addr().String(), "api", apiSvc.Addr().String(), "admin", adminLn.Addr().String(), "kafka", brokers)
 
 	var cause error
 	select {
@@ -188,7 +214,9 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	ready.SetDraining()
 	stopIngest()
+	stopAPI() // closes live streams with a close frame; clients reconnect elsewhere
 	<-ingestDone
+	<-apiDone
 	if embedded != nil {
 		drainEmbedded(cfg, brokers, logger, consumeDone)
 	}

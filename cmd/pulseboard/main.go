@@ -1,6 +1,6 @@
 // Command pulseboard is PulseBoard's all-in-one binary and CLI:
 //
-//	pulseboard run      ingestor + consumer in one process, with embedded defaults
+//	pulseboard run      ingestor, consumer, alerter and api in one process, with embedded defaults
 //	pulseboard migrate  create the database if needed and apply migrations
 //	pulseboard seed     create a demo user and project; print them (with the API key) as JSON
 //	pulseboard broker   run the embedded Kafka-protocol broker as its own process
@@ -31,7 +31,7 @@ func main() {
 const usage = `usage: pulseboard <command>
 
 commands:
-  run       start the all-in-one (ingestor + consumer) with embedded defaults
+  run       start the all-in-one (ingestor, consumer, alerter, api) with embedded defaults
   migrate   create the database if needed and apply migrations
   seed      create a demo user and project and print them as JSON (with the API key)
   broker    run the embedded Kafka-protocol broker as its own process

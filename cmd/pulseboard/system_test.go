@@ -34,6 +34,7 @@ var (
 	binary         string // pulseboard
 	ingestorBinary string
 	consumerBinary string
+	alerterBinary  string
 )
 
 func TestMain(m *testing.M) {
@@ -45,10 +46,12 @@ func TestMain(m *testing.M) {
 	binary = filepath.Join(dir, "pulseboard")
 	ingestorBinary = filepath.Join(dir, "ingestor")
 	consumerBinary = filepath.Join(dir, "consumer")
+	alerterBinary = filepath.Join(dir, "alerter")
 	for out, pkg := range map[string]string{
 		binary:         ".",
 		ingestorBinary: "github.com/pulseboard/pulseboard/ingestor/cmd/ingestor",
 		consumerBinary: "github.com/pulseboard/pulseboard/consumer/cmd/consumer",
+		alerterBinary:  "github.com/pulseboard/pulseboard/alerter/cmd/alerter",
 	} {
 		build := exec.Command("go", "build", "-o", out, pkg)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -67,6 +70,7 @@ type instance struct {
 	cmd      *exec.Cmd
 	env      []string
 	ingest   string // http://127.0.0.1:port
+	api      string
 	admin    string
 	kafka    string
 	pool     *pgxpool.Pool
@@ -108,10 +112,11 @@ func start(t *testing.T, extraEnv ...string) *instance {
 	t.Helper()
 	dbURL, pool := pgtest.NewDB(t)
 	rdb := redistest.Client(t)
-	ingestPort, adminPort, kafkaPort := freePort(t), freePort(t), freePort(t)
+	ingestPort, adminPort, kafkaPort, apiPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	in := &instance{
 		t: t, pool: pool, redis: rdb, logs: &syncBuffer{}, exited: make(chan error, 1),
 		ingest: fmt.Sprintf("http://127.0.0.1:%d", ingestPort),
+		api:    fmt.Sprintf("http://127.0.0.1:%d", apiPort),
 		admin:  fmt.Sprintf("http://127.0.0.1:%d", adminPort),
 		kafka:  fmt.Sprintf("127.0.0.1:%d", kafkaPort),
 	}
@@ -120,6 +125,7 @@ func start(t *testing.T, extraEnv ...string) *instance {
 		"REDIS_URL="+redistest.URL(t),
 		"KAFKA_BROKERS=",
 		"INGEST_PORT="+strconv.Itoa(ingestPort),
+		"PORT="+strconv.Itoa(apiPort),
 		"ADMIN_PORT="+strconv.Itoa(adminPort),
 		"KAFKA_EMBEDDED_PORT="+strconv.Itoa(kafkaPort),
 		"INGEST_RATE_LIMIT=0",
