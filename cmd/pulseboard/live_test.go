@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,11 +11,13 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+	"github.com/tmaxmax/go-sse"
 )
 
 // Issue 3, acceptance 4, end to end: events ingested through the ingestor reach two
-// WebSocket clients (coder/websocket, not the server's library) and one SSE reader on the
-// same project, in order; closing one client never affects the others.
+// WebSocket clients (coder/websocket, not the server's library) and one SSE client
+// (tmaxmax/go-sse) on the same project, in order; closing one client never affects the
+// others.
 func TestAllInOneLiveStreamsDeliverIngestedEvents(t *testing.T) {
 	t.Parallel()
 	in := start(t)
@@ -52,24 +53,27 @@ func TestAllInOneLiveStreamsDeliverIngestedEvents(t *testing.T) {
 	ws1, ws2 := dial(), dial()
 	defer ws2.CloseNow()
 
+	// SSE through go-sse, an EventSource-style client (it checks the content type and
+	// would reconnect with Last-Event-ID like a browser).
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.api+"/realtime/"+proj.Data.ID+"/sse", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.Contains(t, resp.Header.Get("Content-Type"), "text/event-stream")
-	sse := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-				sse <- data
-			}
+	sseConn := sse.NewConnection(req)
+	sseEvents := make(chan string, 100)
+	sseConn.SubscribeMessages(func(ev sse.Event) { sseEvents <- ev.Data })
+	sseDone := make(chan error, 1)
+	go func() { sseDone <- sseConn.Connect() }()
+	sseNext := func() string {
+		select {
+		case data := <-sseEvents:
+			return data
+		case err := <-sseDone:
+			t.Fatalf("SSE connection ended: %v", err)
+		case <-ctx.Done():
+			t.Fatal("SSE: timed out")
 		}
-		close(sse)
-	}()
-	require.Contains(t, <-sse, `"type":"connected"`)
+		return ""
+	}
+	require.Contains(t, sseNext(), `"type":"connected"`)
 
 	ingest := func(from, n int) {
 		var evs []string
@@ -101,13 +105,7 @@ func TestAllInOneLiveStreamsDeliverIngestedEvents(t *testing.T) {
 	}
 	readSSE := func(from, n int) {
 		for i := from; i < from+n; i++ {
-			select {
-			case data, ok := <-sse:
-				require.True(t, ok, "SSE stream ended")
-				require.Equal(t, fmt.Sprintf("live-%02d", i), name([]byte(data)))
-			case <-ctx.Done():
-				t.Fatal("SSE: timed out")
-			}
+			require.Equal(t, fmt.Sprintf("live-%02d", i), name([]byte(sseNext())))
 		}
 	}
 
