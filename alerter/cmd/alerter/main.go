@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/pulseboard/pulseboard/alerter"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
@@ -118,22 +116,7 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		logger.Warn("SMTP_HOST is unset: emails are written to the log (and recorded with transport \"log\"), not sent")
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)))
-	if err != nil {
-		return fmt.Errorf("admin listener on port %d: %w", pcfg.AdminPort, err)
-	}
-	// Readiness turns false as soon as the stop is requested.
-	stopReady := context.AfterFunc(ctx, ready.SetDraining)
-	defer stopReady()
-	// The admin server outlives the alerter's stop so /metrics stays observable.
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer stopAdmin()
-		return svc.Run(gctx)
-	})
-	g.Go(func() error { return obs.ServeAdmin(adminCtx, ln, obs.AdminHandler(reg, ready), logger) })
-	return g.Wait()
+	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
+	// so /metrics and /readyz stay observable while the last batch finishes.
+	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), reg, ready, logger, svc.Run)
 }

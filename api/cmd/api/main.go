@@ -13,8 +13,6 @@ import (
 	"strconv"
 	"syscall"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/pulseboard/pulseboard/api"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/obs"
@@ -86,27 +84,6 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
-	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
-	}
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	var g errgroup.Group
-	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
-	runDone := make(chan struct{})
-	g.Go(func() error {
-		select {
-		case <-ctx.Done():
-			ready.SetDraining() // readiness fails before the listener closes
-		case <-runDone:
-		}
-		return nil
-	})
-	err = svc.Run(ctx)
-	close(runDone)
-	stopAdmin() // the admin port outlives the drain
-	if gerr := g.Wait(); err == nil {
-		err = gerr
-	}
-	return err
+	// Readiness fails as soon as the stop is requested; the admin port outlives the drain.
+	return obs.RunService(ctx, net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)), reg, ready, logger, svc.Run)
 }

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/pkg/config"
@@ -135,25 +134,9 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)))
-	if err != nil {
-		return fmt.Errorf("admin listener on %q port %d: %w", pcfg.AdminHost, pcfg.AdminPort, err)
-	}
-	// Readiness turns false as soon as the stop is requested, before the drain.
-	stopReady := context.AfterFunc(ctx, ready.SetDraining)
-	defer stopReady()
-	// The admin server outlives the consumer's drain, so /metrics and /readyz stay
-	// observable while the last batch finishes.
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer stopAdmin()
-		return svc.Run(gctx)
-	})
-	g.Go(func() error { return obs.ServeAdmin(adminCtx, ln, obs.AdminHandler(reg, ready), logger) })
-	return g.Wait()
+	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
+	// so /metrics and /readyz stay observable while the last batch finishes.
+	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), reg, ready, logger, svc.Run)
 }
 
 // openRedis connects to the configured Redis. A Redis that does not answer at start is
