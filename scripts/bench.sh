@@ -7,7 +7,8 @@
 # report under bench/results/. Load goes to 127.0.0.1 only and every loop is time-bounded.
 #
 # BENCH_DURATION (default 10s) sets each scenario's length; BENCH_SHORT=1 runs 2 s
-# scenarios (used by CI so the harness never rots).
+# scenarios (used by CI so the harness never rots); BENCH_OUT sets the report folder. The
+# script fails unless every acknowledged event was stored exactly once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ ADMIN_PORT=${BENCH_ADMIN_PORT:-9201}
 NOOP_PORT=${BENCH_NOOP_PORT:-3299}
 KAFKA_PORT=${BENCH_KAFKA_PORT:-19092}
 DB_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/pulseboard_bench?sslmode=disable}
-OUT=bench/results
+OUT=${BENCH_OUT:-bench/results}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 LOG=$(mktemp)
@@ -75,6 +76,10 @@ t1=$(date +%s.%N)
 echo "acknowledged=$ACKED stored=$STORED (catch-up after load: $(python3 -c "print(round($t1-$t0,2))") s)"
 DUPES=$(psql "$DB_URL" -tAc "SELECT count(*) - count(DISTINCT id) FROM events")
 echo "duplicates stored: $DUPES"
+FAILED=""
+if [ "$ACKED" -eq 0 ] || [ "$STORED" -ne "$ACKED" ] || [ "$DUPES" -ne 0 ]; then
+	FAILED="bench: acknowledged $ACKED, stored $STORED, duplicates $DUPES: every acknowledged event must be stored exactly once"
+fi
 curl -fs http://127.0.0.1:$ADMIN_PORT/metrics | grep -E '^pulseboard_consumer_(rows_stored|duplicates)' || true
 
 kill -TERM "$RUN_PID"; wait "$RUN_PID" || true; pids=()
@@ -99,3 +104,7 @@ with open(sys.argv[2] + ".md", "w") as f:
     f.write("\nacknowledged %s, stored %s, duplicates %s\n" % (sys.argv[3], sys.argv[4], sys.argv[5]))
 print("report:", sys.argv[2] + ".md")
 PY
+if [ -n "$FAILED" ]; then
+	echo "$FAILED" >&2
+	exit 1
+fi
