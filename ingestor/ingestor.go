@@ -59,6 +59,11 @@ type Config struct {
 	// API key cache TTLs: a rotated key stops working everywhere within KeyCacheTTL.
 	KeyCacheTTL         time.Duration `env:"INGEST_KEY_CACHE_TTL" envDefault:"60s"`
 	KeyCacheNegativeTTL time.Duration `env:"INGEST_KEY_CACHE_NEGATIVE_TTL" envDefault:"30s"`
+	// UnknownKeyRate and UnknownKeyBurst limit requests with unknown API keys per client
+	// address (B34): after UnknownKeyBurst of them the address gets 429 until its bucket
+	// refills at UnknownKeyRate per second. 0 disables the limit.
+	UnknownKeyRate  float64 `env:"INGEST_UNKNOWN_KEY_RATE" envDefault:"1"`
+	UnknownKeyBurst int     `env:"INGEST_UNKNOWN_KEY_BURST" envDefault:"100"`
 	// DrainDelay keeps answering 503 (readiness false) before closing the listener, so a
 	// load balancer notices first. 0 in the all-in-one.
 	DrainDelay time.Duration `env:"INGEST_DRAIN_DELAY" envDefault:"0s"`
@@ -89,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEventBytes < 1024 || c.MaxEventBytes > 1<<20 {
 		errs = append(errs, errors.New("INGEST_MAX_EVENT_BYTES must be between 1024 and 1048576 (below the broker's message.max.bytes)"))
+	}
+	if c.UnknownKeyRate < 0 || c.UnknownKeyBurst < 1 {
+		errs = append(errs, errors.New("INGEST_UNKNOWN_KEY_RATE must be >= 0 and INGEST_UNKNOWN_KEY_BURST >= 1"))
 	}
 	if c.MaxBatchEvents < 1 {
 		errs = append(errs, errors.New("INGEST_MAX_BATCH_EVENTS must be >= 1"))
@@ -149,6 +157,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		Event:                 event.Limits{MaxNameChars: event.DefaultMaxNameChars, MaxEventBytes: cfg.MaxEventBytes, MaxDepth: event.DefaultMaxDepth},
 	}
 	h := intake.New(limits, keys, prod, ratelimit.New(cfg.RateLimit, cfg.MaxBatchEvents), deps.Logger, deps.Registerer)
+	h.SetKeyGuard(ratelimit.NewKeyGuard(cfg.UnknownKeyRate, cfg.UnknownKeyBurst))
 	s := &Service{cfg: cfg, deps: deps, handler: h, keys: keys, producer: prod}
 	s.server = &fasthttp.Server{
 		Handler:                      h.ServeFastHTTP,

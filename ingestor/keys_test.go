@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,9 @@ const postgresLookups = "pulseboard_ingest_apikey_lookups_total"
 // sequential, reaches Postgres once per negative-cache TTL.
 func TestUnknownKeyFlood(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	// This test is about the key cache; the per-address guard (TestUnknownKeysPerAddress)
+	// would answer 429 after its burst, so it is off here.
+	b := setup(t, withConfig(func(c *ingestor.Config) { c.UnknownKeyRate = 0 }))
 	unknown, err := apikey.Generate()
 	require.NoError(t, err)
 	body := mustJSON(t, validEvent(unknown))
@@ -257,4 +260,41 @@ func TestRateLimit(t *testing.T) {
 		r, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(limited.APIKey)), nil)
 		return err == nil && r.status == http.StatusAccepted
 	}, time.Duration(retry+2)*time.Second, 100*time.Millisecond)
+}
+
+// B34: one address trying many keys gets 429 before any lookup once its budget is spent,
+// with Retry-After; the warning names the address, never a key; other addresses (here
+// 127.0.0.2) are unaffected.
+func TestUnknownKeysPerAddress(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withConfig(func(c *ingestor.Config) { c.UnknownKeyRate, c.UnknownKeyBurst = 0.01, 5 }))
+	for i := range 5 {
+		unknown, err := apikey.Generate()
+		require.NoError(t, err)
+		r, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(unknown)), nil)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusUnauthorized, r.status, "attempt %d", i)
+	}
+	before := b.keyQueries.Load()
+	// Spent: the next request from this address is refused before its key is looked up,
+	// even with a valid key (an enumerating client must not learn which keys are valid).
+	for _, key := range []string{"pb_live_anotherunknownkeyanotherunknown", b.project.APIKey} {
+		r, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(key)), nil)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusTooManyRequests, r.status)
+		require.Equal(t, "RATE_LIMITED", r.env.Code)
+		require.NotEmpty(t, r.header.Get("Retry-After"))
+	}
+	require.Equal(t, before, b.keyQueries.Load(), "a blocked address causes no key lookup")
+
+	// Another client address keeps working.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")},
+	}).DialContext}}
+	req, _ := http.NewRequest(http.MethodPost, b.url+"/ingest", strings.NewReader(string(mustJSON(t, validEvent(b.project.APIKey)))))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := other.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,7 @@ type Handler struct {
 	keys     KeyResolver
 	prod     Producer
 	limiter  *ratelimit.Limiter
+	guard    *ratelimit.KeyGuard // nil: no per-address limit on unknown keys
 	logger   *slog.Logger
 	draining atomic.Bool
 	decoders sync.Pool
@@ -110,6 +112,9 @@ func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, 
 	}
 	return h
 }
+
+// SetKeyGuard limits unknown-key attempts per client address (B34); nil disables it.
+func (h *Handler) SetKeyGuard(g *ratelimit.KeyGuard) { h.guard = g }
 
 // SetDraining makes every new request answer 503 and close its connection: the first
 // step of a graceful shutdown, before the listener closes.
@@ -157,6 +162,13 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		h.unavailable(ctx, route, "the ingestor is shutting down; retry", 1)
 		return
+	}
+	if h.guard != nil {
+		if wait, blocked := h.guard.Blocked(clientAddr(ctx), h.now()); blocked {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(wait))))
+			h.fail(ctx, route, httperr.RateLimited, "Too many requests with invalid API keys from this address; retry after the Retry-After delay", 1)
+			return
+		}
 	}
 	if route == routeSingle {
 		h.single(ctx)
@@ -275,6 +287,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			p, err := h.keys.Resolve(context.Background(), key)
 			switch {
 			case errors.Is(err, keycache.ErrUnknownKey):
+				h.unknownKey(ctx)
 				results = append(results, result{code: string(httperr.InvalidAPIKey), message: "Invalid API key"})
 				return
 			case err != nil:
@@ -464,12 +477,38 @@ func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.
 	case err == nil:
 		return p, true
 	case errors.Is(err, keycache.ErrUnknownKey):
+		h.unknownKey(ctx)
 		h.fail(ctx, route, httperr.InvalidAPIKey, "Invalid API key", 1)
 	default:
 		h.logger.Warn("API key lookup failed", "err", err)
 		h.unavailable(ctx, route, "API keys cannot be checked right now; retry", 1)
 	}
 	return p, false
+}
+
+// unknownKey counts an unknown key against the client's address (B34).
+func (h *Handler) unknownKey(ctx *fasthttp.RequestCtx) {
+	if h.guard == nil {
+		return
+	}
+	addr := clientAddr(ctx)
+	if h.guard.Failed(addr, h.now()) {
+		// The key itself is never logged; the address is what an operator acts on.
+		h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429",
+			"client", addr.String())
+	}
+}
+
+// clientAddr is the TCP peer's address. X-Forwarded-For is not trusted: behind a proxy
+// the guard sees the proxy's address, so raise INGEST_UNKNOWN_KEY_BURST there or set
+// INGEST_UNKNOWN_KEY_RATE=0 and limit at the proxy.
+func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		if a, ok := netip.AddrFromSlice(ta.IP); ok {
+			return a.Unmap()
+		}
+	}
+	return netip.Addr{}
 }
 
 func (h *Handler) allow(ctx *fasthttp.RequestCtx, route string, p pgstore.KeyProject, n int) bool {

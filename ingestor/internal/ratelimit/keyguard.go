@@ -1,0 +1,74 @@
+package ratelimit
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/time/rate"
+)
+
+// KeyGuard slows down clients that present unknown API keys (RELIABILITY.md B34): every
+// 401 takes a token from the client address's bucket, and an address whose bucket is
+// empty is refused with 429 before any key lookup until it refills. A client with a valid
+// key never touches its bucket, so a mistyped key costs a real SDK nothing it would notice,
+// while guessing keys is held to the refill rate. Buckets live in a bounded LRU.
+type KeyGuard struct {
+	rate  rate.Limit
+	burst int
+	mu    sync.Mutex
+	addrs *lru.Cache[netip.Addr, *guarded]
+}
+
+type guarded struct {
+	lim    *rate.Limiter
+	warned bool
+}
+
+// NewKeyGuard allows burst unknown-key attempts per address, refilled at perSecond.
+// perSecond <= 0 disables the guard (nil is returned).
+func NewKeyGuard(perSecond float64, burst int) *KeyGuard {
+	if perSecond <= 0 {
+		return nil
+	}
+	c, _ := lru.New[netip.Addr, *guarded](100_000)
+	return &KeyGuard{rate: rate.Limit(perSecond), burst: max(1, burst), addrs: c}
+}
+
+// Blocked reports whether addr has used up its unknown-key attempts, and when it may try
+// again.
+func (g *KeyGuard) Blocked(addr netip.Addr, now time.Time) (time.Duration, bool) {
+	g.mu.Lock()
+	b, ok := g.addrs.Get(addr)
+	g.mu.Unlock()
+	if !ok {
+		return 0, false
+	}
+	tokens := b.lim.TokensAt(now)
+	if tokens >= 1 {
+		return 0, false
+	}
+	return time.Duration((1 - tokens) / float64(g.rate) * float64(time.Second)), true
+}
+
+// Failed records an unknown key from addr. It returns true the first time the address
+// runs out of attempts, so the caller logs one warning per address (possible key
+// enumeration), not one per request.
+func (g *KeyGuard) Failed(addr netip.Addr, now time.Time) bool {
+	g.mu.Lock()
+	b, ok := g.addrs.Get(addr)
+	if !ok {
+		b = &guarded{lim: rate.NewLimiter(g.rate, g.burst)}
+		g.addrs.Add(addr, b)
+	}
+	g.mu.Unlock()
+	if b.lim.AllowN(now, 1) {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	first := !b.warned
+	b.warned = true
+	return first
+}
