@@ -112,6 +112,19 @@ func start(t *testing.T, extraEnv ...string) *instance {
 	t.Helper()
 	dbURL, pool := pgtest.NewDB(t)
 	rdb := redistest.Client(t)
+	// freePort's port can be taken by a parallel test before the process binds it; a start
+	// that dies with "address already in use" is retried on fresh ports.
+	for attempt := 1; ; attempt++ {
+		if in := tryStart(t, dbURL, pool, rdb, attempt < 5, extraEnv); in != nil {
+			return in
+		}
+	}
+}
+
+// tryStart starts `pulseboard run` once; it returns nil when the process lost a port race
+// and retry is allowed.
+func tryStart(t *testing.T, dbURL string, pool *pgxpool.Pool, rdb *redis.Client, retry bool, extraEnv []string) *instance {
+	t.Helper()
 	ingestPort, adminPort, kafkaPort, apiPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	in := &instance{
 		t: t, pool: pool, redis: rdb, logs: &syncBuffer{}, exited: make(chan error, 1),
@@ -160,6 +173,11 @@ func start(t *testing.T, extraEnv ...string) *instance {
 		}
 		select {
 		case err := <-in.exited:
+			in.exited <- err // for stop, at cleanup
+			if retry && strings.Contains(in.logs.String(), "address already in use") {
+				t.Logf("port race on start, retrying: %s", strings.TrimSpace(in.logs.String()))
+				return nil
+			}
 			t.Fatalf("the all-in-one exited before becoming ready (%v); logs:\n%s", err, in.logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
