@@ -14,6 +14,7 @@ import (
 	"github.com/pulseboard/pulseboard/consumer/internal/eventstore"
 	"github.com/pulseboard/pulseboard/consumer/internal/livefeed"
 	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
 )
 
@@ -47,11 +48,17 @@ type letter struct {
 //  5. hand the newly stored events to the live feed (best-effort, never blocks).
 //
 // A crash anywhere before 4 means redelivery, which the store deduplicates; a crash
-// after 4 can only lose live-feed messages.
+// after 4 can only lose live-feed messages. The failpoints (package failpoint, compiled
+// only into fault-test builds) consumer/after-fetch, consumer/after-db-commit and
+// consumer/after-offset-commit mark those places for the process-level fault tests, next
+// to the in-process Hooks; consumer/mid-copy and consumer/before-db-commit are inside
+// the store's transaction (internal/eventstore).
 func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.Writer, feed *livefeed.Publisher, batch []kafka.Message) error {
 	s.m.batchSize.Observe(float64(len(batch)))
 	s.trackBatch(batch)
 	defer s.oldest.Store(0)
+	s.unsafeCommitBeforeStore(ctx, r, batch)
+	failpoint.Hit("consumer/after-fetch")
 	if err := runHook(ctx, "AfterFetch", s.deps.Hooks.AfterFetch); err != nil {
 		return err
 	}
@@ -106,6 +113,7 @@ func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.
 	}
 	s.m.rowsStored.Add(float64(stored))
 	s.m.duplicates.Add(float64(dups))
+	failpoint.Hit("consumer/after-db-commit")
 	if err := runHook(ctx, "AfterDBCommit", s.deps.Hooks.AfterDBCommit); err != nil {
 		return err
 	}
@@ -120,6 +128,7 @@ func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.
 
 	// 4. Commit.
 	s.commit(ctx, r, batch)
+	failpoint.Hit("consumer/after-offset-commit")
 	if err := runHook(ctx, "AfterOffsetCommit", s.deps.Hooks.AfterOffsetCommit); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 )
 
@@ -303,6 +304,8 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 	if err != nil {
 		return nil, nil, fmt.Errorf("storing %d rows: %w", len(idx), err)
 	}
+	// Fault tests: the rows are written but not committed (nothing may become visible).
+	failpoint.Hit("consumer/before-db-commit")
 	if err := tx.Commit(ctx); err != nil {
 		return nil, nil, fmt.Errorf("committing %d rows: %w", len(idx), err)
 	}
@@ -318,7 +321,15 @@ type rowSource struct {
 	vals   [8]any
 }
 
-func (r *rowSource) Next() bool { r.pos++; return r.pos < len(r.idx) }
+func (r *rowSource) Next() bool {
+	r.pos++
+	if r.pos == len(r.idx)/2 {
+		// Fault tests: half of the rows are on their way to the server (compiled out
+		// without the failpoints build tag).
+		failpoint.Hit("consumer/mid-copy")
+	}
+	return r.pos < len(r.idx)
+}
 func (r *rowSource) Err() error { return nil }
 
 func (r *rowSource) Values() ([]any, error) {
