@@ -76,14 +76,7 @@ func BenchmarkSanitize(b *testing.B) {
 
 func BenchmarkDecodeMessage(b *testing.B) {
 	d := NewDecoder(DefaultLimits())
-	v, _, perr := d.Parse(benchBody)
-	if perr != nil {
-		b.Fatal(perr)
-	}
-	ev, err := d.Build(v, "body", testProject, testNow)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ev := benchEvent(b, d)
 	msg := ev.AppendJSON(nil)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msg)))
