@@ -1,7 +1,6 @@
 package event
 
 import (
-	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -34,6 +33,7 @@ type Decoder struct {
 	Limits Limits
 
 	parser  fastjson.Parser
+	scanner scanner
 	clean   []byte
 	payload []byte
 	context []byte
@@ -46,15 +46,24 @@ func NewDecoder(l Limits) *Decoder { return &Decoder{Limits: l} }
 // returned value is valid until the next call to Parse or Build. The bool reports whether
 // sanitising replaced anything.
 func (d *Decoder) Parse(body []byte) (*fastjson.Value, bool, *Error) {
-	var changed bool
-	d.clean, changed = Sanitize(d.clean[:0], body)
-	// fastjson is lenient (it accepts NaN, Inf, malformed numbers and escapes), so the
-	// standard library's strict scanner decides what is JSON. It also bounds nesting
-	// iteratively, so deep input cannot overflow a stack.
-	if !json.Valid(d.clean) {
+	// fastjson is lenient (it accepts NaN, Inf, malformed numbers and escapes), so a
+	// strict scanner that accepts exactly what json.Valid accepts decides what is JSON. It
+	// bounds nesting iteratively, so deep input cannot overflow a stack, and it tells
+	// whether Sanitize would change anything, so clean input is not copied. Sanitising
+	// never changes whether a document is valid (see scanner), so checking the raw bytes
+	// decides as checking the sanitised ones would.
+	valid, dirty := d.scanner.scan(body)
+	changed := false
+	src := body
+	if dirty || !valid { // for invalid input, only so that changed means what it always did
+		d.clean, changed = Sanitize(d.clean[:0], body)
+		src = d.clean
+	}
+	if !valid {
 		return nil, changed, &Error{Code: CodeInvalidJSON, Message: "body is not valid JSON"}
 	}
-	v, err := d.parser.ParseBytes(d.clean)
+	// fastjson copies src, so the returned value never aliases body.
+	v, err := d.parser.ParseBytes(src)
 	if err != nil {
 		// Valid JSON that fastjson refuses: nesting beyond its fixed maximum.
 		return nil, changed, invalid("body must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")

@@ -12,6 +12,7 @@ package event
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -82,9 +83,9 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"payload":`...)
 	dst = append(dst, e.Payload...)
 	dst = append(dst, `,"timestamp":"`...)
-	dst = e.Timestamp.UTC().AppendFormat(dst, TimeLayout)
+	dst = AppendTime(dst, e.Timestamp)
 	dst = append(dst, `","receivedAt":"`...)
-	dst = e.ReceivedAt.UTC().AppendFormat(dst, TimeLayout)
+	dst = AppendTime(dst, e.ReceivedAt)
 	dst = append(dst, '"')
 	if e.Context != nil {
 		dst = append(dst, `,"context":`...)
@@ -98,21 +99,89 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	return e.AppendJSON(make([]byte, 0, 256+len(e.Payload)+len(e.Context))), nil
 }
 
+// AppendTime appends t in UTC formatted with TimeLayout. It gives exactly what
+// t.UTC().AppendFormat(dst, TimeLayout) gives, in a fraction of the time: the generic
+// formatter is about a tenth of the ingestor's CPU per event (two times in every event).
+func AppendTime(dst []byte, t time.Time) []byte {
+	// Most times in a batch are the same millisecond (the receive time, which is also the
+	// timestamp of events sent without one): remember the last one formatted.
+	sec := t.Unix()
+	if sec < minFastUnix || sec > maxFastUnix { // a year the layout does not give 4 digits
+		return t.UTC().AppendFormat(dst, TimeLayout)
+	}
+	ms := sec*1000 + int64(t.Nanosecond())/int64(time.Millisecond)
+	if last := lastTime.Load(); last != nil && last.ms == ms {
+		return append(dst, last.text[:]...)
+	}
+	t = t.UTC()
+	year, month, day := t.Date()
+	hour, minute, second := t.Clock()
+	milli := t.Nanosecond() / int(time.Millisecond)
+	var b [24]byte // 2006-01-02T15:04:05.000Z
+	b[0] = byte('0' + year/1000)
+	b[1] = byte('0' + year/100%10)
+	b[2] = byte('0' + year/10%10)
+	b[3] = byte('0' + year%10)
+	b[4] = '-'
+	b[5], b[6] = twoDigits(int(month))
+	b[7] = '-'
+	b[8], b[9] = twoDigits(day)
+	b[10] = 'T'
+	b[11], b[12] = twoDigits(hour)
+	b[13] = ':'
+	b[14], b[15] = twoDigits(minute)
+	b[16] = ':'
+	b[17], b[18] = twoDigits(second)
+	b[19] = '.'
+	b[20] = byte('0' + milli/100)
+	b[21] = byte('0' + milli/10%10)
+	b[22] = byte('0' + milli%10)
+	b[23] = 'Z'
+	lastTime.Store(&formattedTime{ms: ms, text: b})
+	return append(dst, b[:]...)
+}
+
+// formattedTime is a time formatted by AppendTime, identified by its Unix milliseconds
+// (the format shows nothing finer and no zone).
+type formattedTime struct {
+	ms   int64
+	text [24]byte
+}
+
+var lastTime atomic.Pointer[formattedTime]
+
+// The times AppendTime formats itself: years 0000 to 9999.
+const (
+	minFastUnix = -62167219200 // 0000-01-01T00:00:00Z
+	maxFastUnix = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+func twoDigits(n int) (byte, byte) { return byte('0' + n/10), byte('0' + n%10) }
+
+// AppendUUID appends id in its canonical 36-character form (what id.String() returns),
+// without allocating.
+func AppendUUID(dst []byte, id uuid.UUID) []byte { return appendUUID(dst, id) }
+
 func appendUUID(dst []byte, id uuid.UUID) []byte {
 	var buf [36]byte
-	const hexdigits = "0123456789abcdef"
-	j := 0
-	for i, b := range id {
-		switch i {
-		case 4, 6, 8, 10:
-			buf[j] = '-'
-			j++
-		}
-		buf[j] = hexdigits[b>>4]
-		buf[j+1] = hexdigits[b&0x0f]
-		j += 2
-	}
+	hexInto(buf[0:8], id[0:4])
+	buf[8] = '-'
+	hexInto(buf[9:13], id[4:6])
+	buf[13] = '-'
+	hexInto(buf[14:18], id[6:8])
+	buf[18] = '-'
+	hexInto(buf[19:23], id[8:10])
+	buf[23] = '-'
+	hexInto(buf[24:36], id[10:16])
 	return append(dst, buf[:]...)
+}
+
+// hexInto writes src in lower-case hex to dst (len(dst) == 2*len(src)).
+func hexInto(dst, src []byte) {
+	for i, b := range src {
+		dst[2*i] = hexLower[b>>4]
+		dst[2*i+1] = hexLower[b&0x0f]
+	}
 }
 
 // AppendString appends s as a JSON string. s must be valid UTF-8 (everything that reaches
@@ -124,6 +193,13 @@ func appendString[S string | []byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {
+		// Skip 8 bytes at a time while none needs escaping.
+		for i+8 <= len(s) && !needsEscape(load64(s, i)) {
+			i += 8
+		}
+		if i >= len(s) {
+			break
+		}
 		c := s[i]
 		if c >= 0x20 && c != '"' && c != '\\' {
 			continue
@@ -150,6 +226,13 @@ func appendString[S string | []byte](dst []byte, s S) []byte {
 }
 
 const hexLower = "0123456789abcdef"
+
+// load64 reads s[i:i+8] as a little-endian word.
+func load64[S string | []byte](s S, i int) uint64 {
+	_ = s[i+7]
+	return uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+}
 
 // validType reports whether t is one of the three event types.
 func validType(t []byte) (string, bool) {

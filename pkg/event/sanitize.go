@@ -9,7 +9,7 @@ const replacementEscape = `\ufffd`
 // Sanitize appends src to dst with every JSON string made storable by PostgreSQL's jsonb
 // and text types: invalid UTF-8 sequences, \u0000 escapes and unpaired UTF-16 surrogate
 // escapes become U+FFFD. Bytes outside strings are copied unchanged, and src is not
-// otherwise validated (json.Valid runs afterwards).
+// otherwise validated (Decoder.Parse checks the syntax as json.Valid would).
 //
 // This must happen on the raw bytes, before decoding: encoding/json and fastjson both
 // map invalid UTF-8 silently, and once a NUL has been re-marshalled it is the escape
@@ -74,7 +74,7 @@ func escapeAt(s []byte) (n int, replace bool) {
 	}
 	if s[1] >= utf8.RuneSelf {
 		// An invalid escape of a non-ASCII character: copy only the backslash so that the
-		// bytes after it are UTF-8-checked like any others (json.Valid rejects it later).
+		// bytes after it are UTF-8-checked like any others (the syntax check rejects it).
 		return 1, false
 	}
 	if s[1] != 'u' {
@@ -82,7 +82,7 @@ func escapeAt(s []byte) (n int, replace bool) {
 	}
 	r, ok := hex4(s[2:])
 	if !ok {
-		return 2, false // malformed; json.Valid rejects it later
+		return 2, false // malformed; the syntax check rejects it
 	}
 	switch {
 	case r == 0:

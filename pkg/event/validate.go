@@ -1,0 +1,279 @@
+package event
+
+import (
+	"encoding/binary"
+	"unicode/utf8"
+)
+
+// maxNesting is encoding/json's nesting limit (maxNestingDepth in its scanner): json.Valid
+// rejects a document with more than this many open objects and arrays.
+const maxNesting = 10000
+
+// byteClass classifies bytes inside a JSON string: 0 is plain content, anything else
+// needs a closer look (the closing quote, an escape, a control character or the first
+// byte of a multi-byte UTF-8 sequence).
+var byteClass = func() (t [256]byte) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = 1
+	}
+	t['"'], t['\\'] = 1, 1
+	for c := utf8.RuneSelf; c < 256; c++ {
+		t[c] = 1
+	}
+	return t
+}()
+
+// scanner checks JSON syntax in a single pass without copying. It accepts exactly what
+// encoding/json's json.Valid accepts (RFC 8259, at most maxNesting levels, any bytes of
+// 0x20 and above inside strings) and, for a valid document, also reports whether
+// Sanitize would replace anything in it: invalid UTF-8, a \u0000 escape or an unpaired
+// surrogate escape inside a string. Sanitize's replacements never change whether a
+// document is valid JSON, so checking the raw bytes decides the same as checking the
+// sanitised ones, and clean input (the common case) needs no copy at all.
+type scanner struct {
+	stack []byte // '{' or '[' for each open container
+}
+
+// scan reports whether b is valid JSON and, if it is, whether it needs sanitising.
+func (s *scanner) scan(b []byte) (valid, dirty bool) {
+	valid, dirty, s.stack = scanJSON(b, s.stack[:0])
+	return valid, dirty
+}
+
+// scanJSON is scan with the container stack passed in and returned for reuse.
+func scanJSON(b, stack []byte) (valid, dirty bool, _ []byte) {
+	i := skipSpace(b, 0)
+	var ok bool
+value:
+	if i >= len(b) {
+		return false, false, stack
+	}
+	switch c := b[i]; {
+	case c == '{' || c == '[':
+		if stack = append(stack, c); len(stack) > maxNesting {
+			return false, false, stack
+		}
+		i = skipSpace(b, i+1)
+		if i < len(b) && b[i] == c+2 { // '}' is '{'+2 and ']' is '['+2
+			stack = stack[:len(stack)-1]
+			i++
+			goto end
+		}
+		if c == '{' {
+			goto key
+		}
+		goto value
+	case c == '"':
+		if i, ok = scanString(b, i+1, &dirty); !ok {
+			return false, false, stack
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		if i, ok = scanNumber(b, i); !ok {
+			return false, false, stack
+		}
+	case c == 't':
+		if i, ok = scanLiteral(b, i, "true"); !ok {
+			return false, false, stack
+		}
+	case c == 'f':
+		if i, ok = scanLiteral(b, i, "false"); !ok {
+			return false, false, stack
+		}
+	case c == 'n':
+		if i, ok = scanLiteral(b, i, "null"); !ok {
+			return false, false, stack
+		}
+	default:
+		return false, false, stack
+	}
+end:
+	i = skipSpace(b, i)
+	if len(stack) == 0 {
+		return i == len(b), dirty, stack
+	}
+	if i >= len(b) {
+		return false, false, stack
+	}
+	switch top := stack[len(stack)-1]; b[i] {
+	case ',':
+		i = skipSpace(b, i+1)
+		if top == '{' {
+			goto key
+		}
+		goto value
+	case top + 2: // the matching closer
+	default:
+		return false, false, stack
+	}
+	stack = stack[:len(stack)-1]
+	i++
+	goto end
+key:
+	// An object member: a string, a colon, then a value.
+	if i >= len(b) || b[i] != '"' {
+		return false, false, stack
+	}
+	if i, ok = scanString(b, i+1, &dirty); !ok {
+		return false, false, stack
+	}
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return false, false, stack
+	}
+	i = skipSpace(b, i+1)
+	goto value
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// scanString checks a string whose opening quote precedes b[i] and returns the index
+// after its closing quote. It sets *dirty when Sanitize would replace something in it.
+func scanString(b []byte, i int, dirty *bool) (int, bool) {
+	for {
+		for i+8 <= len(b) && !needsAttention(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		for i < len(b) && byteClass[b[i]] == 0 {
+			i++
+		}
+		if i >= len(b) {
+			return i, false
+		}
+		switch c := b[i]; {
+		case c == '"':
+			return i + 1, true
+		case c == '\\':
+			n, ok := scanEscape(b[i:], dirty)
+			if !ok {
+				return i, false
+			}
+			i += n
+		case c < 0x20:
+			return i, false
+		default: // non-ASCII: the run up to the next ASCII byte must be valid UTF-8
+			j := i + 1
+			for j < len(b) && b[j] >= utf8.RuneSelf {
+				j++
+			}
+			if !utf8.Valid(b[i:j]) {
+				*dirty = true
+			}
+			i = j
+		}
+	}
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// hasZeroByte reports whether any byte of w is zero.
+func hasZeroByte(w uint64) bool { return (w-ones)&^w&highs != 0 }
+
+// needsAttention reports whether any of the 8 bytes in w is special inside a JSON string
+// (see byteClass): a quote, a backslash, a control character or a non-ASCII byte.
+func needsAttention(w uint64) bool {
+	return (w|(w-0x20*ones))&highs != 0 || // c >= 0x80, or c < 0x20
+		hasZeroByte(w^('"'*ones)) || hasZeroByte(w^('\\'*ones))
+}
+
+// needsEscape reports whether any of the 8 bytes in w must be escaped in a JSON string:
+// a quote, a backslash or a control character (non-ASCII bytes are copied as they are).
+func needsEscape(w uint64) bool {
+	return (w-0x20*ones)&^w&highs != 0 || hasZeroByte(w^('"'*ones)) || hasZeroByte(w^('\\'*ones))
+}
+
+// scanEscape checks the escape sequence at s[0] == '\\' and returns its length. It sets
+// *dirty for the escapes Sanitize replaces (see escapeAt, which this mirrors).
+func scanEscape(s []byte, dirty *bool) (int, bool) {
+	if len(s) < 2 {
+		return 0, false
+	}
+	switch s[1] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return 2, true
+	case 'u':
+	default:
+		return 0, false
+	}
+	r, ok := hex4(s[2:])
+	if !ok {
+		return 0, false
+	}
+	switch {
+	case r == 0:
+		*dirty = true
+	case r >= 0xD800 && r <= 0xDBFF:
+		if len(s) >= 12 && s[6] == '\\' && s[7] == 'u' {
+			if r2, ok := hex4(s[8:]); ok && r2 >= 0xDC00 && r2 <= 0xDFFF {
+				return 12, true // a valid pair
+			}
+		}
+		*dirty = true
+	case r >= 0xDC00 && r <= 0xDFFF:
+		*dirty = true
+	}
+	return 6, true
+}
+
+// scanNumber checks a number starting at b[i]: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+// What follows it is checked by the caller (a delimiter, whitespace or the end).
+func scanNumber(b []byte, i int) (int, bool) {
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i >= len(b):
+		return i, false
+	case b[i] == '0':
+		i++
+	case b[i] >= '1' && b[i] <= '9':
+		i = skipDigits(b, i+1)
+	default:
+		return i, false
+	}
+	if i < len(b) && b[i] == '.' {
+		j := skipDigits(b, i+1)
+		if j == i+1 {
+			return j, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := skipDigits(b, i)
+		if j == i {
+			return j, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+func scanLiteral(b []byte, i int, lit string) (int, bool) {
+	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
+		return i, false
+	}
+	return i + len(lit), true
+}
