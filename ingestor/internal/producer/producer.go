@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 )
 
@@ -177,6 +178,8 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 	p.ackLatency.Observe(time.Since(start).Seconds())
 	if err == nil {
 		t.release() // normally already released by Completion
+		// Fault tests: Kafka holds the events, the client has no answer yet.
+		failpoint.Hit("ingestor/after-produce-ack")
 		return nil
 	}
 	// kafka-go may still hold (and even deliver) the messages: keep their bytes counted
