@@ -62,7 +62,9 @@ type KeyResolver interface {
 	Resolve(ctx context.Context, key string) (pgstore.KeyProject, error)
 }
 
-// Producer writes to Kafka and waits for acks (producer.Producer).
+// Producer writes to Kafka and waits for acks (producer.Producer). It may keep the
+// messages' Key and Value after returning, never the msgs slice itself (the handler reuses
+// it).
 type Producer interface {
 	Produce(ctx context.Context, msgs []kafka.Message) error
 }
@@ -76,19 +78,34 @@ type Handler struct {
 	guard    *ratelimit.KeyGuard // nil: no per-address limit on unknown keys
 	logger   *slog.Logger
 	draining atomic.Bool
-	decoders sync.Pool
+	work     sync.Pool // *work
 	now      func() time.Time
+	paths    []string // "events/0", "events/1", … for validation messages
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	accepted prometheus.Counter
 	rejected *prometheus.CounterVec
+	routes   [3]routeMetrics // routeSingle, routeBatch, routeOther
+	dropped  [numCauses]prometheus.Counter
+}
+
+// work is one request's reusable memory: the decoder and the slices a request fills.
+type work struct {
+	d       *event.Decoder
+	results []result
+	msgs    []kafka.Message
+	out     []byte
 }
 
 // New returns a Handler and registers its metrics.
 func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, logger *slog.Logger, reg prometheus.Registerer) *Handler {
 	h := &Handler{limits: l, keys: keys, prod: prod, limiter: limiter, logger: logger, now: time.Now}
-	h.decoders.New = func() any { return event.NewDecoder(l.Event) }
+	h.work.New = func() any { return &work{d: event.NewDecoder(l.Event)} }
+	h.paths = make([]string, min(l.MaxBatchEvents, 10_000))
+	for i := range h.paths {
+		h.paths[i] = "events/" + strconv.Itoa(i)
+	}
 	f := promauto.With(reg)
 	h.requests = f.NewCounterVec(prometheus.CounterOpts{
 		Name: "pulseboard_ingest_requests_total",
@@ -107,10 +124,49 @@ func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, 
 		Name: "pulseboard_ingest_events_dropped_total",
 		Help: "Events refused, by cause (invalid, too_large, unauthorized, rate_limited, unavailable).",
 	}, []string{"cause"})
-	for _, c := range []string{"invalid", "too_large", "unauthorized", "rate_limited", "unavailable"} {
-		h.rejected.WithLabelValues(c)
+	for c, name := range causeNames {
+		h.dropped[c] = h.rejected.WithLabelValues(name)
+	}
+	for i, route := range []string{routeSingle, routeBatch, routeOther} {
+		h.routes[i].init(route, h.requests, h.duration)
 	}
 	return h
+}
+
+// routeMetrics caches one route's metric children: looking a child up by its labels on
+// every request hashes the label values and takes a lock. Children are created on first
+// use, as WithLabelValues would, so the exported series do not change.
+type routeMetrics struct {
+	route    string
+	requests *prometheus.CounterVec
+	durVec   *prometheus.HistogramVec
+	duration atomic.Pointer[prometheus.Observer]
+	codes    [600]atomic.Pointer[prometheus.Counter] // by status code
+}
+
+func (m *routeMetrics) init(route string, requests *prometheus.CounterVec, duration *prometheus.HistogramVec) {
+	m.route, m.requests, m.durVec = route, requests, duration
+}
+
+func (m *routeMetrics) request(code int) prometheus.Counter {
+	if code < 0 || code >= len(m.codes) {
+		return m.requests.WithLabelValues(m.route, strconv.Itoa(code))
+	}
+	if c := m.codes[code].Load(); c != nil {
+		return *c
+	}
+	c := m.requests.WithLabelValues(m.route, strconv.Itoa(code))
+	m.codes[code].Store(&c)
+	return c
+}
+
+func (m *routeMetrics) observer() prometheus.Observer {
+	if o := m.duration.Load(); o != nil {
+		return *o
+	}
+	o := m.durVec.WithLabelValues(m.route)
+	m.duration.Store(&o)
+	return o
 }
 
 // SetKeyGuard limits unknown-key attempts per client address (B34); nil disables it.
@@ -123,7 +179,19 @@ func (h *Handler) SetDraining() { h.draining.Store(true) }
 const (
 	routeSingle = "ingest"
 	routeBatch  = "batch"
+	routeOther  = "other"
 )
+
+// routeIndex is route's index in Handler.routes.
+func routeIndex(route string) int {
+	switch route {
+	case routeSingle:
+		return 0
+	case routeBatch:
+		return 1
+	}
+	return 2
+}
 
 // ServeFastHTTP routes a request.
 func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
@@ -135,13 +203,14 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 	case "/ingest/batch":
 		route = routeBatch
 	default:
-		h.fail(ctx, "other", httperr.NotFound, "Route "+string(ctx.Method())+":"+string(ctx.Path())+" not found", 0)
-		h.requests.WithLabelValues("other", strconv.Itoa(ctx.Response.StatusCode())).Inc()
+		h.fail(ctx, routeOther, httperr.NotFound, "Route "+string(ctx.Method())+":"+string(ctx.Path())+" not found", 0)
+		h.routes[routeIndex(routeOther)].request(ctx.Response.StatusCode()).Inc()
 		return
 	}
 	defer func() {
-		h.requests.WithLabelValues(route, strconv.Itoa(ctx.Response.StatusCode())).Inc()
-		h.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		m := &h.routes[routeIndex(route)]
+		m.request(ctx.Response.StatusCode()).Inc()
+		m.observer().Observe(time.Since(start).Seconds())
 	}()
 	// Browser SDKs may post cross-origin; ingest is authenticated by key, not cookies, so
 	// any origin may call it, never with credentials (RELIABILITY.md B68).
@@ -177,13 +246,54 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-func (h *Handler) decoder() *event.Decoder { return h.decoders.Get().(*event.Decoder) }
+func (h *Handler) getWork() *work { return h.work.Get().(*work) }
 
-func (h *Handler) release(d *event.Decoder) {
-	if d.Retained() <= 4<<20 {
-		h.decoders.Put(d)
+// putWork recycles w unless a large request grew it (a 10 MiB batch), so pools do not
+// keep that memory forever. The slices are cleared: they reference event bytes that
+// the producer may still hold, and nothing must write to those.
+func (h *Handler) putWork(w *work) {
+	clear(w.results)
+	clear(w.msgs)
+	w.results, w.msgs, w.out = w.results[:0], w.msgs[:0], w.out[:0]
+	if w.d.Retained()+cap(w.out) <= 4<<20 && cap(w.msgs) <= 4*h.limits.MaxBatchEvents {
+		h.work.Put(w)
 	}
 }
+
+// path is the validation-message prefix of the batch event at index i.
+func (h *Handler) path(i int) string {
+	if i < len(h.paths) {
+		return h.paths[i]
+	}
+	return "events/" + strconv.Itoa(i)
+}
+
+// encodeEvent appends the canonical event to arena, a buffer that belongs to the request,
+// and returns it with the message's Kafka key (the project id) and value. Keys and values
+// are slices of the arena, so a request allocates once for all its events; key is reused
+// when it is the previous event's project's. Neither is ever written again after this
+// (later appends only add bytes past them, or move to a new array), which the producer
+// needs: it keeps them until the broker answered.
+func encodeEvent(arena []byte, ev *event.Event, key keyCache) (_ []byte, _ keyCache, value []byte) {
+	if key.key == nil || key.project != ev.ProjectID {
+		start := len(arena)
+		arena = event.AppendUUID(arena, ev.ProjectID)
+		key = keyCache{project: ev.ProjectID, key: arena[start:len(arena):len(arena)]}
+	}
+	start := len(arena)
+	arena = ev.AppendJSON(arena)
+	return arena, key, arena[start:len(arena):len(arena)]
+}
+
+// keyCache is the Kafka key of the last project encoded.
+type keyCache struct {
+	project uuid.UUID
+	key     []byte
+}
+
+// eventOverhead bounds the canonical encoding's bytes beyond name, payload and context:
+// field names, ids, times and the Kafka key.
+const eventOverhead = 256
 
 // single serves the compat POST /ingest.
 func (h *Handler) single(ctx *fasthttp.RequestCtx) {
@@ -195,8 +305,9 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	d := h.decoder()
-	defer h.release(d)
+	w := h.getWork()
+	defer h.putWork(w)
+	d := w.d
 	v, _, perr := d.Parse(body)
 	if perr != nil {
 		h.fail(ctx, routeSingle, httperr.Code(perr.Code), perr.Message, 1)
@@ -216,7 +327,7 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 		h.fail(ctx, routeSingle, httperr.Code(verr.Code), verr.Message, 1)
 		return
 	}
-	value := ev.AppendJSON(make([]byte, 0, 192+len(ev.Name)+len(ev.Payload)+len(ev.Context)))
+	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{})
 	if len(value) > h.limits.Event.MaxEventBytes {
 		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, tooLargeMessage(h.limits.Event.MaxEventBytes), 1)
 		return
@@ -224,19 +335,18 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	if !h.allow(ctx, routeSingle, proj, 1) {
 		return
 	}
-	msgs := []kafka.Message{{Key: projectKey(proj.ID), Value: value, Time: ev.ReceivedAt}}
+	w.msgs = append(w.msgs, kafka.Message{Key: msgKey.key, Value: value, Time: ev.ReceivedAt})
 	// Not the RequestCtx: its Done closes when the server shuts down, and a request in
 	// flight must still get its acknowledgement. The producer applies its own deadline.
-	if err := h.prod.Produce(context.Background(), msgs); err != nil {
+	if err := h.prod.Produce(context.Background(), w.msgs); err != nil {
 		h.produceFailed(ctx, routeSingle, err, 1)
 		return
 	}
 	h.accepted.Inc()
-	out := make([]byte, 0, len(value)+64)
-	out = append(out, `{"success":true,"message":"Event accepted","data":`...)
+	out := append(w.out, `{"success":true,"message":"Event accepted","data":`...)
 	out = append(out, value...)
-	out = append(out, '}')
-	h.respond(ctx, fasthttp.StatusAccepted, out)
+	w.out = append(out, '}')
+	h.respond(ctx, fasthttp.StatusAccepted, w.out)
 }
 
 type result struct {
@@ -266,17 +376,24 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	d := h.decoder()
-	defer h.release(d)
+	w := h.getWork()
+	defer h.putWork(w)
+	d := w.d
 
 	now := h.now()
 	var (
-		results  []result
-		msgs     []kafka.Message
-		projects = map[uuid.UUID]pgstore.KeyProject{}
-		counts   = map[uuid.UUID]int{}
-		keyErr   error
+		// arena holds every accepted event's Kafka key and value (see encodeEvent): one
+		// allocation per request, sized for the canonical encoding of the whole body.
+		// Allocated once the number of events is known.
+		arena  []byte
+		key    keyCache
+		keyErr error
+		// Per-project counts for the rate limit, only needed without a header key.
+		projects map[uuid.UUID]pgstore.KeyProject
+		counts   map[uuid.UUID]int
 	)
+	results := w.results[:0]
+	msgs := w.msgs[:0]
 	// one validates and encodes the event at index i; values from the parser are only
 	// valid until the next Parse, so NDJSON lines are handled one at a time.
 	one := func(v *fastjson.Value) {
@@ -297,32 +414,38 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			}
 			proj = &p
 		}
-		ev, verr := d.Build(v, "events/"+strconv.Itoa(i), proj.ID, now)
+		ev, verr := d.Build(v, h.path(i), proj.ID, now)
 		if verr != nil {
 			results = append(results, result{code: verr.Code, message: verr.Message})
 			return
 		}
-		value := ev.AppendJSON(make([]byte, 0, 192+len(ev.Name)+len(ev.Payload)+len(ev.Context)))
-		if len(value) > h.limits.Event.MaxEventBytes {
+		var value []byte
+		if arena, key, value = encodeEvent(arena, &ev, key); len(value) > h.limits.Event.MaxEventBytes {
 			results = append(results, result{code: string(httperr.PayloadTooLarge), message: tooLargeMessage(h.limits.Event.MaxEventBytes)})
 			return
 		}
-		projects[proj.ID] = *proj
-		counts[proj.ID]++
+		if headerProj == nil {
+			if projects == nil {
+				projects, counts = map[uuid.UUID]pgstore.KeyProject{}, map[uuid.UUID]int{}
+			}
+			projects[proj.ID] = *proj
+			counts[proj.ID]++
+		}
 		results = append(results, result{id: ev.ID})
-		msgs = append(msgs, kafka.Message{Key: projectKey(proj.ID), Value: value, Time: ev.ReceivedAt})
+		msgs = append(msgs, kafka.Message{Key: key.key, Value: value, Time: ev.ReceivedAt})
 	}
+	defer func() { w.results, w.msgs = results, msgs }() // keep grown slices for reuse
 
 	if mt == "application/x-ndjson" {
 		lines := splitLines(body)
 		if !h.checkCount(ctx, len(lines)) {
 			return
 		}
-		results = make([]result, 0, len(lines))
+		arena = make([]byte, 0, len(body)+len(lines)*eventOverhead)
 		for _, line := range lines {
 			v, _, perr := d.Parse(line)
 			if perr != nil {
-				results = append(results, result{code: perr.Code, message: "events/" + strconv.Itoa(len(results)) + " is not valid JSON"})
+				results = append(results, result{code: perr.Code, message: h.path(len(results)) + " is not valid JSON"})
 				continue
 			}
 			one(v)
@@ -344,7 +467,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		if !h.checkCount(ctx, len(arr)) {
 			return
 		}
-		results = make([]result, 0, len(arr))
+		arena = make([]byte, 0, len(body)+len(arr)*eventOverhead)
 		for _, ev := range arr {
 			one(ev)
 		}
@@ -365,13 +488,18 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 				break
 			}
 		}
-		h.rejected.WithLabelValues(cause(code)).Add(float64(rejected))
-		h.respond(ctx, code.Status(), appendBatchBody(nil, code, msg, results, 0))
+		h.dropped[cause(code)].Add(float64(rejected))
+		w.out = appendBatchBody(w.out[:0], code, msg, results, 0)
+		h.respond(ctx, code.Status(), w.out)
 		return
 	}
+	if headerProj != nil {
+		if !h.allow(ctx, routeBatch, *headerProj, len(msgs)) {
+			return
+		}
+	}
 	for id, n := range counts {
-		p := projects[id]
-		if !h.allow(ctx, routeBatch, p, n) {
+		if !h.allow(ctx, routeBatch, projects[id], n) {
 			return
 		}
 	}
@@ -381,13 +509,14 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	}
 	h.accepted.Add(float64(len(msgs)))
 	if rejected > 0 {
-		h.rejected.WithLabelValues("invalid").Add(float64(rejected))
+		h.dropped[causeInvalid].Add(float64(rejected))
 	}
 	status := fasthttp.StatusAccepted
 	if rejected > 0 {
 		status = fasthttp.StatusOK
 	}
-	h.respond(ctx, status, appendBatchBody(make([]byte, 0, 64+len(results)*80), "", "", results, len(msgs)))
+	w.out = appendBatchBody(w.out[:0], "", "", results, len(msgs))
+	h.respond(ctx, status, w.out)
 }
 
 func (h *Handler) checkCount(ctx *fasthttp.RequestCtx, n int) bool {
@@ -423,7 +552,7 @@ func appendBatchBody(dst []byte, failure httperr.Code, failureMsg string, result
 		dst = strconv.AppendInt(dst, int64(i), 10)
 		if r.code == "" {
 			dst = append(dst, `,"id":"`...)
-			dst = append(dst, r.id.String()...)
+			dst = event.AppendUUID(dst, r.id)
 			dst = append(dst, `","status":"accepted"}`...)
 			continue
 		}
@@ -438,13 +567,18 @@ func appendBatchBody(dst []byte, failure httperr.Code, failureMsg string, result
 
 // body returns the request body decompressed with a cap on the output.
 func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int) ([]byte, bool) {
-	ce := bytes.ToLower(bytes.TrimSpace(ctx.Request.Header.ContentEncoding()))
+	ce := bytes.TrimSpace(ctx.Request.Header.ContentEncoding())
+	if len(ce) > 0 && !bytes.EqualFold(ce, []byte("identity")) {
+		ce = bytes.ToLower(ce)
+	} else {
+		ce = nil
+	}
 	var (
 		b   []byte
 		err error
 	)
 	switch string(ce) {
-	case "", "identity":
+	case "":
 		b = ctx.PostBody()
 		if len(b) > maxDecompressed {
 			err = fasthttp.ErrBodyTooLarge
@@ -543,24 +677,36 @@ func (h *Handler) unavailable(ctx *fasthttp.RequestCtx, route, msg string, n int
 // fail answers with the JSON error body and counts n dropped events.
 func (h *Handler) fail(ctx *fasthttp.RequestCtx, route string, code httperr.Code, msg string, n int) {
 	if n > 0 {
-		h.rejected.WithLabelValues(cause(code)).Add(float64(n))
+		h.dropped[cause(code)].Add(float64(n))
 	}
 	h.respond(ctx, code.Status(), httperr.AppendBody(nil, code, msg))
 	_ = route
 }
 
-func cause(c httperr.Code) string {
+// Causes of dropped events (the cause label of pulseboard_ingest_events_dropped_total).
+const (
+	causeInvalid = iota
+	causeTooLarge
+	causeUnauthorized
+	causeRateLimited
+	causeUnavailable
+	numCauses
+)
+
+var causeNames = [numCauses]string{"invalid", "too_large", "unauthorized", "rate_limited", "unavailable"}
+
+func cause(c httperr.Code) int {
 	switch c {
 	case httperr.PayloadTooLarge:
-		return "too_large"
+		return causeTooLarge
 	case httperr.InvalidAPIKey:
-		return "unauthorized"
+		return causeUnauthorized
 	case httperr.RateLimited:
-		return "rate_limited"
+		return causeRateLimited
 	case httperr.Unavailable:
-		return "unavailable"
+		return causeUnavailable
 	default:
-		return "invalid"
+		return causeInvalid
 	}
 }
 
@@ -593,11 +739,19 @@ func ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetBody(httperr.AppendBody(nil, code, msg))
 }
 
+// mediaType is the Content-Type without parameters, lower-cased. The media types this
+// service accepts are returned as constants, so the usual request allocates nothing.
 func mediaType(ct []byte) string {
 	if i := bytes.IndexByte(ct, ';'); i >= 0 {
 		ct = ct[:i]
 	}
-	return string(bytes.ToLower(bytes.TrimSpace(ct)))
+	ct = bytes.TrimSpace(ct)
+	for _, known := range [...]string{"application/json", "application/x-ndjson"} {
+		if bytes.EqualFold(ct, []byte(known)) {
+			return known
+		}
+	}
+	return string(bytes.ToLower(ct))
 }
 
 func headerKey(hdr *fasthttp.RequestHeader) string {
@@ -625,12 +779,6 @@ func splitLines(b []byte) [][]byte {
 		}
 	}
 	return lines
-}
-
-func projectKey(id uuid.UUID) []byte {
-	b := make([]byte, 36)
-	copy(b, id.String())
-	return b
 }
 
 func tooLargeMessage(n int) string {

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -55,6 +56,8 @@ type Resolver struct {
 	now    func() time.Time
 
 	lookups *prometheus.CounterVec
+	// The lookups children of the hot path (local hit, local miss), looked up once.
+	localHit, localMiss atomic.Pointer[prometheus.Counter]
 }
 
 type entry struct {
@@ -83,11 +86,31 @@ func New(db *pgxpool.Pool, rdb *redis.Client, o Options, logger *slog.Logger, re
 	return r
 }
 
+// count increments lookups{layer, result}. The children of the hot path are looked up
+// once, the first time they count, so the exported series do not change.
+func (r *Resolver) count(layer, result string) {
+	if layer != "local" {
+		r.lookups.WithLabelValues(layer, result).Inc()
+		return
+	}
+	p := &r.localMiss
+	if result == "hit" {
+		p = &r.localHit
+	}
+	c := p.Load()
+	if c == nil {
+		child := r.lookups.WithLabelValues(layer, result)
+		c = &child
+		p.Store(c)
+	}
+	(*c).Inc()
+}
+
 // Resolve returns the project of key, ErrUnknownKey, or an infrastructure error (answer
 // 503: the key may well be valid).
 func (r *Resolver) Resolve(ctx context.Context, key string) (pgstore.KeyProject, error) {
 	if !apikey.Plausible(key) {
-		r.lookups.WithLabelValues("local", "miss").Inc()
+		r.count("local", "miss")
 		return pgstore.KeyProject{}, ErrUnknownKey
 	}
 	h := apikey.HashOf(key)
@@ -130,10 +153,10 @@ type loaded struct {
 
 func (r *Resolver) answer(layer string, e entry) (pgstore.KeyProject, error) {
 	if !e.found {
-		r.lookups.WithLabelValues(layer, "miss").Inc()
+		r.count(layer, "miss")
 		return pgstore.KeyProject{}, ErrUnknownKey
 	}
-	r.lookups.WithLabelValues(layer, "hit").Inc()
+	r.count(layer, "hit")
 	return e.project, nil
 }
 

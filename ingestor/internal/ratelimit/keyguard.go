@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -19,6 +20,9 @@ type KeyGuard struct {
 	burst int
 	mu    sync.Mutex
 	addrs *lru.Cache[netip.Addr, *guarded]
+	// tracking is set once any address presented an unknown key. Until then Blocked
+	// needs neither the lock nor the LRU, which every request would otherwise contend on.
+	tracking atomic.Bool
 }
 
 type guarded struct {
@@ -39,6 +43,9 @@ func NewKeyGuard(perSecond float64, burst int) *KeyGuard {
 // Blocked reports whether addr has used up its unknown-key attempts, and when it may try
 // again.
 func (g *KeyGuard) Blocked(addr netip.Addr, now time.Time) (time.Duration, bool) {
+	if !g.tracking.Load() {
+		return 0, false
+	}
 	g.mu.Lock()
 	b, ok := g.addrs.Get(addr)
 	g.mu.Unlock()
@@ -61,6 +68,7 @@ func (g *KeyGuard) Failed(addr netip.Addr, now time.Time) bool {
 	if !ok {
 		b = &guarded{lim: rate.NewLimiter(g.rate, g.burst)}
 		g.addrs.Add(addr, b)
+		g.tracking.Store(true)
 	}
 	g.mu.Unlock()
 	if b.lim.AllowN(now, 1) {
