@@ -41,8 +41,10 @@ type Config struct {
 	// ProduceTimeout is the deadline for Kafka's acknowledgement; past it the answer is
 	// 503 with Retry-After.
 	ProduceTimeout time.Duration `env:"INGEST_PRODUCE_TIMEOUT" envDefault:"5s"`
-	// ProduceBatchTimeout is how long a write waits for concurrent requests to share a
-	// produce request.
+	// ProduceBatchTimeout no longer has an effect: the producer batches by group commit
+	// (requests arriving while a partition's produce request is in flight share the next
+	// one, sent as soon as that one is acknowledged), so no write waits on a timer. It is
+	// still read so that existing configurations stay valid.
 	ProduceBatchTimeout time.Duration `env:"INGEST_PRODUCE_BATCH_TIMEOUT" envDefault:"2ms"`
 	// MaxInflightBytes bounds event bytes waiting for the broker; past it: 503.
 	MaxInflightBytes int64 `env:"INGEST_MAX_INFLIGHT_BYTES" envDefault:"67108864"`

@@ -1,20 +1,22 @@
-// Package producer is the ingestor's only way into Kafka: one shared synchronous kafka-go
-// Writer (concurrent requests are grouped into batches by its short BatchTimeout), a
-// deadline per request, and a bound on the bytes kafka-go holds.
+// Package producer is the ingestor's only way into Kafka: kafka-go produce requests with
+// acks from all in-sync replicas, batched by group commit (see batcher.go: concurrent
+// requests share a partition's next produce request, which is sent as soon as the
+// previous one is acknowledged), a deadline per request, and a bound on the bytes waiting
+// for the broker.
 //
-// The bound is the subtle part. kafka-go keeps retrying a batch after the caller's context
-// has ended (RELIABILITY.md K3/K4), so bytes are not free when WriteMessages returns with
-// an error; they are free when the Writer's Completion callback reports the batch's final
-// outcome. Each request's messages carry a ticket in Message.WriterData that Completion
-// releases. A request whose messages never reached a batch (an error before enqueueing)
-// gets no Completion, so every ticket also expires after the longest time kafka-go can
-// hold a message.
+// The bound is the subtle part. A batch is retried after the caller's context has ended
+// (RELIABILITY.md K3/K4, as kafka-go's Writer does), so bytes are not free when Produce
+// returns with an error; they are free when the batch's final outcome is known. Each
+// request's messages carry a ticket in Message.WriterData that the completion releases.
+// A request whose messages never reached a batch is released at once, and every ticket
+// also expires after the longest time a message can be held (a safety net).
 package producer
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,12 +46,30 @@ type Options struct {
 
 // Producer writes events and waits for acks=all.
 type Producer struct {
-	w        *kafka.Writer
-	timeout  time.Duration
-	maxBytes int64
-	maxHold  time.Duration
-	inflight atomic.Int64
-	shedding atomic.Bool // a request was shed since the in-flight bytes were last low
+	// w is kafkax's Writer, used as the configuration (acks=all, partitioner, limits,
+	// retries) and for its Transport; its own batching is not used (batcher.go).
+	w            *kafka.Writer
+	client       *kafka.Client
+	topic        string
+	batchSize    int
+	batchBytes   int64
+	writeTimeout time.Duration
+	maxAttempts  int
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	timeout      time.Duration
+	maxBytes     int64
+	maxHold      time.Duration
+	inflight     atomic.Int64
+	shedding     atomic.Bool // a request was shed since the in-flight bytes were last low
+
+	mu         sync.Mutex // guards closed and growing queues
+	closed     bool
+	queues     atomic.Pointer[[]*partitionQueue] // by partition
+	flushers   sync.WaitGroup
+	count      atomic.Pointer[partitionCount]
+	partitions atomic.Pointer[[]int]
+	msgPool    sync.Pool // *[]kafka.Message
 
 	ackLatency  prometheus.Histogram
 	errors      *prometheus.CounterVec
@@ -66,13 +86,19 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 		o.MaxInflightBytes = 64 << 20
 	}
 	p := &Producer{timeout: o.Timeout, maxBytes: o.MaxInflightBytes, maxHold: o.Writer.MaxHold()}
-	wo := o.Writer
-	wo.Completion = p.complete
-	w, err := kafkax.NewWriter(o.Brokers, o.Topic, wo)
+	w, err := kafkax.NewWriter(o.Brokers, o.Topic, o.Writer)
 	if err != nil {
 		return nil, err
 	}
+	if w.BatchSize <= 0 || w.BatchBytes <= 0 || w.MaxAttempts <= 0 || w.WriteTimeout <= 0 || w.Balancer == nil {
+		return nil, errors.New("producer: the writer options must set BatchSize, BatchBytes, MaxAttempts and WriteTimeout")
+	}
 	p.w = w
+	p.client = &kafka.Client{Addr: w.Addr, Transport: w.Transport, Timeout: w.WriteTimeout}
+	p.topic = w.Topic
+	p.batchSize, p.batchBytes = w.BatchSize, w.BatchBytes
+	p.writeTimeout, p.maxAttempts = w.WriteTimeout, w.MaxAttempts
+	p.backoffMin, p.backoffMax = max(w.WriteBackoffMin, time.Millisecond), max(w.WriteBackoffMax, w.WriteBackoffMin)
 	f := promauto.With(reg)
 	p.ackLatency = f.NewHistogram(prometheus.HistogramOpts{
 		Name:    "pulseboard_ingest_produce_ack_seconds",
@@ -121,8 +147,8 @@ func (t *ticket) release() {
 	}
 }
 
-// complete is the Writer's Completion callback: the final outcome of a batch. It runs on
-// kafka-go's goroutines, so it must not panic or block.
+// complete reports the final outcome of a batch. It runs on the partition's flusher, so
+// it must not panic or block.
 func (p *Producer) complete(msgs []kafka.Message, _ error) {
 	p.batchEvents.Observe(float64(len(msgs)))
 	for i := range msgs {
@@ -174,16 +200,19 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	start := time.Now()
-	err := p.w.WriteMessages(ctx, msgs...)
+	enqueued, err := p.send(ctx, msgs)
 	p.ackLatency.Observe(time.Since(start).Seconds())
+	if !enqueued {
+		t.release() // no batch holds these messages: nothing will complete them
+	}
 	if err == nil {
 		t.release() // normally already released by Completion
 		// Fault tests: Kafka holds the events, the client has no answer yet.
 		failpoint.Hit("ingestor/after-produce-ack")
 		return nil
 	}
-	// kafka-go may still hold (and even deliver) the messages: keep their bytes counted
-	// until Completion, or until the longest kafka-go can hold them.
+	// A batch may still hold (and even deliver) the messages: keep their bytes counted
+	// until its completion, or until the longest a message can be held.
 	// (release is idempotent, so a late timer is harmless).
 	if !t.released.Load() {
 		time.AfterFunc(p.maxHold, t.release)
@@ -196,10 +225,11 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
-// Close flushes and closes the writer. Call it after the HTTP server stopped accepting.
-// kafka-go's Writer.Close leaves an explicit Transport's idle connections open, so they
-// are closed here too.
+// Close writes what is queued, waits for it, and closes the connections. Call it after
+// the HTTP server stopped accepting. kafka-go's Writer.Close leaves an explicit
+// Transport's idle connections open, so they are closed here too.
 func (p *Producer) Close() error {
+	p.closeQueues()
 	err := p.w.Close()
 	if t, ok := p.w.Transport.(*kafka.Transport); ok {
 		t.CloseIdleConnections()
