@@ -60,7 +60,17 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request) {
 		b, _ := rw.Reader.Peek(n)
 		src = io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)
 	}
-	s := &wsStream{
+	c.setForceClose(func() { _ = conn.Close() })
+	// The handler returns: its goroutine (and net/http's per-connection state) is freed,
+	// leaving two goroutines per connection, the reader and the writer.
+	newWSStream(h, c, conn, src).start()
+}
+
+// newWSStream is the stream of an upgraded connection: src is what the client sends
+// (conn, possibly behind bytes already buffered), conn carries the deadlines and every
+// write. The fuzz tests drive it over an in-memory connection.
+func newWSStream(h *Hub, c *client, conn net.Conn, src io.Reader) *wsStream {
+	return &wsStream{
 		h:          h,
 		c:          c,
 		conn:       conn,
@@ -70,9 +80,10 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request) {
 		stopWriter: make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
-	c.setForceClose(func() { _ = conn.Close() })
-	// The handler returns: its goroutine (and net/http's per-connection state) is freed,
-	// leaving two goroutines per connection, the reader and the writer.
+}
+
+// start runs the writer and the reader; the reader releases the client when both ended.
+func (s *wsStream) start() {
 	go s.writeLoop()
 	go s.readLoop()
 }
@@ -174,8 +185,22 @@ func (s *wsStream) extendReadDeadline(t time.Time) bool {
 // control answers a control frame through the writer (W4): the pong or the close
 // frame is encoded by wsutil.ControlFrameHandler into a buffer, not onto the wire.
 func (s *wsStream) control(h ws.Header, r io.Reader) error {
+	// The whole payload (at most 125 bytes: the reader's header check enforced that)
+	// is read before it is answered. The body reader of a control frame inside a
+	// fragmented message reports a cut-off payload as a plain EOF, and the handler would
+	// then answer, with a truncated pong, a ping the client never finished sending.
+	if h.Length > ws.MaxControlFramePayloadSize {
+		return ws.ErrProtocolControlPayloadOverflow
+	}
+	payload := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
 	var buf bytes.Buffer
-	err := wsutil.ControlFrameHandler(&buf, ws.StateServerSide)(h, r)
+	err := wsutil.ControlFrameHandler(&buf, ws.StateServerSide)(h, bytes.NewReader(payload))
 	if buf.Len() > 0 {
 		switch h.OpCode {
 		case ws.OpPing:
@@ -207,6 +232,10 @@ func (s *wsStream) readFailed(err error) (drain bool) {
 		s.requestClose(wsCloseFrame(closeInvalidUTF8, "invalid UTF-8"))
 	case errors.As(err, &proto):
 		s.requestClose(wsCloseFrame(closeProtocolFail, string(proto)))
+	case errors.Is(err, ws.ErrHeaderLengthMSB), errors.Is(err, ws.ErrHeaderLengthUnexpected):
+		// A 64-bit length with its top bit set (RFC 6455 5.2): gobwas reports it as a
+		// plain error, not a ProtocolError, but it is one all the same.
+		s.requestClose(wsCloseFrame(closeProtocolFail, "invalid frame length"))
 	default:
 		return false // EOF, reset, read timeout (no pong for 2.5 pings): just close
 	}
