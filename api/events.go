@@ -92,8 +92,15 @@ func decodeCursor(r *http.Request) (*store.Cursor, error) {
 	if err != nil || len(b) != 24 {
 		return nil, invalid("querystring/cursor is not a cursor returned by this endpoint")
 	}
+	// Any 24 bytes decode, but only times Postgres stores (those of events) can come
+	// from this endpoint; others would fail the query ("timestamp out of range": a 500)
+	// or wrap around in the driver.
+	t := time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))).UTC()
+	if y := t.Year(); y < 1 || y > 9999 {
+		return nil, invalid("querystring/cursor is not a cursor returned by this endpoint")
+	}
 	id, _ := uuid.FromBytes(b[8:])
-	return &store.Cursor{Time: time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))).UTC(), ID: id}, nil
+	return &store.Cursor{Time: t, ID: id}, nil
 }
 
 // projectEvents: GET /projects/{id}/events: filters and keyset pagination on

@@ -41,6 +41,11 @@ func parseCursor(s string) (cursor, error) {
 		return cursor{}, errBadCursor
 	}
 	c := cursor{receivedAt: time.UnixMicro(int64(binary.BigEndian.Uint64(raw[:8]))).UTC()}
+	// Only times Postgres stores (those of events) can come from this server; replaying
+	// from another would fail the query or wrap around in the driver.
+	if y := c.receivedAt.Year(); y < 1 || y > 9999 {
+		return cursor{}, errBadCursor
+	}
 	copy(c.id[:], raw[8:])
 	return c, nil
 }
