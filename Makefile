@@ -7,7 +7,7 @@ MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard
 # Packages are tested in parallel processes; each test gets its own database.
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test test-short bench bench-go lint fmt vet staticcheck tidy clean
+.PHONY: all build run test test-short bench bench-go fuzz fuzz-short lint fmt vet staticcheck tidy clean
 
 all: build
 
@@ -36,6 +36,14 @@ bench: build bench-go
 bench-go:
 	cd pkg && $(GO) test -run '^$$' -bench . -benchmem ./event/
 	cd consumer && $(GO) test -run '^$$' -bench . -benchmem ./internal/eventstore/
+
+# Every Go fuzz target (discovered by scripts/fuzz.sh), one after the other. fuzz-short is
+# CI's smoke run; fuzz is the 5-minute-per-target run. FUZZ_FILTER selects targets by name.
+fuzz-short:
+	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$${FUZZTIME:-5m} ./scripts/fuzz.sh
 
 lint: fmt vet staticcheck
 
