@@ -3,11 +3,11 @@
 SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin
-MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard
+MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard chaos
 # Packages are tested in parallel processes; each test gets its own database.
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test test-short bench bench-go fuzz fuzz-short lint fmt vet staticcheck tidy clean
+.PHONY: all build run test test-short bench bench-go chaos fuzz fuzz-short lint fmt vet staticcheck tidy clean
 
 all: build
 
@@ -36,6 +36,15 @@ bench: build bench-go
 bench-go:
 	cd pkg && $(GO) test -run '^$$' -bench . -benchmem ./event/
 	cd consumer && $(GO) test -run '^$$' -bench . -benchmem ./internal/eventstore/
+
+# Every fault-injection scenario of chaos/ (RELIABILITY.md "Fault tests"), the long ones
+# too (CHAOS_LONG=1), against the services as processes built with -tags failpoints. The
+# report (markdown and JSON) goes to chaos/results/. make test runs the fast subset only.
+CHAOSFLAGS ?= -count=1 -timeout 90m
+chaos:
+	@mkdir -p chaos/results
+	@status=0; (cd chaos && CHAOS_LONG=1 CHAOS_REPORT_DIR=$(CURDIR)/chaos/results $(GO) test $(CHAOSFLAGS) ./...) || status=$$?; \
+		cat "$$(ls -t chaos/results/chaos-*.md | head -n 1)"; exit $$status
 
 # Every Go fuzz target (discovered by scripts/fuzz.sh), one after the other. fuzz-short is
 # CI's smoke run; fuzz is the 5-minute-per-target run. FUZZ_FILTER selects targets by name.
