@@ -1,16 +1,25 @@
 // Package client sends events to PulseBoard's ingestor (POST /ingest/batch, API.md
 // "Ingest") for SDK authors.
 //
-// Enqueue never blocks: events go into a bounded queue that one background goroutine
-// drains into batches, cut by event count (MaxBatchEvents), encoded size (MaxBatchBytes)
-// and time (FlushInterval). A batch that fails with 429, 503, another 5xx or a transport
-// error is retried with the same body, hence the same event ids, so the server's
-// deduplication makes the retry safe; Retry-After is honoured, otherwise the delay is an
-// exponential backoff with jitter. 400, 401, 413 and other 4xx answers are never retried.
+// Enqueue never blocks: events go into a bounded queue that a background goroutine drains
+// into batches, cut by event count (MaxBatchEvents), encoded size (MaxBatchBytes) and time
+// (FlushInterval). EnqueueWait is the blocking variant: it waits for room in the queue
+// instead of dropping, for producers that prefer backpressure to loss. Up to Concurrency
+// requests are in flight at once (default 1, which keeps batches in order).
+//
+// A batch that fails with 429, 503, another 5xx or a transport error is retried with the
+// same body, hence the same event ids, so the server's deduplication makes the retry safe;
+// Retry-After is honoured, otherwise the delay is an exponential backoff with jitter. 400,
+// 401, 413 and other 4xx answers are never retried.
+//
+// Options.Compat sends each event alone to POST /ingest with the key in the body, the
+// endpoint of the Node.js backend PulseBoard replaced, for servers that only have that one.
+// Options.Doer replaces the HTTP stack (a tuned transport, a proxy, another HTTP library).
 //
 // Every event ends in exactly one of the Stats counters Sent, Rejected, Failed (once
 // handed to the sender) or Dropped (queue full), and, when Options.OnResult is set, in
-// one Result. Close flushes what is queued and stops the goroutine.
+// one Result. Options.OnRequest sees every HTTP attempt, for metrics. Close flushes what
+// is queued and stops the goroutines.
 package client
 
 import (
@@ -21,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -48,6 +58,7 @@ const (
 	DefaultRetryBaseDelay = 200 * time.Millisecond
 	DefaultRetryMaxDelay  = 30 * time.Second
 	DefaultRequestTimeout = 30 * time.Second
+	DefaultConcurrency    = 1
 )
 
 // Errors returned by the Client.
@@ -70,13 +81,23 @@ type Event struct {
 	Type    string         // "error", "event" or "metric"
 	Name    string         // 1 to 200 characters
 	Payload map[string]any // a JSON object; nil is sent as {}
-	Context map[string]any // optional JSON object
+	// RawPayload, when not empty, is sent as the payload instead of Payload: a JSON object
+	// the application has already encoded (it is checked, not re-encoded).
+	RawPayload json.RawMessage
+	Context    map[string]any // optional JSON object
 	// Timestamp is when the event happened; Enqueue sets it to the current time when zero.
 	// It is sent in UTC with millisecond precision (the server's).
 	Timestamp time.Time
 	// EventID identifies the event for the server's deduplication; Enqueue sets a
 	// UUIDv7 when it is zero.
 	EventID uuid.UUID
+}
+
+// Doer sends one HTTP request; *http.Client implements it. A Doer must return a response
+// (whose Body the client reads and closes) or an error, and should honour the request's
+// context so that Close can abandon requests in flight.
+type Doer interface {
+	Do(*http.Request) (*http.Response, error)
 }
 
 // Options configure a Client. Zero fields take the defaults above.
@@ -89,15 +110,31 @@ type Options struct {
 	QueueSize      int           // events buffered before Enqueue drops, default 10000
 	Gzip           bool          // gzip request bodies
 	MaxRetries     int           // retries of one batch after the first attempt, default 5; negative: none
-	HTTPClient     *http.Client  // default: a private client with a 30 s timeout
+	// HTTPClient sends the requests unless Doer is set. Default: a private client with a
+	// 30 s timeout whose transport keeps Concurrency idle connections to the server.
+	HTTPClient *http.Client
+	// Doer, when set, sends the requests instead of HTTPClient: its timeouts and connection
+	// pool are its own, and Close leaves its connections alone.
+	Doer Doer
+	// Concurrency is the number of requests in flight at once, default 1. With more than
+	// one, batches may be answered (and OnResult called) out of order and concurrently.
+	Concurrency int
+	// Compat sends each event alone to POST /ingest with "apiKey" in the body instead of
+	// batches to POST /ingest/batch: the compat endpoint, which the old backend also had.
+	// MaxBatchEvents is then 1; the answers are classified the same way.
+	Compat bool
 	// RetryBaseDelay and RetryMaxDelay bound the exponential backoff used when the server
 	// gives no Retry-After (defaults 200 ms and 30 s). Retry-After is honoured as sent.
 	RetryBaseDelay time.Duration
 	RetryMaxDelay  time.Duration
-	// OnResult, when set, is called from the sender goroutine once for every event that
-	// reached a final state other than Dropped. It must not block for long nor call
+	// OnResult, when set, is called once for every event that reached a final state other
+	// than Dropped, from the goroutine that sent it. It must not block for long nor call
 	// Flush or Close.
 	OnResult func(Result)
+	// OnRequest, when set, is called after every HTTP attempt (first tries and retries),
+	// with the same constraints as OnResult: request counts, statuses and latency for
+	// metrics.
+	OnRequest func(RequestInfo)
 }
 
 // Status is the final state of an event.
@@ -129,6 +166,20 @@ type Result struct {
 	HTTPStatus int    // status of the last response, 0 after a transport error
 	Code       string // the server's code, e.g. VALIDATION_FAILED or INVALID_API_KEY
 	Message    string // the server's message, or the transport error
+	// Attempts is the number of requests that carried the event (1 when it was not
+	// retried). A Failed event with Attempts > 1 may have been stored by an earlier attempt
+	// whose answer was lost; with Attempts == 1 and a 4xx status it was not.
+	Attempts int
+}
+
+// RequestInfo describes one HTTP attempt (Options.OnRequest).
+type RequestInfo struct {
+	Events     int           // events in the request
+	Attempt    int           // 1 for the first attempt of a batch, 2 for its first retry, …
+	HTTPStatus int           // 0 after a transport error
+	Err        error         // the transport error, if any
+	Start      time.Time     // just before the request was made
+	Duration   time.Duration // until the response body was read
 }
 
 // Stats are cumulative event counters.
@@ -146,21 +197,31 @@ type queued struct {
 	json []byte
 }
 
+type batch struct {
+	events []queued
+	size   int
+}
+
 type flushReq struct{ done chan struct{} }
 
 // Client batches and sends events. Its methods are safe for concurrent use.
 type Client struct {
-	opts     Options
-	url      string
-	hc       *http.Client
-	ownHC    bool
-	queue    chan queued
-	flushes  chan flushReq
-	stop     chan struct{}
-	stopOnce sync.Once
-	exited   chan struct{}
-	ctx      context.Context // cancelled when Close gives up waiting
-	cancel   context.CancelFunc
+	opts      Options
+	url       string
+	doer      Doer
+	ownHC     *http.Client // the private client, whose idle connections Close closes
+	queue     chan queued
+	flushes   chan flushReq
+	lead      sync.Mutex // held by the sender that is batching
+	batch     *batcher   // guarded by lead
+	inflight  sync.WaitGroup
+	senders   sync.WaitGroup
+	closing   chan struct{} // closed first by Close: wakes EnqueueWait
+	stop      chan struct{}
+	closeOnce sync.Once
+	exited    chan struct{}
+	ctx       context.Context // cancelled when Close gives up waiting
+	cancel    context.CancelFunc
 
 	mu     sync.RWMutex // guards closed against concurrent Enqueue
 	closed bool
@@ -168,7 +229,8 @@ type Client struct {
 	enqueued, sent, rejected, dropped, failed, retries atomic.Uint64
 }
 
-// New validates o, applies defaults and starts the sender goroutine; call Close to stop it.
+// New validates o, applies defaults and starts the batching and sending goroutines; call
+// Close to stop them.
 func New(o Options) (*Client, error) {
 	if o.Endpoint == "" {
 		return nil, errors.New("pulseboard client: Endpoint is required")
@@ -181,6 +243,9 @@ func New(o Options) (*Client, error) {
 	}
 	if o.MaxBatchEvents < 0 || o.MaxBatchEvents > MaxEventsPerBatch {
 		return nil, fmt.Errorf("pulseboard client: MaxBatchEvents must be between 1 and %d", MaxEventsPerBatch)
+	}
+	if o.Compat {
+		o.MaxBatchEvents = 1
 	}
 	if o.MaxBatchBytes == 0 {
 		o.MaxBatchBytes = DefaultMaxBatchBytes
@@ -206,70 +271,63 @@ func New(o Options) (*Client, error) {
 	if o.RetryMaxDelay <= 0 {
 		o.RetryMaxDelay = DefaultRetryMaxDelay
 	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	path := "/ingest/batch"
+	if o.Compat {
+		path = "/ingest"
+	}
 	c := &Client{
 		opts:    o,
-		url:     strings.TrimRight(o.Endpoint, "/") + "/ingest/batch",
-		hc:      o.HTTPClient,
+		url:     strings.TrimRight(o.Endpoint, "/") + path,
 		queue:   make(chan queued, o.QueueSize),
 		flushes: make(chan flushReq),
+		closing: make(chan struct{}),
 		stop:    make(chan struct{}),
 		exited:  make(chan struct{}),
 	}
-	if c.hc == nil {
-		c.hc = &http.Client{Timeout: DefaultRequestTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}
-		c.ownHC = true
+	switch {
+	case o.Doer != nil:
+		c.doer = o.Doer
+	case o.HTTPClient != nil:
+		c.doer = o.HTTPClient
+	default:
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, o.Concurrency)
+		tr.MaxIdleConns = max(tr.MaxIdleConns, o.Concurrency)
+		c.ownHC = &http.Client{Timeout: DefaultRequestTimeout, Transport: tr}
+		c.doer = c.ownHC
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	go c.run()
+	c.batch = &batcher{c: c, events: make([]queued, 0, o.MaxBatchEvents), timer: time.NewTimer(time.Hour)}
+	c.batch.timer.Stop()
+	for range o.Concurrency {
+		c.senders.Add(1)
+		go c.sender()
+	}
+	go func() {
+		c.senders.Wait()
+		close(c.exited)
+	}()
 	return c, nil
 }
 
-type wireEvent struct {
-	Type      string         `json:"type"`
-	Name      string         `json:"name"`
-	Payload   map[string]any `json:"payload"`
-	Timestamp string         `json:"timestamp"`
-	Context   map[string]any `json:"context,omitempty"`
-	EventID   uuid.UUID      `json:"eventId"`
-}
-
-const timeLayout = "2006-01-02T15:04:05.000Z07:00"
-
 // Enqueue encodes ev and queues it without blocking. It returns ErrQueueFull (and counts
 // the event as Dropped) when the queue is full, ErrClosed after Close, ErrInvalidEvent
-// for a bad type or empty name, ErrEventTooLarge when the event alone exceeds
-// MaxBatchBytes, or the JSON encoding error.
-func (c *Client) Enqueue(ev Event) error {
-	switch ev.Type {
-	case TypeError, TypeEvent, TypeMetric:
-	default:
-		return fmt.Errorf("%w: type %q must be error, event or metric", ErrInvalidEvent, ev.Type)
-	}
-	if ev.Name == "" {
-		return fmt.Errorf("%w: name is empty", ErrInvalidEvent)
-	}
-	if ev.EventID == uuid.Nil {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return err
-		}
-		ev.EventID = id
-	}
-	if ev.Timestamp.IsZero() {
-		ev.Timestamp = time.Now()
-	}
-	if ev.Payload == nil {
-		ev.Payload = map[string]any{}
-	}
-	b, err := json.Marshal(wireEvent{
-		Type: ev.Type, Name: ev.Name, Payload: ev.Payload, Context: ev.Context,
-		Timestamp: ev.Timestamp.UTC().Format(timeLayout), EventID: ev.EventID,
-	})
+// for a bad type, an empty name or a RawPayload that is not a JSON object,
+// ErrEventTooLarge when the event alone exceeds MaxBatchBytes, or the JSON encoding error.
+func (c *Client) Enqueue(ev Event) error { return c.enqueue(context.Background(), ev, false) }
+
+// EnqueueWait is Enqueue with backpressure: when the queue is full it waits for room
+// instead of dropping the event. It returns ctx.Err() when ctx ends first and ErrClosed
+// when Close is called meanwhile; the event is then not queued, and not counted.
+func (c *Client) EnqueueWait(ctx context.Context, ev Event) error { return c.enqueue(ctx, ev, true) }
+
+func (c *Client) enqueue(ctx context.Context, ev Event, wait bool) error {
+	q, err := c.encode(ev)
 	if err != nil {
-		return fmt.Errorf("pulseboard client: encoding event: %w", err)
-	}
-	if len(b)+2 > c.opts.MaxBatchBytes {
-		return ErrEventTooLarge
+		return err
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -277,13 +335,58 @@ func (c *Client) Enqueue(ev Event) error {
 		return ErrClosed
 	}
 	select {
-	case c.queue <- queued{id: ev.EventID, json: b}:
+	case c.queue <- q:
 		c.enqueued.Add(1)
 		return nil
 	default:
+	}
+	if !wait {
 		c.dropped.Add(1)
 		return ErrQueueFull
 	}
+	select {
+	case c.queue <- q:
+		c.enqueued.Add(1)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.closing:
+		return ErrClosed
+	}
+}
+
+// encode validates ev, fills its defaults and encodes it for the wire.
+func (c *Client) encode(ev Event) (queued, error) {
+	switch ev.Type {
+	case TypeError, TypeEvent, TypeMetric:
+	default:
+		return queued{}, fmt.Errorf("%w: type %q must be error, event or metric", ErrInvalidEvent, ev.Type)
+	}
+	if ev.Name == "" {
+		return queued{}, fmt.Errorf("%w: name is empty", ErrInvalidEvent)
+	}
+	if ev.EventID == uuid.Nil {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return queued{}, err
+		}
+		ev.EventID = id
+	}
+	if ev.Timestamp.IsZero() {
+		ev.Timestamp = time.Now()
+	}
+	key := ""
+	if c.opts.Compat {
+		key = c.opts.APIKey
+	}
+	b, err := appendEvent(nil, &ev, key)
+	if err != nil {
+		return queued{}, err
+	}
+	if len(b)+2 > c.opts.MaxBatchBytes {
+		return queued{}, ErrEventTooLarge
+	}
+	return queued{id: ev.EventID, json: b}, nil
 }
 
 // Flush sends every event queued before the call and waits until each has a final
@@ -311,14 +414,17 @@ func (c *Client) Flush(ctx context.Context) error {
 	}
 }
 
-// Close refuses new events, sends the queued ones and stops the sender. When ctx ends
+// Close refuses new events, sends the queued ones and stops the goroutines. When ctx ends
 // first, in-flight requests and retries are abandoned, the remaining events are counted
 // as Failed, and ctx.Err() is returned. Close may be called more than once.
 func (c *Client) Close(ctx context.Context) error {
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	c.stopOnce.Do(func() { close(c.stop) })
+	c.closeOnce.Do(func() {
+		close(c.closing) // EnqueueWait callers give up and release the read lock
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		close(c.stop)
+	})
 	var err error
 	select {
 	case <-c.exited:
@@ -328,8 +434,8 @@ func (c *Client) Close(ctx context.Context) error {
 		<-c.exited
 	}
 	c.cancel()
-	if c.ownHC {
-		c.hc.CloseIdleConnections()
+	if c.ownHC != nil {
+		c.ownHC.CloseIdleConnections()
 	}
 	return err
 }
@@ -346,16 +452,29 @@ func (c *Client) Stats() Stats {
 	}
 }
 
-// batcher accumulates events until a limit is reached.
+// The sending goroutines take turns at batching (leader/followers): a goroutine that is
+// not sending takes the lead lock, reads the queue until a batch is ready, releases the
+// lock and sends that batch itself, while the next free goroutine builds the following
+// batch. Batches are therefore filled one at a time, as by a single batcher, without a
+// hand-off between a batcher and the senders; and no event leaves the queue while every
+// sender is busy, so the queue (what Enqueue sees as full) is where events wait.
+
+// batcher accumulates events until a limit is reached; it is guarded by Client.lead.
 type batcher struct {
 	c      *Client
 	events []queued
 	size   int // encoded body size: brackets, commas and events
+	timer  *time.Timer
+	armed  bool
 }
 
-func (b *batcher) add(q queued) {
+// add adds q and returns a batch that became ready: the previous events when q does not
+// fit in their body, or all of them when the count is reached.
+func (b *batcher) add(q queued) (batch, bool) {
+	var ready batch
+	var ok bool
 	if len(b.events) > 0 && b.size+1+len(q.json) > b.c.opts.MaxBatchBytes {
-		b.send()
+		ready, ok = b.take()
 	}
 	if len(b.events) == 0 {
 		b.size = 2
@@ -364,61 +483,105 @@ func (b *batcher) add(q queued) {
 	}
 	b.events = append(b.events, q)
 	b.size += len(q.json)
-	if len(b.events) >= b.c.opts.MaxBatchEvents {
-		b.send()
+	if !ok && len(b.events) >= b.c.opts.MaxBatchEvents {
+		ready, ok = b.take()
 	}
+	return ready, ok
 }
 
-func (b *batcher) send() {
+// take returns the events gathered so far as a batch, counted in flight.
+func (b *batcher) take() (batch, bool) {
 	if len(b.events) == 0 {
-		return
+		return batch{}, false
 	}
-	b.c.deliver(b.events, b.size)
+	bt := batch{events: b.events, size: b.size}
 	b.events = make([]queued, 0, b.c.opts.MaxBatchEvents)
 	b.size = 0
+	b.c.inflight.Add(1)
+	return bt, true
 }
 
-// run is the sender goroutine.
-func (c *Client) run() {
-	defer close(c.exited)
-	b := &batcher{c: c}
-	timer := time.NewTimer(c.opts.FlushInterval)
-	timer.Stop()
-	armed := false
-	drain := func(n int) {
-		for range n {
-			select {
-			case q := <-c.queue:
-				b.add(q)
-			default:
-				return
-			}
-		}
+// rearm keeps the flush timer running exactly while a partial batch waits.
+func (b *batcher) rearm() {
+	if len(b.events) == 0 && b.armed {
+		b.timer.Stop()
+		b.armed = false
+	} else if len(b.events) > 0 && !b.armed {
+		b.timer.Reset(b.c.opts.FlushInterval)
+		b.armed = true
 	}
-	for {
+}
+
+// sendAll sends, one after the other, up to n queued events and the partial batch, then
+// waits until no request is in flight (Flush and Close).
+func (b *batcher) sendAll(n int) {
+	c := b.c
+	for range n {
 		select {
 		case q := <-c.queue:
-			b.add(q)
-		case <-timer.C:
-			armed = false
-			b.send()
+			if bt, ok := b.add(q); ok {
+				c.sendBatch(bt)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if bt, ok := b.take(); ok {
+		c.sendBatch(bt)
+	}
+	b.rearm()
+	c.inflight.Wait()
+}
+
+// sender is one of the Concurrency sending goroutines.
+func (c *Client) sender() {
+	defer c.senders.Done()
+	for {
+		c.lead.Lock()
+		bt, ok, stop := c.collect()
+		c.lead.Unlock()
+		if ok {
+			c.sendBatch(bt)
+		}
+		if stop {
+			return
+		}
+	}
+}
+
+func (c *Client) sendBatch(bt batch) {
+	c.deliver(bt.events, bt.size)
+	c.inflight.Done()
+}
+
+// collect runs with the lead lock held: it reads the queue until a batch is ready, serving
+// the flush timer, Flush and Close meanwhile. stop is true once the client is closed and
+// everything was sent.
+func (c *Client) collect() (bt batch, ok, stop bool) {
+	b := c.batch
+	for {
+		var timer <-chan time.Time
+		if b.armed {
+			timer = b.timer.C
+		}
+		select {
+		case q := <-c.queue:
+			bt, ok = b.add(q)
+		case <-timer:
+			b.armed = false
+			bt, ok = b.take()
 		case req := <-c.flushes:
-			drain(len(c.queue))
-			b.send()
+			b.sendAll(len(c.queue))
 			close(req.done)
 		case <-c.stop:
 			// closed is set, so the queue only shrinks from here.
-			drain(len(c.queue))
-			b.send()
-			timer.Stop()
-			return
+			b.sendAll(len(c.queue))
+			return batch{}, false, true
 		}
-		if len(b.events) == 0 && armed {
-			timer.Stop()
-			armed = false
-		} else if len(b.events) > 0 && !armed {
-			timer.Reset(c.opts.FlushInterval)
-			armed = true
+		b.rearm()
+		if ok {
+			return bt, true, false
 		}
 	}
 }
@@ -439,15 +602,20 @@ type response struct {
 
 // deliver sends one batch with retries and records the outcome of every event.
 func (c *Client) deliver(events []queued, size int) {
-	body := make([]byte, 0, size)
-	body = append(body, '[')
-	for i, q := range events {
-		if i > 0 {
-			body = append(body, ',')
+	var body []byte
+	if c.opts.Compat {
+		body = events[0].json
+	} else {
+		body = make([]byte, 0, size)
+		body = append(body, '[')
+		for i, q := range events {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = append(body, q.json...)
 		}
-		body = append(body, q.json...)
+		body = append(body, ']')
 	}
-	body = append(body, ']')
 	gz := false
 	if c.opts.Gzip {
 		var buf bytes.Buffer
@@ -458,18 +626,24 @@ func (c *Client) deliver(events []queued, size int) {
 		}
 	}
 
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
 		status, hdr, respBody, err := c.post(body, gz)
+		if c.opts.OnRequest != nil {
+			c.opts.OnRequest(RequestInfo{Events: len(events), Attempt: attempt, HTTPStatus: status, Err: err,
+				Start: start, Duration: time.Since(start)})
+		}
 		var r response
-		if err == nil && len(respBody) > 0 {
+		// A 202 means every event was accepted: its body is not needed.
+		if err == nil && status != http.StatusAccepted && len(respBody) > 0 {
 			_ = json.Unmarshal(respBody, &r)
 		}
 		switch {
 		case err == nil && (status == http.StatusAccepted || status == http.StatusOK || status == http.StatusBadRequest):
-			c.perEvent(events, status, r)
+			c.perEvent(events, status, r, attempt)
 			return
 		case err == nil && !retryable(status):
-			c.all(events, StatusFailed, status, r.Code, orStatus(r.Message, status))
+			c.all(events, StatusFailed, status, r.Code, orStatus(r.Message, status), attempt)
 			return
 		}
 		msg := ""
@@ -478,20 +652,20 @@ func (c *Client) deliver(events []queued, size int) {
 		} else {
 			msg = orStatus(r.Message, status)
 		}
-		if attempt >= c.opts.MaxRetries || c.ctx.Err() != nil {
-			c.all(events, StatusFailed, status, r.Code, msg)
+		if attempt > c.opts.MaxRetries || c.ctx.Err() != nil {
+			c.all(events, StatusFailed, status, r.Code, msg, attempt)
 			return
 		}
 		wait, ok := retryAfter(hdr)
 		if !ok {
-			wait = c.backoff(attempt)
+			wait = c.backoff(attempt - 1)
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-c.ctx.Done():
 			t.Stop()
-			c.all(events, StatusFailed, status, r.Code, "closed before retrying: "+msg)
+			c.all(events, StatusFailed, status, r.Code, "closed before retrying: "+msg, attempt)
 			return
 		}
 		c.retries.Add(1)
@@ -516,11 +690,13 @@ func (c *Client) post(body []byte, gz bool) (int, http.Header, []byte, error) {
 		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", c.opts.APIKey)
+	if !c.opts.Compat {
+		req.Header.Set("X-API-Key", c.opts.APIKey)
+	}
 	if gz {
 		req.Header.Set("Content-Encoding", "gzip")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.doer.Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -535,14 +711,14 @@ func (c *Client) post(body []byte, gz bool) (int, http.Header, []byte, error) {
 
 // perEvent records a 202, 200 or 400 answer from its results; events without a result
 // count as accepted on 2xx and rejected on 400.
-func (c *Client) perEvent(events []queued, status int, r response) {
+func (c *Client) perEvent(events []queued, status int, r response, attempts int) {
 	res := make([]Result, len(events))
 	def, code, msg := StatusAccepted, "", ""
 	if status == http.StatusBadRequest {
 		def, code, msg = StatusRejected, r.Code, orStatus(r.Message, status)
 	}
 	for i, q := range events {
-		res[i] = Result{EventID: q.id, Status: def, HTTPStatus: status, Code: code, Message: msg}
+		res[i] = Result{EventID: q.id, Status: def, HTTPStatus: status, Code: code, Message: msg, Attempts: attempts}
 	}
 	if r.Data != nil {
 		for _, x := range r.Data.Results {
@@ -561,9 +737,9 @@ func (c *Client) perEvent(events []queued, status int, r response) {
 	}
 }
 
-func (c *Client) all(events []queued, s Status, httpStatus int, code, msg string) {
+func (c *Client) all(events []queued, s Status, httpStatus int, code, msg string, attempts int) {
 	for _, q := range events {
-		c.record(Result{EventID: q.id, Status: s, HTTPStatus: httpStatus, Code: code, Message: msg})
+		c.record(Result{EventID: q.id, Status: s, HTTPStatus: httpStatus, Code: code, Message: msg, Attempts: attempts})
 	}
 }
 
@@ -588,6 +764,9 @@ func retryAfter(h http.Header) (time.Duration, bool) {
 		return 0, false
 	}
 	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		if int64(s) > math.MaxInt64/int64(time.Second) {
+			return math.MaxInt64, true // saturate: a larger value never means a shorter wait
+		}
 		return time.Duration(s) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {

@@ -474,7 +474,7 @@ func TestUnauthorizedFailsWithoutRetry(t *testing.T) {
 	defer mu.Unlock()
 	require.Len(t, results, 3)
 	assert.Equal(t, Result{EventID: results[0].EventID, Status: StatusFailed, HTTPStatus: 401,
-		Code: "INVALID_API_KEY", Message: "Invalid API key"}, results[0])
+		Code: "INVALID_API_KEY", Message: "Invalid API key", Attempts: 1}, results[0])
 }
 
 func TestPayloadTooLargeNotRetried(t *testing.T) {
