@@ -2,9 +2,10 @@
 //
 //	pulseboard run      ingestor, consumer, alerter and api in one process, with embedded defaults
 //	pulseboard migrate  create the database if needed and apply migrations
-//	pulseboard seed     create a demo user and project; print them (with the API key) as JSON
+//	pulseboard seed     create a demo user and project(s); print them (with the API keys) as JSON
 //	pulseboard broker   run the embedded Kafka-protocol broker as its own process
 //	pulseboard loadgen  send load to an ingestor and report events/s and latency
+//	pulseboard verify   check a loadgen ledger against the events stored in Postgres
 //
 // Configuration is the environment (and .env); see .env.example.
 package main
@@ -33,9 +34,10 @@ const usage = `usage: pulseboard <command>
 commands:
   run       start the all-in-one (ingestor, consumer, alerter, api) with embedded defaults
   migrate   create the database if needed and apply migrations
-  seed      create a demo user and project and print them as JSON (with the API key)
+  seed      create a demo user and project(s) and print them as JSON (with the API keys; -projects N)
   broker    run the embedded Kafka-protocol broker as its own process
   loadgen   send load to an ingestor (see pulseboard loadgen -h)
+  verify    check a loadgen -ledger file against Postgres: nothing lost or duplicated (see -h)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -53,11 +55,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "migrate":
 		return runMigrate(ctx, env, stdout)
 	case "seed":
-		return runSeed(ctx, env, stdout)
+		return runSeed(ctx, env, args[1:], stdout)
 	case "broker":
 		return runBroker(ctx, env, stdout)
 	case "loadgen":
-		return runLoadgen(ctx, args[1:], stdout)
+		return runLoadgen(ctx, env, args[1:], stdout, stderr)
+	case "verify":
+		return runVerify(ctx, env, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

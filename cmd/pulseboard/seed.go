@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/crypto/bcrypt"
@@ -23,14 +25,24 @@ const (
 )
 
 type seedOutput struct {
-	User     pgstore.User    `json:"user"`
-	Password string          `json:"password"`
-	Project  pgstore.Project `json:"project"`
+	User     pgstore.User      `json:"user"`
+	Password string            `json:"password"`
+	Project  pgstore.Project   `json:"project"`  // the first project, as before -projects existed
+	Projects []pgstore.Project `json:"projects"` // all of them, the first included
 }
 
-// runSeed creates (or finds) the demo user and project and prints them as one JSON object.
-// It is idempotent: running it twice prints the same project and key.
-func runSeed(ctx context.Context, env config.Env, stdout io.Writer) error {
+// runSeed creates (or finds) the demo user and its projects ("Demo Project", then "Demo
+// Project 2" … with -projects N) and prints them as one JSON object. It is idempotent:
+// running it twice prints the same projects and keys.
+func runSeed(ctx context.Context, env config.Env, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
+	n := fs.Int("projects", 1, "number of demo projects (for loadgen -keys)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 {
+		return errors.New("seed: -projects must be at least 1")
+	}
 	cfg, err := config.Parse[Common](env)
 	if err != nil {
 		return err
@@ -59,16 +71,25 @@ func runSeed(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var p pgstore.Project
-	err = pool.QueryRow(ctx, `SELECT id, name, api_key, user_id FROM projects WHERE user_id = $1 AND name = $2 ORDER BY created_at LIMIT 1`,
-		user.ID, demoProject).Scan(&p.ID, &p.Name, &p.APIKey, &p.UserID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		p, err = pgstore.CreateProject(ctx, pool, user.ID, demoProject)
+	out := seedOutput{User: user, Password: demoPassword}
+	for i := 1; i <= *n; i++ {
+		name := demoProject
+		if i > 1 {
+			name += " " + strconv.Itoa(i)
+		}
+		var p pgstore.Project
+		err = pool.QueryRow(ctx, `SELECT id, name, api_key, user_id FROM projects WHERE user_id = $1 AND name = $2 ORDER BY created_at LIMIT 1`,
+			user.ID, name).Scan(&p.ID, &p.Name, &p.APIKey, &p.UserID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			p, err = pgstore.CreateProject(ctx, pool, user.ID, name)
+		}
+		if err != nil {
+			return fmt.Errorf("seeding the demo project %q: %w", name, err)
+		}
+		out.Projects = append(out.Projects, p)
 	}
-	if err != nil {
-		return fmt.Errorf("seeding the demo project: %w", err)
-	}
+	out.Project = out.Projects[0]
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
-	return enc.Encode(seedOutput{User: user, Password: demoPassword, Project: p})
+	return enc.Encode(out)
 }

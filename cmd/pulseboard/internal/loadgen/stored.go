@@ -1,0 +1,133 @@
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pulseboard/pulseboard/pkg/apikey"
+)
+
+// lookupProjects maps API keys to their projects' ids in Postgres (by the key's hash, as
+// the ingestor looks them up).
+func lookupProjects(ctx context.Context, db *pgxpool.Pool, keys []string) (map[string]uuid.UUID, error) {
+	m := make(map[string]uuid.UUID, len(keys))
+	for _, k := range keys {
+		h := apikey.HashOf(k)
+		var id uuid.UUID
+		err := db.QueryRow(ctx, `SELECT id FROM projects WHERE api_key_hash = $1`, h[:]).Scan(&id)
+		if err == pgx.ErrNoRows {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("looking up the projects of the API keys: %w", err)
+		}
+		m[k] = id
+	}
+	return m, nil
+}
+
+// storedPoll is how often the sampler asks Postgres which sampled events are stored: the
+// resolution of the ingest → stored latency.
+const storedPoll = 20 * time.Millisecond
+
+// storedMaxPending bounds the sampled events waiting to be seen in Postgres; past it new
+// samples are skipped (counted), so the poll stays cheap for the database under test.
+const storedMaxPending = 2000
+
+type sample struct {
+	project uuid.UUID
+	id      uuid.UUID
+	t0      time.Time
+}
+
+// storedSampler polls event_ids (the consumer's dedup table, written in the transaction
+// that stores the event) for a sample of acknowledged events and records how long after
+// their send time they became visible.
+type storedSampler struct {
+	db      *pgxpool.Pool
+	lat     hist
+	mu      sync.Mutex
+	pending []sample
+	sampled int64
+	skipped int64
+	errs    int64
+}
+
+// add queues an acknowledged event for polling.
+func (s *storedSampler) add(project, id uuid.UUID, t0 time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) >= storedMaxPending {
+		s.skipped++
+		return
+	}
+	s.sampled++
+	s.pending = append(s.pending, sample{project: project, id: id, t0: t0})
+}
+
+func (s *storedSampler) outstanding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// run polls until ctx ends.
+func (s *storedSampler) run(ctx context.Context) {
+	t := time.NewTicker(storedPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.poll(ctx)
+	}
+}
+
+func (s *storedSampler) poll(ctx context.Context) {
+	s.mu.Lock()
+	batch := append([]sample(nil), s.pending...)
+	s.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	byProject := map[uuid.UUID][]uuid.UUID{}
+	for _, x := range batch {
+		byProject[x.project] = append(byProject[x.project], x.id)
+	}
+	found := map[uuid.UUID]bool{}
+	for p, ids := range byProject {
+		rows, err := s.db.Query(ctx, `SELECT id FROM event_ids WHERE project_id = $1 AND id = ANY($2)`, p, ids)
+		if err == nil {
+			var id uuid.UUID
+			_, err = pgx.ForEachRow(rows, []any{&id}, func() error { found[id] = true; return nil })
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				s.mu.Lock()
+				s.errs++
+				s.mu.Unlock()
+			}
+			return
+		}
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := s.pending[:0]
+	for _, x := range s.pending {
+		if found[x.id] {
+			s.lat.add(now.Sub(x.t0))
+		} else {
+			kept = append(kept, x)
+		}
+	}
+	s.pending = kept
+}
