@@ -11,13 +11,12 @@ import (
 	"time"
 
 	"github.com/pulseboard/pulseboard/cmd/pulseboard/internal/loadgen"
-	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/ledger"
 )
 
 // runLoadgen is `pulseboard loadgen`: load against an ingestor through pkg/client, or
 // -serve-noop ADDR to run the no-op ceiling server.
-func runLoadgen(ctx context.Context, env config.Env, args []string, stdout, stderr io.Writer) error {
+func runLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -49,7 +48,7 @@ flags:
 	fs.DurationVar(&o.Linger, "linger", 5*time.Millisecond, "the longest an event waits for its batch to fill (the client's FlushInterval)")
 	fs.IntVar(&o.Retries, "retries", 0, "retries per request with the same event ids (0 = the client's default, 5; -1 = none)")
 	fs.StringVar(&o.Transport, "transport", "fasthttp", "HTTP stack under pkg/client: fasthttp (less CPU per request) or net/http")
-	ledgerFile := fs.String("ledger", "", "record every event id and its outcome in this file (JSON lines) for `pulseboard verify`")
+	ledgerFile := fs.String("ledger", "", "record every event id and its outcome in this file (JSON lines) for `pulseboard verify`; the keys' projects come from -db, -live-url or one probe event per key")
 	fs.StringVar(&o.DB, "db", "", "PostgreSQL URL: time ingest → stored for a sample of acknowledged events (and find the keys' projects)")
 	fs.Float64Var(&o.DBSample, "db-sample", 0.01, "share of acknowledged events timed with -db")
 	fs.StringVar(&o.Live.URL, "live-url", "", "api base URL: subscribe to a project's live stream and time ingest → delivered")
@@ -80,12 +79,6 @@ flags:
 	if *ledgerFile != "" {
 		l = ledger.New()
 		o.Ledger = l
-		// Without -db or -live-url, the keys' projects are looked up in DATABASE_URL.
-		cfg, err := config.Parse[Common](env)
-		if err != nil {
-			return err
-		}
-		o.ProjectsDB = cfg.DatabaseURL
 	}
 	r, err := loadgen.Run(ctx, o)
 	if l != nil && l.Counts().Sent > 0 {

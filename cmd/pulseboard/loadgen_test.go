@@ -125,8 +125,8 @@ func TestLoadgenLedgerLiveAndVerifyAgainstAllInOne(t *testing.T) {
 	require.Equal(t, "ws", batch.E2EDeliveredMs.Protocol)
 	require.Equal(t, "sse", single.E2EDeliveredMs.Protocol)
 
-	ledgers := filepath.Join(dir, "batch.ledger") + "," + filepath.Join(dir, "single.ledger")
-	out, stderr, err = runCLI(t, in, "verify", "-ledger", ledgers, "-db", dbURL, "-wait", "60s", "-json")
+	out, stderr, err = runCLI(t, in, "verify", "-ledger", filepath.Join(dir, "batch.ledger"), "-ledger", filepath.Join(dir, "single.ledger"),
+		"-db", dbURL, "-wait", "60s", "-json")
 	require.NoError(t, err, "verify: %s %s", out, stderr)
 	var rep struct {
 		Sent, Acked, Stored, Lost, Duplicates, Phantoms, RejectedStored int64

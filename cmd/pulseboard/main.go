@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "broker":
 		return runBroker(ctx, env, stdout)
 	case "loadgen":
-		return runLoadgen(ctx, env, args[1:], stdout, stderr)
+		return runLoadgen(ctx, args[1:], stdout, stderr)
 	case "verify":
 		return runVerify(ctx, env, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -35,7 +35,7 @@ func runVerify(ctx context.Context, env config.Env, args []string, stdout, stder
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: pulseboard verify -ledger FILE [flags]
+		fmt.Fprint(fs.Output(), `usage: pulseboard verify -ledger FILE [-ledger FILE…] [flags]
 
 Waits until the events stored in the ledger's projects stop changing (and are at least as
 many as the acknowledged ones), then compares them with the ledger written by
@@ -47,7 +47,15 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	files := fs.String("ledger", "", "ledger file(s) written by loadgen -ledger, comma-separated (required)")
+	var files []string
+	fs.Func("ledger", "ledger file written by loadgen -ledger (repeat the flag, or separate with commas, for several; required)", func(v string) error {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				files = append(files, f)
+			}
+		}
+		return nil
+	})
 	dbURL := fs.String("db", "", "PostgreSQL URL (default $DATABASE_URL or the all-in-one's)")
 	wait := fs.Duration("wait", 2*time.Minute, "the longest to wait for the stored events to settle")
 	stable := fs.Duration("stable", 2*time.Second, "how long the stored count must stay unchanged to count as settled")
@@ -55,7 +63,7 @@ flags:
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *files == "" {
+	if len(files) == 0 {
 		fs.Usage()
 		return errors.New("verify needs -ledger FILE")
 	}
@@ -67,8 +75,8 @@ flags:
 		*dbURL = cfg.DatabaseURL
 	}
 	l := ledger.New()
-	for f := range strings.SplitSeq(*files, ",") {
-		if err := loadLedger(strings.TrimSpace(f), l); err != nil {
+	for _, f := range files {
+		if err := loadLedger(f, l); err != nil {
 			return err
 		}
 	}

@@ -55,14 +55,13 @@ type Options struct {
 
 	Ledger *ledger.Ledger // when set, every event id and its outcome are recorded in it
 	// Projects maps API keys to their projects' ids when the caller knows them; the ledger
-	// and -db need them. Otherwise they are looked up (DB, Live, then ProjectsDB).
+	// and DB need them. Otherwise they are looked up in DB, else through the api (Live),
+	// else, for a Ledger, by sending one probe event per key to POST /ingest, whose answer
+	// names the project (the probe is recorded in the ledger like any other event).
 	Projects map[string]uuid.UUID
 
 	DB       string  // Postgres URL: samples ingest → stored latency and finds the keys' projects
 	DBSample float64 // fraction of acknowledged events whose storing is timed, default 0.01
-	// ProjectsDB is a Postgres URL used only to find the keys' projects when Ledger is set
-	// and neither DB nor Live is.
-	ProjectsDB string
 
 	Live    LiveOptions
 	E2EWait time.Duration // after sending, how long to wait for deliveries and stored samples, default 10 s
@@ -109,6 +108,7 @@ type Result struct {
 type LedgerSummary struct {
 	File string `json:"file,omitempty"`
 	ledger.Counts
+	Probes int `json:"probes,omitempty"` // events sent to find the keys' projects, included in the counts
 }
 
 // E2E is an end-to-end latency: percentiles in milliseconds of the events measured, how
@@ -164,6 +164,7 @@ type run struct {
 	statuses                                                    [600]atomic.Int64
 	eventLat, reqLat                                            hist
 
+	probes      int // events sent by probeProjects
 	api         *apiSession
 	liveProject uuid.UUID
 	liveKey     int // index of the key of the live project, -1 if none
@@ -356,16 +357,11 @@ func (r *run) prepare(ctx context.Context) error {
 			return fmt.Errorf("-live-project not given and the first key's project is not one of %s's", o.Live.Email)
 		}
 	}
-	if byKey == nil && o.Ledger != nil && o.ProjectsDB != "" {
-		db, err := pgxpool.New(ctx, o.ProjectsDB)
-		if err != nil {
+	if byKey == nil && o.Ledger != nil {
+		if byKey, err = probeProjects(ctx, o.URL, r.keys, o.Ledger); err != nil {
 			return err
 		}
-		byKey, err = lookupProjects(ctx, db, r.keys)
-		db.Close()
-		if err != nil {
-			return err
-		}
+		r.probes = len(r.keys)
 	}
 	r.projects = make([]uuid.UUID, len(r.keys))
 	for i, k := range r.keys {
@@ -374,9 +370,6 @@ func (r *run) prepare(ctx context.Context) error {
 			r.liveKey = i
 		}
 		if r.projects[i] == uuid.Nil && (o.Ledger != nil || r.sampler != nil) {
-			if byKey == nil {
-				return errors.New("the ledger needs the keys' projects: give -db (or -live-url with the projects' owner)")
-			}
 			return fmt.Errorf("key #%d (%s…) belongs to no project found", i+1, k[:min(len(k), 12)])
 		}
 	}
@@ -634,7 +627,7 @@ func (r *run) result(elapsed float64) Result {
 		res.LatencyMs, res.LatencyFrom = res.RequestLatencyMs, "request"
 	}
 	if o.Ledger != nil {
-		res.Ledger = &LedgerSummary{Counts: o.Ledger.Counts()}
+		res.Ledger = &LedgerSummary{Counts: o.Ledger.Counts(), Probes: r.probes}
 	}
 	if r.sub != nil {
 		e := &E2E{Percentiles: r.deliverLat.percentiles(), Count: r.deliverLat.count(), Project: r.liveProject.String(),
@@ -692,7 +685,7 @@ func (r Result) Print(w io.Writer) {
 			e.Percentiles, e.Count, e.Sampled, 100*e.Coverage, e.Skipped, e.ResolutionMs)
 	}
 	if l := r.Ledger; l != nil {
-		row("ledger", "sent %d  acked %d  rejected %d  indeterminate %d  %s", l.Sent, l.Acked, l.Rejected, l.Indeterminate, l.File)
+		row("ledger", "sent %d  acked %d  rejected %d  indeterminate %d  (probes %d)  %s", l.Sent, l.Acked, l.Rejected, l.Indeterminate, l.Probes, l.File)
 	}
 	c := r.Client
 	row("client", "%s over %s, %s; %d client(s) × %d in flight, queue %d, linger %g ms, retries %d",

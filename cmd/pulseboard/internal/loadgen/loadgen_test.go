@@ -40,11 +40,12 @@ type seen struct {
 // answer for each event comes from answer(seq) (202 when nil); a status of -1 closes the
 // connection without an answer (a transport error).
 type fakeIngestor struct {
-	t      *testing.T
-	srv    *httptest.Server
-	answer func(seq int) int
-	mu     sync.Mutex
-	events []seen
+	t       *testing.T
+	srv     *httptest.Server
+	answer  func(seq int) int
+	project uuid.UUID // in the data of /ingest answers, when set
+	mu      sync.Mutex
+	events  []seen
 }
 
 func newFakeIngestor(t *testing.T, answer func(seq int) int) *fakeIngestor {
@@ -120,7 +121,7 @@ func (f *fakeIngestor) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(status)
 	if status == http.StatusAccepted {
-		_, _ = w.Write([]byte(`{"success":true,"message":"Event accepted","data":{}}`))
+		_, _ = fmt.Fprintf(w, `{"success":true,"message":"Event accepted","data":{"projectId":%q}}`, f.project)
 		return
 	}
 	_, _ = fmt.Fprintf(w, `{"success":false,"code":"CODE_%d","message":"scripted %d"}`, status, status)
@@ -322,11 +323,23 @@ func TestOutcome(t *testing.T) {
 	}
 }
 
-func TestLedgerNeedsProjects(t *testing.T) {
+// Without Projects, DB or Live, the ledger learns each key's project from the answer to
+// one probe event per key, which it records like the others.
+func TestLedgerProbesProjects(t *testing.T) {
 	f := newFakeIngestor(t, nil)
+	f.project = uuid.Must(uuid.NewV7())
+	l := ledger.New()
+	r := mustRun(t, Options{URL: f.srv.URL, Keys: []string{"k1", "k2"}, Mode: "batch", Rate: 100, Duration: 100 * time.Millisecond, Ledger: l})
+	assert.Equal(t, ledger.Counts{Sent: 12, Acked: 12}, l.Counts(), "10 events and 2 probes")
+	assert.Equal(t, 2, r.Ledger.Probes)
+	assert.Equal(t, []uuid.UUID{f.project}, l.Projects())
+	assert.Len(t, f.seen(), 12)
+
+	// The no-op server names no project: the run stops before sending.
+	f = newFakeIngestor(t, nil)
 	_, err := Run(context.Background(), Options{URL: f.srv.URL, Keys: []string{"k"}, Duration: time.Millisecond, Ledger: ledger.New()})
-	assert.ErrorContains(t, err, "projects")
-	assert.Empty(t, f.seen(), "nothing sent")
+	assert.ErrorContains(t, err, "project")
+	assert.Len(t, f.seen(), 1, "only the probe")
 }
 
 // The no-op server answers 202 to anything, and the load generator measures it.

@@ -1,8 +1,13 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pulseboard/pulseboard/pkg/apikey"
+	"github.com/pulseboard/pulseboard/pkg/ledger"
 )
 
 // lookupProjects maps API keys to their projects' ids in Postgres (by the key's hash, as
@@ -28,6 +34,43 @@ func lookupProjects(ctx context.Context, db *pgxpool.Pool, keys []string) (map[s
 			return nil, fmt.Errorf("looking up the projects of the API keys: %w", err)
 		}
 		m[k] = id
+	}
+	return m, nil
+}
+
+// probeProjects finds the keys' projects by sending each key one event to the compat POST
+// /ingest, whose 202 answer is the stored event with its projectId. The probes are
+// recorded in the ledger as acknowledged: verify expects them stored like the others.
+func probeProjects(ctx context.Context, base string, keys []string, l *ledger.Ledger) (map[string]uuid.UUID, error) {
+	hc := &http.Client{Timeout: 30 * time.Second}
+	defer hc.CloseIdleConnections()
+	m := make(map[string]uuid.UUID, len(keys))
+	for i, k := range keys {
+		id := uuid.Must(uuid.NewV7())
+		body, _ := json.Marshal(map[string]any{"apiKey": k, "type": "event", "name": "loadgen.probe",
+			"payload": map[string]any{"probe": true}, "eventId": id})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/ingest", bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("probing key #%d for its project: %w", i+1, err)
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close()
+		var out struct {
+			Data struct {
+				ProjectID uuid.UUID `json:"projectId"`
+			} `json:"data"`
+		}
+		if resp.StatusCode != http.StatusAccepted || json.Unmarshal(b, &out) != nil || out.Data.ProjectID == uuid.Nil {
+			return nil, fmt.Errorf("probing key #%d for its project: HTTP %d %s (give -db to look the projects up instead)",
+				i+1, resp.StatusCode, bytes.TrimSpace(b[:min(len(b), 200)]))
+		}
+		m[k] = out.Data.ProjectID
+		l.Record(out.Data.ProjectID, id, ledger.Acked)
 	}
 	return m, nil
 }
