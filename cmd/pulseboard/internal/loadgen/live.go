@@ -94,7 +94,10 @@ func (s *apiSession) call(ctx context.Context, method, path string, body []byte,
 // subscriber receives one project's live stream and hands every event id to onEvent with
 // the time it arrived; control messages are counted.
 type subscriber struct {
-	onEvent    func(id uuid.UUID, at time.Time)
+	onEvent func(id uuid.UUID, at time.Time)
+	// ready is closed when the run has started (its start time and schedule are set);
+	// events before that cannot be the run's and are not handed on.
+	ready      chan struct{}
 	resyncs    atomic.Int64 // {"type":"resync"} messages
 	missed     atomic.Int64 // events the server said it dropped for this client
 	reconnects atomic.Int64
@@ -103,6 +106,11 @@ type subscriber struct {
 
 // handle classifies one message of the stream.
 func (s *subscriber) handle(msg []byte, at time.Time) {
+	select {
+	case <-s.ready:
+	default:
+		return
+	}
 	// Events start with {"id":"…" (the compat field order); anything else is decoded.
 	const prefix = `{"id":"`
 	if len(msg) >= len(prefix)+36 && string(msg[:len(prefix)]) == prefix {

@@ -91,12 +91,15 @@ type Result struct {
 	LatencyFrom      string      `json:"latencyFrom"`
 	RequestLatencyMs Percentiles `json:"requestLatencyMs"`
 
-	ScheduledRate  float64 `json:"scheduledRate"` // events/s asked for; 0 = maximum throughput
-	Projects       int     `json:"projects"`
-	EventsSent     int64   `json:"eventsSent"` // handed to the client
-	EventsRejected int64   `json:"eventsRejected"`
-	EventsFailed   int64   `json:"eventsFailed"`
-	Retries        int64   `json:"retries"`
+	ScheduledRate float64 `json:"scheduledRate"` // events/s asked for; 0 = maximum throughput
+	// EventsScheduled is rate × duration; when EventsSent is lower the load generator
+	// could not hand them all over before drainTimeout after the window.
+	EventsScheduled int64 `json:"eventsScheduled,omitempty"`
+	Projects        int   `json:"projects"`
+	EventsSent      int64 `json:"eventsSent"` // handed to the client
+	EventsRejected  int64 `json:"eventsRejected"`
+	EventsFailed    int64 `json:"eventsFailed"`
+	Retries         int64 `json:"retries"`
 
 	Ledger         *LedgerSummary `json:"ledger,omitempty"`
 	E2EDeliveredMs *E2E           `json:"e2eDeliveredMs,omitempty"`
@@ -268,6 +271,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	} else if r.sub != nil || r.sampler != nil {
 		r.times = new(sendTimes)
 	}
+	if r.sub != nil {
+		close(r.sub.ready) // the subscriber may read the fields above from here on
+	}
 	stopProgress := r.progress()
 	var wg sync.WaitGroup
 	// Producers stop making events at the end of the window; events already made (in the
@@ -348,7 +354,7 @@ func (r *run) prepare(ctx context.Context) error {
 		if byKey == nil {
 			byKey = fromAPI
 		}
-		r.sub = &subscriber{onEvent: r.onDelivered}
+		r.sub = &subscriber{onEvent: r.onDelivered, ready: make(chan struct{})}
 		if o.Live.Project != "" {
 			if r.liveProject, err = uuid.Parse(o.Live.Project); err != nil {
 				return fmt.Errorf("-live-project %q: %w", o.Live.Project, err)
@@ -611,7 +617,7 @@ func (r *run) result(elapsed float64) Result {
 		Mode: o.Mode, Connections: o.Connections, BatchSize: o.BatchSize, Gzip: o.Gzip, DurationS: elapsed,
 		Requests: r.requests.Load(), EventsAccepted: r.acked.Load(), Statuses: map[string]int64{},
 		TransportErrs: r.statuses[0].Load(), RequestLatencyMs: r.reqLat.percentiles(),
-		ScheduledRate: o.Rate, Projects: len(r.keys), EventsSent: r.sent.Load(),
+		ScheduledRate: o.Rate, EventsScheduled: int64(r.limit), Projects: len(r.keys), EventsSent: r.sent.Load(),
 		EventsRejected: r.rejected.Load(), EventsFailed: r.failed.Load(), Retries: r.retries.Load(),
 	}
 	res.RequestsPerS = float64(res.Requests) / elapsed
@@ -672,6 +678,9 @@ func (r Result) Print(w io.Writer) {
 		r.LatencyMs.P50, r.LatencyMs.P90, r.LatencyMs.P99, r.LatencyMs.Max, r.statusString(), r.TransportErrs)
 	row := func(k, format string, a ...any) { fmt.Fprintf(w, "  %-22s "+format+"\n", append([]any{k}, a...)...) }
 	row("rate", "%s over %d project(s), %.1f s", rate, r.Projects, r.DurationS)
+	if r.EventsScheduled > r.EventsSent {
+		row("behind schedule", "%d of %d scheduled events never sent", r.EventsScheduled-r.EventsSent, r.EventsScheduled)
+	}
 	row("events", "sent %d  accepted %d  rejected %d  failed %d  (retried requests %d)",
 		r.EventsSent, r.EventsAccepted, r.EventsRejected, r.EventsFailed, r.Retries)
 	row("latency from "+r.LatencyFrom, "%s", r.LatencyMs)

@@ -153,6 +153,7 @@ func TestRateIsAnOpenLoopSchedule(t *testing.T) {
 	evs := f.seen()
 	require.Len(t, evs, 1500)
 	assert.EqualValues(t, 1500, r.EventsSent)
+	assert.EqualValues(t, 1500, r.EventsScheduled)
 	assert.EqualValues(t, 1500, r.EventsAccepted)
 	assert.Equal(t, "scheduled", r.LatencyFrom)
 	assert.Equal(t, 1000.0, r.ScheduledRate)
@@ -426,9 +427,11 @@ func TestHistPercentiles(t *testing.T) {
 // understands the control messages.
 func TestSubscriberMessages(t *testing.T) {
 	var got []uuid.UUID
-	s := &subscriber{onEvent: func(id uuid.UUID, _ time.Time) { got = append(got, id) }}
+	s := &subscriber{onEvent: func(id uuid.UUID, _ time.Time) { got = append(got, id) }, ready: make(chan struct{})}
 	a, b := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
 	now := time.Now()
+	s.handle([]byte(`{"id":"`+a.String()+`"}`), now) // before the run started: ignored
+	close(s.ready)
 	s.handle([]byte(`{"type":"connected","projectId":"x"}`), now)
 	s.handle([]byte(`{"id":"`+a.String()+`","projectId":"p","type":"event","name":"n","payload":{}}`), now)
 	s.handle([]byte(`{"projectId":"p","id":"`+b.String()+`"}`), now)
