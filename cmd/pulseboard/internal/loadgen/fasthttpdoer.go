@@ -19,9 +19,10 @@ type fastDoer struct {
 	timeout time.Duration
 }
 
-func newFastDoer(host string, conns int, timeout time.Duration) *fastDoer {
+func newFastDoer(host string, tls bool, conns int, timeout time.Duration) *fastDoer {
 	return &fastDoer{timeout: timeout, hc: &fasthttp.HostClient{
 		Addr:                          host,
+		IsTLS:                         tls,
 		MaxConns:                      conns,
 		MaxConnWaitTimeout:            timeout,
 		ReadTimeout:                   timeout,

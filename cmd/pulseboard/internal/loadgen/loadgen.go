@@ -386,14 +386,14 @@ func (r *run) prepare(ctx context.Context) error {
 func (r *run) doer(u *url.URL) (client.Doer, string, error) {
 	switch r.o.Transport {
 	case "fasthttp":
-		if u.Scheme != "http" {
-			return nil, "", errors.New("the fasthttp transport speaks plain http; use -transport net/http")
+		tls, host := u.Scheme == "https", u.Host
+		if port := "80"; u.Port() == "" {
+			if tls {
+				port = "443"
+			}
+			host = net.JoinHostPort(u.Hostname(), port)
 		}
-		host := u.Host
-		if u.Port() == "" {
-			host = net.JoinHostPort(u.Hostname(), "80")
-		}
-		return newFastDoer(host, r.o.Connections, reqTimeout), "fasthttp", nil
+		return newFastDoer(host, tls, r.o.Connections, reqTimeout), "fasthttp", nil
 	case "net/http":
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost, tr.MaxIdleConns = r.o.Connections, r.o.Connections, r.o.Connections
