@@ -41,11 +41,6 @@ type Config struct {
 	// ProduceTimeout is the deadline for Kafka's acknowledgement; past it the answer is
 	// 503 with Retry-After.
 	ProduceTimeout time.Duration `env:"INGEST_PRODUCE_TIMEOUT" envDefault:"5s"`
-	// ProduceBatchTimeout no longer has an effect: the producer batches by group commit
-	// (requests arriving while a partition's produce request is in flight share the next
-	// one, sent as soon as that one is acknowledged), so no write waits on a timer. It is
-	// still read so that existing configurations stay valid.
-	ProduceBatchTimeout time.Duration `env:"INGEST_PRODUCE_BATCH_TIMEOUT" envDefault:"2ms"`
 	// MaxInflightBytes bounds event bytes waiting for the broker; past it: 503.
 	MaxInflightBytes int64 `env:"INGEST_MAX_INFLIGHT_BYTES" envDefault:"67108864"`
 	// Body and event limits (API.md).
@@ -141,7 +136,6 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("ingestor: no Kafka brokers")
 	}
 	wo := kafkax.DefaultWriterOptions()
-	wo.BatchTimeout = cfg.ProduceBatchTimeout
 	wo.WriteTimeout = cfg.ProduceTimeout
 	prod, err := producer.New(producer.Options{
 		Brokers: deps.Brokers, Topic: cfg.Kafka.Topic, Writer: wo,
