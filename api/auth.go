@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/pulseboard/pulseboard/api/internal/authn"
 	"github.com/pulseboard/pulseboard/api/internal/passwords"
 	"github.com/pulseboard/pulseboard/api/internal/store"
@@ -219,14 +221,17 @@ func (s *Service) startSession(w http.ResponseWriter, r *http.Request, u store.U
 	if err != nil {
 		return err
 	}
-	if err := s.store.NewSession(r.Context(), u.ID, rtHash, s.now(), s.cfg.RefreshTTL.D()); err != nil {
+	session, err := s.store.NewSession(r.Context(), u.ID, rtHash, s.now(), s.cfg.RefreshTTL.D())
+	if err != nil {
 		return err
 	}
-	return s.answerSession(w, u, rt, status)
+	return s.answerSession(w, u, session, rt, status)
 }
 
-func (s *Service) answerSession(w http.ResponseWriter, u store.User, refreshToken string, status int) error {
-	access, _, err := s.tokens.Issue(u.ID, u.Email, time.Now())
+// answerSession issues an access token bound to the session (the refresh-token family),
+// so that logging out ends the token and its live streams too (B55).
+func (s *Service) answerSession(w http.ResponseWriter, u store.User, session uuid.UUID, refreshToken string, status int) error {
+	access, _, err := s.tokens.IssueForSession(u.ID, u.Email, session, time.Now())
 	if err != nil {
 		return err
 	}
@@ -316,7 +321,7 @@ func (s *Service) refresh(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch res.Outcome {
 	case store.Rotated:
-		return s.answerSession(w, res.User, newToken, http.StatusOK)
+		return s.answerSession(w, res.User, res.FamilyID, newToken, http.StatusOK)
 	case store.ReuseDetected:
 		s.m.refreshReuse.Inc()
 		s.logger.Warn("security: refresh token reuse detected; token family revoked",

@@ -18,8 +18,9 @@
 // # Sessions
 //
 // Access tokens are pkg/auth HS256 JWTs (15 min) sent as Bearer; each request also
-// checks that the user exists and that the token was issued after the user's
-// tokens_valid_after (internal/authn, which the live streams can use too). The host
+// checks that the user exists, that the token was issued after the user's
+// tokens_valid_after and that its session was not logged out (internal/authn; the live
+// streams make the same checks). The host
 // builds the issuer with NewAccessTokens and passes it to both the api (Deps.Tokens) and
 // the live streams, so that in development they share the random secret.
 //
@@ -43,7 +44,10 @@
 //     security event; the user must log in again (RFC 9700 §4.14.2).
 //
 // There are never two valid tokens in one family. Logout revokes the presented token's
-// family and clears the cookie. /auth/refresh and /auth/logout refuse a request whose
+// family and clears the cookie. The family is the session: access tokens carry its id
+// (sid), so a logout (or a detected reuse) also ends the session's access tokens at
+// once and its live streams within LIVE_REVOCATION_CHECK_INTERVAL, not at exp
+// (RELIABILITY.md B55); the user's other sessions are untouched. /auth/refresh and /auth/logout refuse a request whose
 // Origin header is present and not in CORS_ORIGIN (403 FORBIDDEN_ORIGIN), on top of
 // SameSite=Strict.
 //

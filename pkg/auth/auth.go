@@ -29,14 +29,27 @@ const MinSecretBytes = 32
 var ErrInvalidToken = errors.New("invalid access token")
 
 // Claims of an access token. ID and Email are kept for the old backend's clients.
+// SessionID is the session the token was issued to (the api's refresh-token family):
+// logging out revokes the session, and with it every access token and live stream that
+// carries its id (RELIABILITY.md B55). Tokens of the old backend have none.
 type Claims struct {
-	ID    string `json:"id"`
-	Email string `json:"email"`
+	ID        string `json:"id"`
+	Email     string `json:"email"`
+	SessionID string `json:"sid,omitempty"`
 	jwt.RegisteredClaims
 }
 
 // UserID is the subject as a UUID.
 func (c Claims) UserID() (uuid.UUID, error) { return uuid.Parse(c.Subject) }
+
+// Session is the token's session, uuid.Nil for a token issued without one.
+func (c Claims) Session() uuid.UUID {
+	id, err := uuid.Parse(c.SessionID)
+	if err != nil {
+		return uuid.Nil
+	}
+	return id
+}
 
 // Tokens issues and verifies access tokens.
 type Tokens struct {
@@ -78,8 +91,14 @@ func RandomSecret() []byte {
 // TTL is the access token lifetime.
 func (t *Tokens) TTL() time.Duration { return t.ttl }
 
-// Issue returns a signed access token for the user and its expiry.
+// Issue returns a signed access token for the user, bound to no session, and its expiry.
 func (t *Tokens) Issue(userID uuid.UUID, email string, now time.Time) (string, time.Time, error) {
+	return t.IssueForSession(userID, email, uuid.Nil, now)
+}
+
+// IssueForSession returns a signed access token for the user's session (uuid.Nil: none)
+// and its expiry.
+func (t *Tokens) IssueForSession(userID uuid.UUID, email string, session uuid.UUID, now time.Time) (string, time.Time, error) {
 	exp := now.Add(t.ttl)
 	c := Claims{
 		ID:    userID.String(),
@@ -92,6 +111,9 @@ func (t *Tokens) Issue(userID uuid.UUID, email string, now time.Time) (string, t
 			ExpiresAt: jwt.NewNumericDate(exp),
 			ID:        uuid.NewString(),
 		},
+	}
+	if session != uuid.Nil {
+		c.SessionID = session.String()
 	}
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.secret)
 	if err != nil {
@@ -121,6 +143,9 @@ func (t *Tokens) Verify(raw string) (Claims, error) {
 		return Claims{}, ErrInvalidToken
 	}
 	if _, err := c.UserID(); err != nil {
+		return Claims{}, ErrInvalidToken
+	}
+	if c.SessionID != "" && c.Session() == uuid.Nil {
 		return Claims{}, ErrInvalidToken
 	}
 	return c, nil

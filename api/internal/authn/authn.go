@@ -7,6 +7,9 @@
 //     tokens_valid_after (the "log out everywhere" hook, RELIABILITY.md J6). JWT iat has
 //     one-second resolution, so tokens_valid_after is compared truncated to the second:
 //     a token issued in the same second as the revocation stays valid until it expires.
+//   - the session the token names (sid, the refresh-token family) has not been logged
+//     out or revoked for reuse (RELIABILITY.md B55); tokens without one are the old
+//     backend's and are not bound to a session.
 package authn
 
 import (
@@ -33,9 +36,10 @@ type Principal struct {
 
 // Users is what the authenticator needs from storage.
 type Users interface {
-	// TokensValidAfter returns store.ErrNotFound (mapped by IsNotFound) for a deleted
+	// AccessValidity returns the user's tokens_valid_after and whether the session
+	// (uuid.Nil: none) is live; store.ErrNotFound (mapped by IsNotFound) for a deleted
 	// user and any other error for storage failures.
-	TokensValidAfter(ctx context.Context, id uuid.UUID) (time.Time, error)
+	AccessValidity(ctx context.Context, id, session uuid.UUID) (validAfter time.Time, sessionLive bool, err error)
 }
 
 // Authenticator verifies access tokens.
@@ -64,14 +68,14 @@ func (a *Authenticator) Authenticate(ctx context.Context, raw string) (Principal
 	if err != nil || c.IssuedAt == nil || c.ExpiresAt == nil {
 		return Principal{}, ErrUnauthenticated
 	}
-	validAfter, err := a.users.TokensValidAfter(ctx, id)
+	validAfter, live, err := a.users.AccessValidity(ctx, id, c.Session())
 	if err != nil {
 		if a.isNotFound(err) {
 			return Principal{}, ErrUnauthenticated
 		}
 		return Principal{}, err
 	}
-	if c.IssuedAt.Before(validAfter.Truncate(time.Second)) {
+	if !live || c.IssuedAt.Before(validAfter.Truncate(time.Second)) {
 		return Principal{}, ErrUnauthenticated
 	}
 	return Principal{UserID: id, Email: c.Email, ExpiresAt: c.ExpiresAt.Time}, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/httperr"
 )
 
@@ -52,6 +53,7 @@ type caller struct {
 	issuedAt  time.Time
 	expiresAt time.Time
 	project   uuid.UUID
+	session   uuid.UUID // the token's session (uuid.Nil: none); logging it out ends the stream
 	// bearerSubprotocol: the token came in Sec-WebSocket-Protocol, so the server must
 	// select the "bearer" subprotocol or browsers fail the handshake.
 	bearerSubprotocol bool
@@ -82,6 +84,7 @@ func (h *Hub) authenticate(r *http.Request, t transport) (caller, *rejection) {
 		return c, errBadToken
 	}
 	c.userID, _ = claims.UserID() // Verify checked it parses
+	c.session = claims.Session()
 	c.expiresAt = claims.ExpiresAt.Time
 	if claims.IssuedAt != nil {
 		c.issuedAt = claims.IssuedAt.Time
@@ -97,19 +100,20 @@ func (h *Hub) authenticate(r *http.Request, t transport) (caller, *rejection) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.WriteTimeout)
 	defer cancel()
 	var validAfter time.Time
-	var owns bool
+	var owns, live bool
 	err = h.pool.QueryRow(ctx, `
 		SELECT u.tokens_valid_after,
-		       EXISTS (SELECT 1 FROM projects p WHERE p.id = $2 AND p.user_id = u.id)
-		FROM users u WHERE u.id = $1`, c.userID, pid).Scan(&validAfter, &owns)
+		       EXISTS (SELECT 1 FROM projects p WHERE p.id = $2 AND p.user_id = u.id),
+		       `+store.LiveSessionSQL("$3")+`
+		FROM users u WHERE u.id = $1`, c.userID, pid, store.SessionParam(c.session)).Scan(&validAfter, &owns, &live)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return c, errBadToken // the user was deleted
 	case err != nil:
 		h.logger.Warn("live: authorising a stream failed", "err", err)
 		return c, errUnavailable
-	case revoked(c.issuedAt, validAfter):
-		return c, errBadToken
+	case !live, revoked(c.issuedAt, validAfter):
+		return c, errBadToken // logged out (this session, or everywhere)
 	case !owns:
 		// Another user's project is indistinguishable from a missing one (B74).
 		return c, errProject

@@ -25,6 +25,7 @@ type client struct {
 	userID    uuid.UUID
 	issuedAt  time.Time
 	expires   time.Time
+	session   uuid.UUID // the token's session, uuid.Nil for none; set before the client is admitted
 
 	// queue is the bounded buffer between the Redis dispatch loop (the only sender) and
 	// the client's writer (the only receiver). The dispatcher never blocks on it.

@@ -11,8 +11,9 @@
 // FORBIDDEN_ORIGIN (no Origin means a non-browser client, allowed; this is the CSWSH
 // defence gobwas leaves to us, W3); the access token, from Authorization: Bearer, the
 // subprotocol pair "bearer, <jwt>" (the server then selects "bearer") or ?token=, must
-// verify, must not be past exp (the parser's 30 s leeway is not granted to streams) and
-// must not predate users.tokens_valid_after, else 401; a project that is missing, not the
+// verify, must not be past exp (the parser's 30 s leeway is not granted to streams),
+// must not predate users.tokens_valid_after and must not name a session (sid) that was
+// logged out, else 401; a project that is missing, not the
 // caller's, or not a UUID is 404 PROJECT_NOT_FOUND; more than MaxConnsPerUser streams is
 // 429; a Redis subscription that is not confirmed within SubscribeTimeout is 503.
 //
@@ -41,7 +42,9 @@
 // or written by the client's writer as soon as it has drained its queue. A client whose
 // queue stays full for WriteTimeout is closed (WebSocket 1008); one that stops reading
 // altogether fails its next write after WriteTimeout and is closed. Memory per client is
-// therefore bounded by QueueSize pointers plus the kernel's socket buffers.
+// therefore bounded by QueueSize pointers plus the kernel's socket buffers, which a
+// WebSocket stream caps at 64 KiB (SO_SNDBUF) instead of letting them autotune to
+// megabytes per stalled client.
 //
 // # Goroutines per connection
 //
@@ -59,8 +62,9 @@
 // # Closing
 //
 // A stream is closed at its token's exp (WebSocket 4001 "token expired"; SSE ends the
-// response), when its user's tokens are revoked or the user or project is deleted
-// (checked for all streams every RevocationCheckInterval; 4001 or 4004), and by
+// response), when its session is logged out, its user's tokens are revoked or the user
+// or project is deleted (checked for all streams every RevocationCheckInterval; 4001 or
+// 4004), and by
 // Hub.Close (1001 "going away").
 //
 // # SSE replay and the splice

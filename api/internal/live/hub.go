@@ -161,9 +161,10 @@ func (h *Hub) release(c *client) {
 	h.streams.Done()
 }
 
-// revocationLoop closes open streams whose user logged out everywhere (tokens issued
-// before users.tokens_valid_after), was deleted, or whose project was deleted, within
-// RevocationCheckInterval (RELIABILITY.md B55). One query per interval covers them all.
+// revocationLoop closes open streams whose session was logged out (or revoked for
+// refresh-token reuse), whose user logged out everywhere (tokens issued before
+// users.tokens_valid_after) or was deleted, or whose project was deleted, within
+// RevocationCheckInterval (RELIABILITY.md B55). A few queries per interval cover them all.
 func (h *Hub) revocationLoop() {
 	defer h.loops.Done()
 	t := time.NewTicker(h.cfg.RevocationCheckInterval)
@@ -192,9 +193,13 @@ func (h *Hub) checkRevocations() error {
 	}
 	userSet := map[uuid.UUID]struct{}{}
 	projectSet := map[uuid.UUID]struct{}{}
+	sessionSet := map[uuid.UUID]struct{}{}
 	for _, c := range open {
 		userSet[c.userID] = struct{}{}
 		projectSet[c.project] = struct{}{}
+		if c.session != uuid.Nil {
+			sessionSet[c.session] = struct{}{}
+		}
 	}
 	users := make([]uuid.UUID, 0, len(userSet))
 	for u := range userSet {
@@ -239,16 +244,50 @@ func (h *Hub) checkRevocations() error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("querying projects: %w", err)
 	}
+	live, err := h.liveSessions(ctx, sessionSet)
+	if err != nil {
+		return err
+	}
 	for _, c := range open {
 		va, ok := validAfter[c.userID]
+		_, sessionLive := live[c.session]
 		switch {
-		case !ok || revoked(c.issuedAt, va):
+		case !ok || revoked(c.issuedAt, va), c.session != uuid.Nil && !sessionLive:
 			c.kill(closeTokenExpired, "token revoked", "")
 		case owner[c.project] != c.userID:
 			c.kill(ws4004ProjectGone, "project not found", "")
 		}
 	}
 	return nil
+}
+
+// liveSessions returns those of sessions (refresh-token families) that still have a
+// token that is not revoked: a logout or a detected reuse revokes all of them.
+func (h *Hub) liveSessions(ctx context.Context, sessions map[uuid.UUID]struct{}) (map[uuid.UUID]struct{}, error) {
+	live := make(map[uuid.UUID]struct{}, len(sessions))
+	if len(sessions) == 0 {
+		return live, nil
+	}
+	ids := make([]uuid.UUID, 0, len(sessions))
+	for id := range sessions {
+		ids = append(ids, id)
+	}
+	rows, err := h.pool.Query(ctx, `SELECT DISTINCT family_id FROM refresh_tokens WHERE family_id = ANY($1) AND revoked_at IS NULL`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("querying sessions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("scanning sessions: %w", err)
+		}
+		live[id] = struct{}{}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("querying sessions: %w", err)
+	}
+	return live, nil
 }
 
 // ws4004ProjectGone closes streams of a project that was deleted (or changed owner).

@@ -22,6 +22,7 @@ func (h *Hub) open(w http.ResponseWriter, r *http.Request, t transport) (*client
 		return nil, cl, false
 	}
 	c := newClient(t, h.m.byTransport[t], cl.project, cl.userID, cl.issuedAt, cl.expiresAt, h.cfg.QueueSize)
+	c.session = cl.session
 	if ok, closing := h.admit(c); !ok {
 		if closing {
 			h.reject(w, t, errClosing)

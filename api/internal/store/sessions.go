@@ -9,32 +9,50 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// NewSession stores the first refresh token (by hash) of a new family for the user. It
-// also deletes the user's refresh tokens that have expired: they can neither be used
-// nor, once expired, be a meaningful reuse signal.
-func (s *Store) NewSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, now time.Time, ttl time.Duration) error {
+// NewSession stores the first refresh token (by hash) of a new family for the user and
+// returns the family: the session, which access tokens name so that revoking it ends
+// them too. It also deletes the user's refresh tokens that have expired: they can
+// neither be used nor, once expired, be a meaningful reuse signal.
+func (s *Store) NewSession(ctx context.Context, userID uuid.UUID, tokenHash []byte, now time.Time, ttl time.Duration) (uuid.UUID, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
-		return err
+		return uuid.Nil, err
 	}
 	family, err := uuid.NewV7()
 	if err != nil {
-		return err
+		return uuid.Nil, err
 	}
 	tx, err := s.db.Begin(ctx)
 	if err != nil {
-		return mapErr("creating session", err)
+		return uuid.Nil, mapErr("creating session", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2`, userID, now); err != nil {
-		return mapErr("creating session", err)
+		return uuid.Nil, mapErr("creating session", err)
 	}
 	if _, err := tx.Exec(ctx, `
 		INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6)`, id, userID, family, tokenHash, now, now.Add(ttl)); err != nil {
-		return mapErr("creating session", err)
+		return uuid.Nil, mapErr("creating session", err)
 	}
-	return mapErr("creating session", tx.Commit(ctx))
+	return family, mapErr("creating session", tx.Commit(ctx))
+}
+
+// LiveSessionSQL is true when the session (refresh-token family) $N of user u has a
+// token that is not revoked, or when no session is given (NULL: a token of the old
+// backend). Logout and reuse detection revoke every token of a family, so a revoked
+// session has none left; an expired family's rows are deleted, which also ends it.
+func LiveSessionSQL(param string) string {
+	return `(` + param + `::uuid IS NULL OR EXISTS (SELECT 1 FROM refresh_tokens rt
+		WHERE rt.family_id = ` + param + `::uuid AND rt.user_id = u.id AND rt.revoked_at IS NULL))`
+}
+
+// SessionParam is a session as a query parameter: NULL for uuid.Nil.
+func SessionParam(session uuid.UUID) any {
+	if session == uuid.Nil {
+		return nil
+	}
+	return session
 }
 
 // Outcome is the result of presenting a refresh token.

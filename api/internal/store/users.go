@@ -50,12 +50,13 @@ func (s *Store) UserByID(ctx context.Context, id uuid.UUID) (User, error) {
 	return u, mapErr("looking up user", err)
 }
 
-// TokensValidAfter is the instant before which the user's access tokens are refused;
-// ErrNotFound when the user no longer exists.
-func (s *Store) TokensValidAfter(ctx context.Context, id uuid.UUID) (time.Time, error) {
-	var t time.Time
-	err := s.db.QueryRow(ctx, `SELECT tokens_valid_after FROM users WHERE id = $1`, id).Scan(&t)
-	return t, mapErr("checking token validity", err)
+// AccessValidity returns the instant before which the user's access tokens are refused
+// and whether session (uuid.Nil: none) is still live; ErrNotFound when the user no
+// longer exists.
+func (s *Store) AccessValidity(ctx context.Context, id, session uuid.UUID) (validAfter time.Time, sessionLive bool, err error) {
+	err = s.db.QueryRow(ctx, `SELECT u.tokens_valid_after, `+LiveSessionSQL("$2")+` FROM users u WHERE u.id = $1`,
+		id, SessionParam(session)).Scan(&validAfter, &sessionLive)
+	return validAfter, sessionLive, mapErr("checking token validity", err)
 }
 
 // UpdatePasswordHash replaces a hash (cost upgrades at login).
