@@ -111,31 +111,61 @@ func TestF04ConsumerKilledAtEachFailpoint(t *testing.T) {
 // without restarts and the ledger is clean.
 func TestF07BrokerOutageShort(t *testing.T) {
 	t.Parallel()
-	brokerOutage(t, "F07", "broker killed (SIGKILL) for 5 s under load", 5*time.Second, fastRate)
+	brokerOutage(t, "F07", "broker killed (SIGKILL) for 5 s under load", outage{down: 5 * time.Second, rate: fastRate})
 }
 
-// brokerOutage is F07 with a given outage; the long variant runs it for 60 s.
-func brokerOutage(t *testing.T, id, name string, down time.Duration, rate int) {
+// outage is how brokerOutage takes the broker away.
+type outage struct {
+	down time.Duration
+	// freeze: SIGSTOP instead of SIGKILL (a hung broker: connections open, no answers).
+	freeze bool
+	rate   int
+	// flood: extra workers posting 1,000-event batches without pause during the outage.
+	flood int
+}
+
+// brokerOutage is F07: the broker goes away under load for o.down. Ingest answers 503
+// with Retry-After within its 5 s deadline and nothing else (no hang, no other 5xx);
+// the bytes waiting for the broker stay within INGEST_MAX_INFLIGHT_BYTES and memory
+// stays bounded; afterwards ingest (first 2xx) and the consumer (backlog committed)
+// recover without restarts, and the ledger is clean.
+func brokerOutage(t *testing.T, id, name string, o outage) {
+	const inflightLimit = 16 << 20
 	c := harness.NewCluster(t, harness.Options{})
-	ing := c.StartIngestor("INGEST_PRODUCE_TIMEOUT=5s")
+	ing := c.StartIngestor("INGEST_PRODUCE_TIMEOUT=5s", fmt.Sprintf("INGEST_MAX_INFLIGHT_BYTES=%d", inflightLimit))
 	cons := c.StartConsumer()
 	s := harness.NewScenario(t, c, id, name)
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: rate})
-	if !l.WaitAcked(int64(rate), time.Minute) {
+	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: o.rate})
+	if !l.WaitAcked(int64(o.rate), time.Minute) {
 		t.Fatal("no load acknowledged before the fault")
 	}
 
-	c.KillBroker()
-	before := l.Probes()
-	time.Sleep(down)
-	during := l.Probes()
-	c.StartBroker()
-	s.Healed()
-	if !l.WaitAcked(l.Acked()+int64(2*rate), 3*time.Minute) {
-		s.Fail("ingest did not recover within 3 minutes of the broker's return")
+	if o.freeze {
+		c.Broker.Pause()
+	} else {
+		c.KillBroker()
 	}
-	rep := s.Verify(3 * time.Minute)
-	_ = rep
+	before := l.Probes()
+	stopFlood := func() {}
+	if o.flood > 0 {
+		stopFlood = l.Flood(o.flood, 1000)
+	}
+	time.Sleep(o.down)
+	stopFlood()
+	during := l.Probes()
+	if o.freeze {
+		c.Broker.Resume()
+	} else {
+		c.StartBroker()
+	}
+	s.Healed()
+	if _, ok := l.WaitIngestRecovered(3 * time.Minute); !ok {
+		s.Fail("ingest did not answer 2xx within 3 minutes of the broker's return")
+	}
+	if !l.WaitAcked(l.Acked()+int64(2*o.rate), 3*time.Minute) {
+		s.Fail("the load made no progress within 3 minutes of the broker's return")
+	}
+	s.Verify(3 * time.Minute)
 
 	if n := during.ByStatus[http.StatusServiceUnavailable] - before.ByStatus[http.StatusServiceUnavailable]; n == 0 {
 		s.Fail("no 503 during the outage (probe answers %v)", during.ByStatus)
@@ -144,6 +174,11 @@ func brokerOutage(t *testing.T, id, name string, down time.Duration, rate int) {
 	for code, n := range p.ByStatus {
 		if code != http.StatusAccepted && code != http.StatusServiceUnavailable {
 			s.Fail("%d probe answers with status %d: only 202 and 503 are allowed", n, code)
+		}
+	}
+	for code, n := range l.FloodAnswers() {
+		if code != http.StatusAccepted && code != http.StatusServiceUnavailable {
+			s.Fail("%d flood batches answered with status %d: only 202 and 503 are allowed", n, code)
 		}
 	}
 	if p.MissingRetryAfter > 0 {
@@ -155,13 +190,24 @@ func brokerOutage(t *testing.T, id, name string, down time.Duration, rate int) {
 		s.Fail("a probe took %s: ingest must answer within its 5 s deadline", p.MaxLatency)
 	}
 	s.Note("probe answers", "%v, max latency %s", p.ByStatus, p.MaxLatency.Round(time.Millisecond))
+	if o.flood > 0 {
+		s.Note("flood batches (1,000 events)", "%v", l.FloodAnswers())
+	}
 	for _, svc := range []*harness.Service{ing, cons} {
 		if st := svc.Stats(); st.Starts != 1 {
 			s.Fail("%s was started %d times: recovery must not need a restart", svc.Name(), st.Starts)
 		}
 	}
-	if v, ok := ing.Stats().Max["pulseboard_ingest_inflight_bytes"]; ok {
-		s.Note("ingestor max in-flight bytes", "%.0f", v)
+	st := ing.Stats()
+	inflight := st.Max["pulseboard_ingest_inflight_bytes"]
+	s.Note("ingestor max in-flight bytes (sampled each second)", "%.0f of %d", inflight, inflightLimit)
+	if inflight > inflightLimit {
+		s.Fail("the ingestor held %.0f bytes for the broker, beyond INGEST_MAX_INFLIGHT_BYTES %d", inflight, inflightLimit)
+	}
+	// Bounded memory: the in-flight budget plus the request buffers and the runtime;
+	// generous, so that only unbounded growth fails.
+	if limit := int64(4*inflightLimit + 256<<20); st.PeakRSSBytes > limit {
+		s.Fail("the ingestor's peak RSS was %d MiB, beyond %d MiB", st.PeakRSSBytes>>20, limit>>20)
 	}
 }
 

@@ -65,8 +65,9 @@ type Load struct {
 
 	mu       sync.Mutex
 	probes   ProbeStats
-	healed   time.Time // when the last fault healed (MarkHealed)
-	firstAck time.Time // first probe 2xx after healed
+	flood    map[int]int // flood answers by status
+	healed   time.Time   // when the last fault healed (MarkHealed)
+	firstAck time.Time   // first probe 2xx after healed
 	stopped  bool
 }
 
@@ -84,6 +85,7 @@ func (c *Cluster) StartLoad(url string, o LoadOptions) *Load {
 	}
 	l := &Load{url: url, opts: o, ledger: ledger.New(), projects: c.Projects, stop: make(chan struct{})}
 	l.probes.ByStatus = map[int]int{}
+	l.flood = map[int]int{}
 	for _, p := range c.Projects {
 		cl, err := client.New(client.Options{
 			Endpoint:       url,
@@ -188,8 +190,8 @@ func (l *Load) probe() {
 			}
 		}
 		l.probes.MaxLatency = max(l.probes.MaxLatency, took)
-		if status >= 200 && status < 300 && !l.healed.IsZero() && l.firstAck.IsZero() && start.After(l.healed) {
-			l.firstAck = time.Now()
+		if now := time.Now(); status >= 200 && status < 300 && !l.healed.IsZero() && l.firstAck.IsZero() && now.After(l.healed) {
+			l.firstAck = now
 		}
 		l.mu.Unlock()
 	}
@@ -255,6 +257,94 @@ func (l *Load) IngestRecovery() (time.Duration, bool) {
 	return l.firstAck.Sub(l.healed), true
 }
 
+// WaitIngestRecovered waits until a probe was answered 2xx after MarkHealed and returns
+// how long after it that was (false after timeout).
+func (l *Load) WaitIngestRecovered(timeout time.Duration) (time.Duration, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if d, ok := l.IngestRecovery(); ok {
+			return d, true
+		}
+		if time.Now().After(deadline) {
+			return 0, false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Flood starts workers that post batches of batch events to POST /ingest/batch as fast
+// as they are answered, like aggressive clients: a batch answered 503, 429 or not at
+// all is sent again at once (same event ids) until it gets a final answer, then a new
+// one follows. Every event is in the ledger. It presses on the ingestor's in-flight
+// budget, goroutines and memory during a fault. The returned function stops the
+// workers and waits for them.
+func (l *Load) Flood(workers, batch int) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Timeout: 30 * time.Second}
+			p := l.projects[w%len(l.projects)]
+			ids := make([]uuid.UUID, batch)
+			var body []byte
+			for {
+				select {
+				case <-done:
+					return
+				case <-l.stop:
+					return
+				default:
+				}
+				if body == nil {
+					var b bytes.Buffer
+					b.WriteByte('[')
+					for i := range ids {
+						ids[i], _ = uuid.NewV7()
+						l.ledger.Sent(p.ID, ids[i])
+						if i > 0 {
+							b.WriteByte(',')
+						}
+						fmt.Fprintf(&b, `{"eventId":%q,"type":"event","name":"flood","payload":{"i":%d,"pad":%q}}`, ids[i], i, randomHex(32))
+					}
+					b.WriteByte(']')
+					body = b.Bytes()
+				}
+				req, _ := http.NewRequest(http.MethodPost, l.url+"/ingest/batch", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-API-Key", p.APIKey)
+				status := 0
+				if resp, err := hc.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					status = resp.StatusCode
+				}
+				for _, id := range ids {
+					l.recordSingle(p.ID, id, status)
+				}
+				l.mu.Lock()
+				l.flood[status]++
+				l.mu.Unlock()
+				if status != 0 && status != http.StatusTooManyRequests && status < 500 {
+					body = nil // answered for good: next batch
+					continue
+				}
+				time.Sleep(20 * time.Millisecond) // no busy loop on a refused connection
+			}
+		}()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// FloodAnswers returns the statuses the flood got (0: transport error).
+func (l *Load) FloodAnswers() map[int]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.flood)
+}
+
 // Probes returns the probe's statistics so far.
 func (l *Load) Probes() ProbeStats {
 	l.mu.Lock()
@@ -311,6 +401,8 @@ type LoadStats struct {
 	Rejected int64      `json:"rejected"`
 	Failed   int64      `json:"failed"`
 	Probes   ProbeStats `json:"probes"`
+	// Flood is the statuses of Flood's batches (0: transport error).
+	Flood map[int]int `json:"flood,omitempty"`
 }
 
 // Stats returns the load's counters.
@@ -318,6 +410,6 @@ func (l *Load) Stats() LoadStats {
 	return LoadStats{
 		Enqueued: l.enqueued.Load(), Dropped: l.dropped.Load(),
 		Acked: l.acked.Load(), Rejected: l.rejected.Load(), Failed: l.failed.Load(),
-		Probes: l.Probes(),
+		Probes: l.Probes(), Flood: l.FloodAnswers(),
 	}
 }

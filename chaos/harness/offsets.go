@@ -31,7 +31,8 @@ type OffsetWatcher struct {
 	done chan struct{}
 
 	mu        sync.Mutex
-	high      map[int]int64
+	high      map[int]int64 // the highest offset seen per partition
+	last      map[int]int64 // the offset of the last poll per partition
 	decreases []Decrease
 	polls     int
 	failures  int
@@ -44,7 +45,7 @@ type OffsetWatcher struct {
 // WatchOffsets starts an OffsetWatcher on the cluster's consumer group; it stops at the
 // end of the test at the latest.
 func (c *Cluster) WatchOffsets() *OffsetWatcher {
-	w := &OffsetWatcher{c: c, stop: make(chan struct{}), done: make(chan struct{}), high: map[int]int64{}}
+	w := &OffsetWatcher{c: c, stop: make(chan struct{}), done: make(chan struct{}), high: map[int]int64{}, last: map[int]int64{}}
 	go w.run()
 	c.t.Cleanup(func() { w.Stop() })
 	return w
@@ -93,11 +94,13 @@ func (w *OffsetWatcher) run() {
 			if off < 0 {
 				continue // nothing committed (yet)
 			}
-			if h, ok := w.high[p]; ok && off < h {
-				w.decreases = append(w.decreases, Decrease{Partition: p, From: h, To: off, At: now})
-				continue
+			// One decrease per move backwards (not one per poll while it stays there),
+			// measured from the highest offset seen.
+			if l, ok := w.last[p]; ok && off < l {
+				w.decreases = append(w.decreases, Decrease{Partition: p, From: w.high[p], To: off, At: now})
 			}
-			w.high[p] = off
+			w.last[p] = off
+			w.high[p] = max(w.high[p], off)
 		}
 		w.mu.Unlock()
 	}
@@ -135,7 +138,7 @@ func (w *OffsetWatcher) Polls() (polls, failures int) {
 func (w *OffsetWatcher) Rebase() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.high = map[int]int64{}
+	w.high, w.last = map[int]int64{}, map[int]int64{}
 }
 
 func topicPartitions(ctx context.Context, client *kafka.Client, topic string) []int {

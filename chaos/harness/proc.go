@@ -187,6 +187,25 @@ func (p *Proc) Kill() {
 	}
 }
 
+// Pause freezes the process with SIGSTOP: its sockets stay open and connections to it
+// are accepted by the kernel but never answered, like a hung server or a network
+// partition (the harder variant of "down"). Resume undoes it; the test's end resumes
+// and kills it.
+func (p *Proc) Pause() { p.signal(syscall.SIGSTOP) }
+
+// Resume continues a process frozen by Pause.
+func (p *Proc) Resume() { p.signal(syscall.SIGCONT) }
+
+func (p *Proc) signal(sig syscall.Signal) {
+	p.t.Helper()
+	p.mu.Lock()
+	proc := p.cmd.Process
+	p.mu.Unlock()
+	if err := proc.Signal(sig); err != nil {
+		p.t.Fatalf("%s: sending %v: %v", p.spec.Name, sig, err)
+	}
+}
+
 // Term sends SIGTERM and waits up to bound for the exit. It returns how long the exit
 // took and the exit error (nil for status 0); past bound the process is killed and an
 // error says so.
