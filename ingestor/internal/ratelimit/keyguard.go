@@ -71,7 +71,9 @@ func (g *KeyGuard) Failed(addr netip.Addr, now time.Time) bool {
 		g.tracking.Store(true)
 	}
 	g.mu.Unlock()
-	if b.lim.AllowN(now, 1) {
+	// Running out is taking the last token: the next request from this address is
+	// refused by Blocked before any lookup, so it never gets here to be warned about.
+	if b.lim.AllowN(now, 1) && b.lim.TokensAt(now) >= 1 {
 		return false
 	}
 	g.mu.Lock()
