@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulseboard/pulseboard/api"
-	"github.com/pulseboard/pulseboard/pkg/auth"
 	"github.com/pulseboard/pulseboard/pkg/config"
 )
 
@@ -209,14 +208,7 @@ func TestAccessTokenAttacksAre401(t *testing.T) {
 	good := c.token
 	rt := requireSession(t, c.do("POST", "/auth/login", map[string]string{"email": a.email, "password": a.password}), http.StatusOK, a.name, a.email)
 	now := time.Now()
-	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
-		m := jwt.MapClaims{"id": a.id, "email": a.email, "sub": a.id, "iss": auth.Issuer, "aud": auth.AccessAudience,
-			"iat": now.Unix(), "exp": now.Add(10 * time.Minute).Unix()}
-		if mod != nil {
-			mod(m)
-		}
-		return m
-	}
+	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims { return accessClaims(a, now, mod) }
 	secret := []byte(testSecret)
 	require.Equal(t, http.StatusOK, c.do("GET", "/me", nil, "Authorization", "", "Authorization", "Bearer "+forge(t, jwt.SigningMethodHS256, secret, claims(nil))).status,
 		"the forging helper itself makes valid tokens")

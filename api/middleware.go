@@ -58,6 +58,14 @@ func (s *Service) instrument(next http.Handler) http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		// Everything here is per-user data or auth; nothing may be cached (B70).
 		h.Set("Cache-Control", "no-store")
+		// net/http frames a request with Transfer-Encoding: chunked even when it also
+		// carried a Content-Length (it drops that header). A front end that believed the
+		// length would see another request boundary: request smuggling (RELIABILITY.md
+		// H6, B40). RFC 9112 §6.3: close the connection after answering such a request.
+		// Chunked requests therefore lose keep-alive; browsers and the SDKs send lengths.
+		if len(r.TransferEncoding) > 0 {
+			h.Set("Connection", "close")
+		}
 
 		defer func() {
 			if p := recover(); p != nil {

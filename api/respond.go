@@ -7,8 +7,10 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -178,6 +180,23 @@ func optTime(t *time.Time) *jsonTime {
 
 // ---- request bodies ----
 
+// bodyReadError maps a failure to read the request body. Too large stays a 413; a body
+// that did not arrive within API_READ_TIMEOUT (a slow client) is a 408; a broken one
+// (malformed chunked framing, a client that hung up mid-body) is the client's 400. None
+// is a server error. The connection cannot be reused after any of them: it is closed.
+func bodyReadError(w http.ResponseWriter, err error) error {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return err
+	}
+	w.Header().Set("Connection", "close")
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return newError(httperr.RequestTimeout, "request body was not received in time")
+	}
+	return newError(httperr.BadRequest, "request body could not be read")
+}
+
 // fields is a decoded JSON object body, validated field by field so that messages name
 // the field as ajv did. Unknown fields are ignored.
 type fields struct {
@@ -192,7 +211,7 @@ func (s *Service) decodeObject(w http.ResponseWriter, r *http.Request) (fields, 
 	f := fields{path: "body"}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
-		return f, err
+		return f, bodyReadError(w, err)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return f, invalid("body must be object")
