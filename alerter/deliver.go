@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pulseboard/pulseboard/alerter/internal/mail"
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 )
 
 // deliveryLoop sends pending emails (alerts first, then digests) until none is due,
@@ -187,10 +188,18 @@ func (s *Service) deliverDigest(ctx, work context.Context, date *time.Time) (boo
 // pending with a later next_attempt_at, or failed with the reason. If the process dies
 // between the server's acceptance and this commit the email is sent again later: the
 // one duplicate RELIABILITY.md promise 14 allows.
+//
+// Failpoints (pkg/failpoint): alerter/before-smtp right before the email is handed to
+// the Mailer, alerter/after-smtp-before-record after the server accepted it and before
+// "sent" is recorded (the documented duplicate window).
 func (s *Service) send(ctx, work context.Context, tx pgx.Tx, msg Message, id uuid.UUID, attempts int, table string) error {
+	failpoint.Hit("alerter/before-smtp")
 	sctx, cancel := context.WithTimeout(work, s.sendTimeout())
 	err := s.mailer.Send(sctx, msg)
 	cancel()
+	if err == nil {
+		failpoint.Hit("alerter/after-smtp-before-record")
+	}
 	now := s.now()
 	if err != nil && ctx.Err() != nil {
 		// Stopping: the failure is most likely ours. Leave the row as it was (the

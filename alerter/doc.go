@@ -58,6 +58,15 @@
 // from event_rollups, then sends them like alerts; one failure does not stop the
 // others. Retention is internal/retention.
 //
+// # Failpoints
+//
+// Binaries built with the failpoints tag (pkg/failpoint) can be stopped at
+// alerter/before-smtp and alerter/after-smtp-before-record (every email, alert or
+// digest), alerter/digest-after-create (the day's digests recorded, none sent by this
+// run) and alerter/retention-after-detach / alerter/retention-after-drop (one partition
+// detached but not dropped, dropped but not recorded). The chaos module's F20 and F21
+// kill the alerter there.
+//
 // # Known limits
 //
 // The resolution sweep counts what is stored: if the consumer falls more than a window

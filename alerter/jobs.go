@@ -12,6 +12,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/pulseboard/pulseboard/alerter/internal/retention"
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 )
 
 // Scheduled jobs.
@@ -284,6 +285,8 @@ func (s *Service) digestJob(ctx context.Context, slot time.Time) (map[string]any
 		return nil, OutcomeFailure, fmt.Errorf("creating the digests of %s: %w", date.Format(time.DateOnly), err)
 	}
 	details := map[string]any{"date": date.Format(time.DateOnly), "created": tag.RowsAffected()}
+	// Failpoint: the day's digests are recorded pending, none of this run's sent yet.
+	failpoint.Hit("alerter/digest-after-create")
 	sent := 0
 	for {
 		ok, err := s.deliverDigest(ctx, ctx, &date)

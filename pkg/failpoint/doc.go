@@ -30,7 +30,10 @@
 // Each service documents its failpoints where it calls Hit. The consumer's are
 // consumer/after-fetch, consumer/mid-copy, consumer/before-db-commit,
 // consumer/after-db-commit and consumer/after-offset-commit, plus the switch
-// consumer/unsafe-commit-before-store; the ingestor's is ingestor/after-produce-ack.
+// consumer/unsafe-commit-before-store; the ingestor's is ingestor/after-produce-ack; the
+// alerter's are alerter/before-smtp, alerter/after-smtp-before-record,
+// alerter/digest-after-create, alerter/retention-after-detach and
+// alerter/retention-after-drop.
 package failpoint
 
 // EnvVar is the environment variable a failpoints build reads.

@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pulseboard/pulseboard/pkg/failpoint"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 )
 
@@ -232,6 +233,8 @@ func (r *runner) dropPartition(ctx context.Context, name string) error {
 			r.res.DetachesFinalized++
 		}
 		r.o.Logger.Info("retention: partition detached", "partition", name, "finalized", *pending)
+		// Failpoint: detached, not yet dropped nor recorded as dropped.
+		failpoint.Hit("alerter/retention-after-detach")
 		if r.o.AfterDetach != nil {
 			if err := r.o.AfterDetach(name); err != nil {
 				return err
@@ -243,6 +246,8 @@ func (r *runner) dropPartition(ctx context.Context, name string) error {
 	if _, err := r.conn.Exec(ctx, "DROP TABLE IF EXISTS "+ident); err != nil {
 		return fmt.Errorf("dropping %s: %w", name, err)
 	}
+	// Failpoint: dropped, but the ledger still says it is to be dropped.
+	failpoint.Hit("alerter/retention-after-drop")
 	if _, err := r.conn.Exec(ctx, `UPDATE retention_drops SET dropped_at = $2 WHERE partition = $1`, name, r.o.Now); err != nil {
 		return fmt.Errorf("recording the drop of %s: %w", name, err)
 	}
