@@ -65,6 +65,27 @@ func Open(ctx context.Context, redisURL string, allowFallback bool, logger *slog
 	return client, func() { _ = client.Close(); mr.Close() }, nil
 }
 
+// Connect returns a client for redisURL (explicit, no fallback) without requiring Redis
+// to answer: if it does not answer within 2 s, that is logged with meanwhile (what the
+// service does without it) and the client is returned anyway; go-redis reconnects on its
+// own. It is for services that keep working while Redis is down (the ingestor resolves
+// API keys from PostgreSQL, the consumer still stores events), which must then also be
+// able to start while it is down: refusing would turn a Redis outage into an outage of
+// theirs as soon as one of them restarts (RELIABILITY.md F14).
+func Connect(ctx context.Context, redisURL string, logger *slog.Logger, meanwhile string) (*redis.Client, error) {
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		logger.Warn("Redis does not answer; "+meanwhile, "addr", opts.Addr, "error", err)
+	}
+	return rdb, nil
+}
+
 // PublishKeyInvalidation deletes a key's cached resolution in Redis and tells every
 // ingestor to drop it from its local cache (rotation, deletion). Ingestors that miss the
 // message still drop the entry when its TTL (60 s) expires.

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -17,13 +16,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/redisx"
 )
 
 func main() {
@@ -108,7 +106,9 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	defer pool.Close()
 
-	rdb, err := openRedis(ctx, pcfg.RedisURL, logger)
+	// A Redis that does not answer at start is logged, not fatal: live streams are
+	// best-effort, and refusing to start would stop the events from being stored too.
+	rdb, err := redisx.Connect(ctx, pcfg.RedisURL, logger, "events are still stored, the live feed resumes when it does")
 	if err != nil {
 		return err
 	}
@@ -137,22 +137,4 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
 	// so /metrics and /readyz stay observable while the last batch finishes.
 	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), reg, ready, logger, svc.Run)
-}
-
-// openRedis connects to the configured Redis. A Redis that does not answer at start is
-// logged, not fatal: live streams are best-effort, and refusing to start would stop the
-// events from being stored too. go-redis reconnects on its own.
-func openRedis(ctx context.Context, url string, logger *slog.Logger) (*redis.Client, error) {
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("parsing REDIS_URL: %w", err)
-	}
-	rdb := redis.NewClient(opts)
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		logger.Warn("Redis does not answer; events are still stored, the live feed resumes when it does",
-			"addr", opts.Addr, "error", err)
-	}
-	return rdb, nil
 }

@@ -60,11 +60,13 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	rdb, closeRedis, err := redisx.Open(ctx, cfg.RedisURL, false, logger)
+	// A Redis that does not answer at start is logged, not fatal: API keys are then
+	// resolved from PostgreSQL (never a 401 for a Redis outage, RELIABILITY.md promise 7).
+	rdb, err := redisx.Connect(ctx, cfg.RedisURL, logger, "API keys are resolved from PostgreSQL until it does")
 	if err != nil {
 		return err
 	}
-	defer closeRedis()
+	defer func() { _ = rdb.Close() }()
 
 	reg := obs.NewRegistry()
 	ready := obs.NewReadiness()
