@@ -28,6 +28,11 @@ const (
 	closeTooBig       = ws.StatusMessageTooBig
 	closeInvalidUTF8  = ws.StatusInvalidFramePayloadData
 	closeProtocolFail = ws.StatusProtocolError
+	// wsSendBufferBytes is the socket send buffer of a WebSocket stream (SO_SNDBUF; the
+	// kernel doubles it for its bookkeeping). A live stream carries a few events per
+	// second per project, far below what 64 KiB per round trip allows, and a client that
+	// stops reading fills it within a write or two and is closed after WriteTimeout.
+	wsSendBufferBytes = 64 << 10
 )
 
 // ServeWS serves GET /realtime/{projectId}: every check happens before the upgrade
@@ -59,6 +64,14 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request) {
 	if n := rw.Reader.Buffered(); n > 0 {
 		b, _ := rw.Reader.Peek(n)
 		src = io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)
+	}
+	// Bound what the kernel buffers for this client (F17): left to autotuning, the send
+	// buffer of a client that stops reading grows to net.ipv4.tcp_wmem's maximum (4 MiB
+	// by default) before a write blocks, so a thousand such clients hold gigabytes of
+	// kernel memory, push the host into TCP memory pressure and take the CPU of copying
+	// it all, delaying every other client.
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(wsSendBufferBytes)
 	}
 	c.setForceClose(func() { _ = conn.Close() })
 	// The handler returns: its goroutine (and net/http's per-connection state) is freed,
