@@ -42,6 +42,12 @@
 //     consistency, failing the test on any violation. ExpectLoss turns a scenario into
 //     a negative control, which passes only if loss was seen. Note and Fail add to the
 //     scenario's report row, which is recorded when the test ends.
+//   - Dependencies of F11 to F21: StartPostgres (a PostgreSQL of the test's own, for
+//     Options.DB: Stop, Crash, Start, Restart), StartSMTP (an SMTP server in the test
+//     process that can go Down and Up, counting mails per Message-ID), RegisterUser and
+//     APIRequest (the api), DialLive, DialSSE and DialStalledWS (live streams),
+//     SendQueued (kernel send queues of a port), GroupOffsets, RewindGroup and
+//     WaitGroupLag0 (any consumer group; OffsetWatcher.Rewind around a deliberate reset).
 //   - Report: Main prints the summary table after the tests and, with CHAOS_REPORT_DIR
 //     set, writes chaos-<time>.md and .json there (make chaos: chaos/results/). Long
 //     scenarios call Long(t, id, what) first: without CHAOS_LONG=1 they are skipped and
@@ -53,8 +59,11 @@
 // reads PULSEBOARD_FAILPOINTS (kill, kill@N, sleep(D), sleep(D)@N, on). The consumer has
 // consumer/after-fetch, consumer/mid-copy, consumer/before-db-commit,
 // consumer/after-db-commit, consumer/after-offset-commit and the negative-control switch
-// consumer/unsafe-commit-before-store; the ingestor has ingestor/after-produce-ack.
-// Proc.WaitFailpointKill checks that a process died at the failpoint it was given.
+// consumer/unsafe-commit-before-store; the ingestor has ingestor/after-produce-ack; the
+// alerter has alerter/before-smtp, alerter/after-smtp-before-record (around every
+// email), alerter/digest-after-create, alerter/retention-after-detach and
+// alerter/retention-after-drop. Proc.WaitFailpointKill checks that a process died at
+// the failpoint it was given.
 //
 // Everything a test starts is killed when it ends; scratch files live in t.TempDir.
 package harness
