@@ -67,6 +67,34 @@ func TestIngestRequestSmuggling(t *testing.T) {
 	require.EqualValues(t, 1, b.produced(t))
 }
 
+// TestIngestLengthThenMore (B14): a body longer than its Content-Length: the surplus
+// (1 MiB of garbage, or a chunk-framed copy of a valid event) is the next "request" on
+// the connection and is refused as malformed (or its 1 MiB "request line" with 431);
+// nothing is produced.
+func TestIngestLengthThenMore(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ev := string(mustJSON(t, validEvent(b.project.APIKey)))
+	for name, surplus := range map[string]string{
+		"1 MiB of garbage": strings.Repeat("x", 1<<20),
+		"a chunked event":  "\r\n" + strconv.FormatInt(int64(len(ev)), 16) + "\r\n" + ev + "\r\n0\r\n\r\n",
+	} {
+		req := "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n" + ev + surplus
+		res, err := rawhttp.Exchange(b.host(), []byte(req), 10*time.Second)
+		require.NoError(t, err, name)
+		require.True(t, res.Closed, "%s: %s", name, res)
+		require.NotEmpty(t, res.Answers, "%s: %s", name, res)
+		for _, a := range res.Answers {
+			if a.Status == http.StatusRequestHeaderFieldsTooLarge { // 1 MiB without a line break
+				requireRawError(t, a, a.Status, "HEADERS_TOO_LARGE")
+				continue
+			}
+			requireRawError(t, a, http.StatusBadRequest, "INVALID_JSON", "BAD_REQUEST")
+		}
+	}
+	require.Zero(t, b.produced(t))
+}
+
 // TestIngestMalformedHeaders (B35, B42, B87 and header injection): too many or too
 // long header lines get 431, a duplicate Host 400, a path carrying CR LF cannot add a
 // response header, and the admin endpoints are not on the public port.
