@@ -211,6 +211,38 @@ func brokerOutage(t *testing.T, id, name string, o outage) {
 	}
 }
 
+// F05 (K12): a slow consumer (it sleeps 700 ms after each fetch, so it always holds a
+// batch while the group changes) loses partitions to a second consumer that joins, and
+// gets them back when that one leaves, twice. Commits of batches fetched before a
+// rebalance must not move any committed offset backwards; lag returns to 0, loss 0,
+// duplicates 0.
+func TestF05SlowConsumerRebalance(t *testing.T) {
+	t.Parallel()
+	c := harness.NewCluster(t, harness.Options{Partitions: 12})
+	ing := c.StartIngestor()
+	slow := c.StartConsumer("PULSEBOARD_FAILPOINTS=consumer/after-fetch=sleep(700ms)", "CONSUMER_BATCH_SIZE=200")
+	s := harness.NewScenario(t, c, "F05", "a slow consumer loses partitions to a new one and gets them back, twice (K12)")
+	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: fastRate})
+	if !l.WaitAcked(int64(2*fastRate), time.Minute) {
+		t.Fatal("no load acknowledged before the rebalances")
+	}
+	for range 2 {
+		other := c.StartConsumer()
+		time.Sleep(6 * time.Second)
+		if _, err := other.Term(45 * time.Second); err != nil {
+			s.Fail("scaling down: %v", err)
+		}
+		time.Sleep(3 * time.Second)
+	}
+	s.Healed()
+	if !l.WaitAcked(l.Acked()+int64(2*fastRate), 2*time.Minute) {
+		s.Fail("the load made no progress after the rebalances")
+	}
+	s.Verify(3 * time.Minute)
+	refused, _ := slow.Metric("pulseboard_consumer_commit_errors_total")
+	s.Note("commits of ended generations refused (slow consumer)", "%.0f", refused)
+}
+
 // F14 (restart): Redis is killed and started again, empty, under load. Ingest keeps
 // authenticating (no 401, not even from a fresh ingestor whose caches are cold, which
 // must fall back to Postgres), and the consumer's live feed resumes.

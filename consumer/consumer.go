@@ -227,12 +227,18 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("consumer: Run called more than once")
 	}
-	reader := kafkax.NewReader(s.brokers, s.cfg.Kafka.Topic, kafkax.ReaderOptions{
+	// A GroupReader, not kafka-go's Reader: it commits each message through the group
+	// generation it was fetched in, so a rebalance cannot move a committed offset
+	// backwards (K12).
+	reader, err := kafkax.NewGroupReader(s.brokers, s.cfg.Kafka.Topic, kafkax.ReaderOptions{
 		GroupID:  s.cfg.GroupID,
 		MinBytes: 1,
 		MaxBytes: s.cfg.FetchMaxBytes,
 		MaxWait:  s.cfg.FetchMaxWait,
 	})
+	if err != nil {
+		return err
+	}
 	defer func() {
 		if cerr := reader.Close(); cerr != nil {
 			s.logger.Warn("closing the Kafka reader", "error", cerr)

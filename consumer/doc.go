@@ -51,11 +51,15 @@
 // returns nil. A batch that cannot finish in time (the database is down) stays
 // uncommitted and Run says so.
 //
-// # Known limits
+// # Rebalances
 //
-// kafka-go's Reader has no revocation callback (K12): after a rebalance, messages it had
-// already queued for a partition that moved may still be stored here and their offsets
-// committed, which can move that partition's committed offset backwards. The dedup gate
-// makes the redelivery harmless (no loss, no duplicate row); the lag gauge of a partition
-// that moved keeps its last value until it is assigned here again.
+// kafka-go's Reader has no revocation callback and commits messages it fetched before a
+// rebalance through the next generation, which moved committed offsets backwards (K12;
+// the fault tests reproduced it with a slow member). The consumer therefore reads
+// through kafkax.GroupReader: every message carries the group generation it was
+// fetched in and is committed through it, so the coordinator refuses commits of a
+// generation that has ended (logged and counted as a failed commit; the partition's
+// new owner reads those messages again and the dedup gate absorbs them). Messages of an
+// ended generation still queued are dropped before they reach a batch. The lag gauge of
+// a partition that moved keeps its last value until it is assigned here again.
 package consumer

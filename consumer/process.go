@@ -20,7 +20,7 @@ import (
 
 type kafkaMessage = kafka.Message
 
-// messageReader is the part of *kafka.Reader the loop uses.
+// messageReader is the part of *kafkax.GroupReader the loop uses.
 type messageReader interface {
 	FetchMessage(ctx context.Context) (kafka.Message, error)
 	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
