@@ -530,7 +530,9 @@ func TestProductionCookieIsSecure(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withEnv("PULSEBOARD_ENV", "production", "API_BCRYPT_COST", "12"))
 	c := b.client()
-	// The register hashes at cost 12: slow under -race, but this is the production path.
+	// The register hashes at cost 12: slow under -race (seconds, more on a loaded machine),
+	// but this is the production path; give it time rather than a flaky deadline.
+	c.http.Timeout = 2 * time.Minute
 	r := c.do("POST", "/auth/register", map[string]string{"name": "Prod", "email": "prod@example.com", "password": "password-1"})
 	require.Equal(t, http.StatusCreated, r.status, "body: %s", r.body)
 	require.Regexp(t, `^refreshToken=[A-Za-z0-9_-]{43}; Max-Age=604800; Path=/auth; HttpOnly; Secure; SameSite=Strict$`, r.header.Get("Set-Cookie"))

