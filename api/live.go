@@ -15,7 +15,7 @@ func NewLive(cfg Config, deps Deps, tokens *auth.Tokens) (LiveStreams, error) {
 	lc := cfg.Live
 	lc.AllowedOrigins = cfg.CORSOrigins
 	h, err := live.New(lc, live.Deps{
-		Tokens: tokens, Pool: deps.Pool, Redis: deps.Redis, Logger: deps.Logger, Registerer: deps.Registerer,
+		Tokens: tokens, Pool: deps.Pool, Redis: deps.Redis, Logger: deps.Logger.With("component", "api"), Registerer: deps.Registerer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("live streams: %w", err)

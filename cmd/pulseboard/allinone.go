@@ -126,17 +126,17 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	alert, err := alerter.New(cfg.Alerter, alerter.Deps{
-		Pool: pool, Brokers: brokers, Logger: logger.With("component", "alerter"), Registerer: reg, Ready: ready,
+		Pool: pool, Brokers: brokers, Logger: logger, Registerer: reg, Ready: ready, // the alerter names itself
 	})
 	if err != nil {
 		return err
 	}
-	apiLogger := logger.With("component", "api")
-	tokens, err := api.NewAccessTokens(cfg.API, apiLogger)
+	tokens, err := api.NewAccessTokens(cfg.API, logger.With("component", "api"))
 	if err != nil {
 		return err
 	}
-	apiDeps := api.Deps{Pool: pool, Redis: rdb, Logger: apiLogger, Registerer: reg, Ready: ready, Tokens: tokens}
+	// The api (and its live streams) add "component" to their own logs.
+	apiDeps := api.Deps{Pool: pool, Redis: rdb, Logger: logger, Registerer: reg, Ready: ready, Tokens: tokens}
 	if apiDeps.Live, err = api.NewLive(cfg.API, apiDeps, tokens); err != nil {
 		return err
 	}
