@@ -29,7 +29,7 @@ type client struct {
 
 	// queue is the bounded buffer between the Redis dispatch loop (the only sender) and
 	// the client's writer (the only receiver). The dispatcher never blocks on it.
-	queue chan *message
+	queue *msgQueue
 	// missed counts messages dropped since the last resync was queued or written, -1
 	// after a Redis reconnect (count unknown). Whoever swaps it to 0 owes the client a
 	// resync: the dispatcher when it can queue a marker before the next message, or the
@@ -55,7 +55,7 @@ type client struct {
 	forceClose func()
 }
 
-func newClient(t transport, tm *transportMetrics, project uuid.UUID, userID uuid.UUID, iat, exp time.Time, queueSize int) *client {
+func newClient(t transport, tm *transportMetrics, project uuid.UUID, userID uuid.UUID, iat, exp time.Time, queueSize int, queueBytes int64) *client {
 	return &client{
 		transport: t,
 		tm:        tm,
@@ -64,7 +64,7 @@ func newClient(t transport, tm *transportMetrics, project uuid.UUID, userID uuid
 		userID:    userID,
 		issuedAt:  iat,
 		expires:   exp,
-		queue:     make(chan *message, queueSize),
+		queue:     newMsgQueue(t, queueSize, queueBytes),
 		killed:    make(chan struct{}),
 	}
 }
@@ -97,36 +97,31 @@ func (c *client) force() {
 // receive loop must not wait for one slow client. It runs on the dispatch goroutine only.
 // It reports whether the client was found stuck and should be closed as slow.
 func (c *client) offer(m *message, stallLimit time.Duration) (stuck bool) {
-	// A pending resync goes first, so the client learns of the gap at its position.
+	// A pending resync goes first, so the client learns of the gap at its position; it
+	// is queued together with m or not at all.
 	if n := c.missed.Swap(0); n != 0 {
-		select {
-		case c.queue <- &message{missed: n}:
-		default:
-			c.restoreMissed(n)
-			c.restoreMissed(1) // m is dropped too
-			return c.dropped(stallLimit)
+		if c.queue.push(&message{missed: n}, m) {
+			c.fullSince = time.Time{}
+			return false
 		}
-	}
-	select {
-	case c.queue <- m:
-		c.fullSince = time.Time{}
-		return false
-	default:
-		c.restoreMissed(1)
+		c.restoreMissed(n)
+		c.restoreMissed(1) // m is dropped too
 		return c.dropped(stallLimit)
 	}
+	if c.queue.push(m) {
+		c.fullSince = time.Time{}
+		return false
+	}
+	c.restoreMissed(1)
+	return c.dropped(stallLimit)
 }
 
 // offerResync records that the client missed an unknown number of messages (a Redis
 // reconnect) and queues a resync marker if there is room.
 func (c *client) offerResync() {
 	c.missed.Store(-1)
-	if n := c.missed.Swap(0); n != 0 {
-		select {
-		case c.queue <- &message{missed: n}:
-		default:
-			c.restoreMissed(n)
-		}
+	if n := c.missed.Swap(0); n != 0 && !c.queue.push(&message{missed: n}) {
+		c.restoreMissed(n)
 	}
 }
 
@@ -161,7 +156,7 @@ func (c *client) dropped(stallLimit time.Duration) bool {
 // takeMissed is the writer's side: when its queue is drained, a pending resync is
 // written at once rather than waiting for the next published event.
 func (c *client) takeMissed() int64 {
-	if len(c.queue) != 0 {
+	if c.queue.len() != 0 {
 		return 0
 	}
 	return c.missed.Swap(0)

@@ -28,10 +28,16 @@ type Config struct {
 	// WriteTimeout bounds every write to a client [10s]: a client that stops reading is
 	// disconnected after it, and so is one whose queue stays full for that long.
 	WriteTimeout time.Duration `env:"LIVE_WRITE_TIMEOUT" envDefault:"10s"`
-	// QueueSize is the number of messages buffered per client [256]. When it is full,
-	// new messages for that client are dropped and counted, and the client is sent
-	// {"type":"resync","missed":N} as soon as there is room.
-	QueueSize int `env:"LIVE_QUEUE_SIZE" envDefault:"256"`
+	// QueueSize is the most messages buffered per client [8192], QueueBytes the most
+	// bytes of their encodings [8 MiB]. When either is reached, new messages for that
+	// client are dropped and counted, and the client is sent {"type":"resync","missed":N}
+	// as soon as there is room. The consumer publishes a stored batch (up to
+	// CONSUMER_BATCH_SIZE, 5000, events) at once, so a client that reads as fast as the
+	// events come needs a whole batch's room. The queue grows on demand and is released
+	// when it drains: an idle client holds none of it. The encodings are shared by all
+	// the clients of a project, so the byte cap bounds what one slow client keeps alive.
+	QueueSize  int   `env:"LIVE_QUEUE_SIZE" envDefault:"8192"`
+	QueueBytes int64 `env:"LIVE_QUEUE_BYTES" envDefault:"8388608"`
 	// MaxFrameBytes caps one WebSocket frame from a client [4096]; larger closes 1009.
 	MaxFrameBytes int64 `env:"LIVE_MAX_FRAME_BYTES" envDefault:"4096"`
 	// MaxMessageBytes caps one WebSocket message from a client, all fragments together
@@ -57,7 +63,8 @@ const (
 	DefaultPingInterval            = 30 * time.Second
 	DefaultSSEPingInterval         = 15 * time.Second
 	DefaultWriteTimeout            = 10 * time.Second
-	DefaultQueueSize               = 256
+	DefaultQueueSize               = 8192
+	DefaultQueueBytes              = 8 << 20
 	DefaultMaxFrameBytes           = 4 << 10
 	DefaultMaxMessageBytes         = 4 << 10
 	DefaultReplayLimit             = 1000
@@ -82,6 +89,9 @@ func (c Config) withDefaults() Config {
 	setDur(&c.RevocationCheckInterval, DefaultRevocationCheckInterval)
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = DefaultQueueBytes
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = DefaultMaxFrameBytes
@@ -113,6 +123,7 @@ func (c Config) Validate() error {
 	check(c.SSEPingInterval >= 0, "LIVE_SSE_PING_INTERVAL must not be negative, got %s", c.SSEPingInterval)
 	check(c.WriteTimeout >= 0, "LIVE_WRITE_TIMEOUT must not be negative, got %s", c.WriteTimeout)
 	check(c.QueueSize >= 0 && c.QueueSize <= 1<<16, "LIVE_QUEUE_SIZE must be in [1, 65536], got %d", c.QueueSize)
+	check(c.QueueBytes >= 0 && c.QueueBytes <= 1<<30, "LIVE_QUEUE_BYTES must be in [1, 1073741824], got %d", c.QueueBytes)
 	// A client frame must at least hold a close frame (125 bytes of control payload).
 	check(c.MaxFrameBytes == 0 || c.MaxFrameBytes >= 125, "LIVE_MAX_FRAME_BYTES must be at least 125, got %d", c.MaxFrameBytes)
 	check(c.MaxMessageBytes == 0 || c.MaxMessageBytes >= 125, "LIVE_MAX_MESSAGE_BYTES must be at least 125, got %d", c.MaxMessageBytes)

@@ -35,16 +35,22 @@
 //
 // The dispatch loop is the only reader of the PubSub channel. For each message it builds
 // the WebSocket frame and the SSE block once and offers the same pointer to every client
-// of the project with a non-blocking send into the client's bounded queue (QueueSize), so
-// one slow client never delays the loop or the others (R1). A full queue drops the
-// message and counts it; the client then gets {"type":"resync","missed":N}: queued by
-// the dispatcher in front of the next message that fits (so it sits where the gap is),
-// or written by the client's writer as soon as it has drained its queue. A client whose
-// queue stays full for WriteTimeout is closed (WebSocket 1008); one that stops reading
-// altogether fails its next write after WriteTimeout and is closed. Memory per client is
-// therefore bounded by QueueSize pointers plus the kernel's socket buffers, which a
-// WebSocket stream caps at 64 KiB (SO_SNDBUF) instead of letting them autotune to
-// megabytes per stalled client.
+// of the project with a non-blocking push into the client's bounded queue, so one slow
+// client never delays the loop or the others (R1). The queue is bounded in messages
+// (QueueSize) and in bytes (QueueBytes), sized so that a whole consumer batch, which
+// arrives back to back (the consumer publishes a stored batch of up to 5000 events in
+// one pipeline), fits for a client that reads as fast as the events come; it grows on
+// demand and is released when it drains, so an idle client holds none of it. The
+// writer takes up to 256 messages (about 64 KiB) at a time: one writev for WebSocket,
+// one flush for SSE. A full queue drops the message and counts it; the client then gets
+// {"type":"resync","missed":N}: queued by the dispatcher together with the next message
+// that fits (so it sits where the gap is), or written by the client's writer as soon as
+// it has drained its queue. A client whose queue stays full for WriteTimeout is closed
+// (WebSocket 1008); one that stops reading altogether fails its next write after
+// WriteTimeout and is closed. Memory per client is therefore bounded by its queue's caps
+// (the encodings themselves are shared by the project's clients) plus the kernel's
+// socket buffers, which a WebSocket stream caps at 64 KiB (SO_SNDBUF) instead of letting
+// them autotune to megabytes per stalled client.
 //
 // # Goroutines per connection
 //

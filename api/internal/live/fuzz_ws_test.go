@@ -70,7 +70,7 @@ const wsIterationLimit = 5 * time.Second
 func runWSStream(t *testing.T, h *Hub, in []byte) []byte {
 	t.Helper()
 	now := time.Now()
-	c := newClient(transportWS, h.m.byTransport[transportWS], uuid.New(), uuid.New(), now, now.Add(time.Hour), 4)
+	c := newClient(transportWS, h.m.byTransport[transportWS], uuid.New(), uuid.New(), now, now.Add(time.Hour), 4, 1<<20)
 	if ok, _ := h.admit(c); !ok {
 		t.Fatal("admit refused the stream")
 	}

@@ -21,7 +21,7 @@ func (h *Hub) open(w http.ResponseWriter, r *http.Request, t transport) (*client
 		h.reject(w, t, rej)
 		return nil, cl, false
 	}
-	c := newClient(t, h.m.byTransport[t], cl.project, cl.userID, cl.issuedAt, cl.expiresAt, h.cfg.QueueSize)
+	c := newClient(t, h.m.byTransport[t], cl.project, cl.userID, cl.issuedAt, cl.expiresAt, h.cfg.QueueSize, h.cfg.QueueBytes)
 	c.session = cl.session
 	if ok, closing := h.admit(c); !ok {
 		if closing {

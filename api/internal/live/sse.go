@@ -83,31 +83,38 @@ func (s *sseStream) loop(ctx context.Context) {
 	defer expiry.Stop()
 	for {
 		select {
-		case m := <-c.queue:
-			sent := 0
-			if !s.deadline() || !s.writeMessage(m, &sent) {
+		case <-c.queue.ready:
+			if !s.deadline() {
 				return
 			}
-		batch:
-			for range writeBatch - 1 {
-				select {
-				case m := <-c.queue:
-					if !s.writeMessage(m, &sent) {
-						return
-					}
-				default:
-					break batch
+			b := getBatch()
+			var more bool
+			b.msgs, more = c.queue.pop(b.msgs, writeBatch, writeBatchBytes)
+			sent := 0
+			ok := true
+			for _, m := range b.msgs {
+				if ok = s.writeMessage(m, &sent); !ok {
+					break
 				}
 			}
-			if missed := c.takeMissed(); missed != 0 {
-				if !s.writeResync(missed, resyncReason(missed)) {
-					return
+			putBatch(b)
+			if !ok {
+				return
+			}
+			if !more {
+				if missed := c.takeMissed(); missed != 0 {
+					if !s.writeResync(missed, resyncReason(missed)) {
+						return
+					}
 				}
 			}
 			if !s.flush() {
 				return
 			}
 			c.tm.sent.Add(float64(sent))
+			if more {
+				c.queue.signal() // the rest after a turn through the select
+			}
 		case <-ping.C:
 			if !s.write([]byte(": ping\n\n")) {
 				return

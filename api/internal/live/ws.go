@@ -18,8 +18,11 @@ const (
 	// closeGrace is how long the server waits for the client's close frame (or EOF)
 	// after it sent its own, before it drops the TCP connection.
 	closeGrace = time.Second
-	// writeBatch is the most queued frames written with one writev.
-	writeBatch = 64
+	// writeBatch is the most queued messages written at once (one writev for
+	// WebSocket, one flush for SSE), writeBatchBytes about the most bytes: a consumer
+	// batch of thousands of events then takes tens of system calls, not thousands.
+	writeBatch      = 256
+	writeBatchBytes = 64 << 10
 	// A client has no reason to send more than pongs and the odd ping; a flood is cut
 	// off with 1008 (RELIABILITY.md B78).
 	clientFrameBurst  = 100
@@ -275,28 +278,28 @@ func (s *wsStream) writeLoop() {
 	if !s.write(wsTextFrame(connectedJSON(c.projectID))) {
 		return
 	}
-	var bufs net.Buffers
 	for {
 		select {
-		case m := <-c.queue:
+		case <-c.queue.ready:
+			b := getBatch()
+			var more bool
+			b.msgs, more = c.queue.pop(b.msgs, writeBatch, writeBatchBytes)
 			events := 0
-			bufs = s.appendFrame(bufs[:0], m, &events)
-		batch:
-			for len(bufs) < writeBatch {
-				select {
-				case m := <-c.queue:
-					bufs = s.appendFrame(bufs, m, &events)
-				default:
-					break batch
-				}
+			for _, m := range b.msgs {
+				b.bufs = s.appendFrame(b.bufs, m, &events)
 			}
-			n := len(bufs)
-			ok := s.writeBufs(bufs)
-			clear(bufs[:n]) // do not keep sent messages alive until the next batch
+			ok := len(b.bufs) == 0 || s.writeBufs(b.bufs)
+			putBatch(b)
 			if !ok {
 				return
 			}
 			c.tm.sent.Add(float64(events))
+			if more {
+				// Back through the select, so that pings, pongs and a kill are not
+				// held up behind a long backlog.
+				c.queue.signal()
+				continue
+			}
 			if missed := c.takeMissed(); missed != 0 {
 				h.m.resyncs.WithLabelValues(string(transportWS), resyncReason(missed)).Inc()
 				if !s.write(wsTextFrame(resyncJSON(missed))) {
