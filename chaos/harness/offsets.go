@@ -184,7 +184,7 @@ func (w *OffsetWatcher) Rewind(fn func()) {
 		w.mu.Lock()
 		w.rewinding = false
 		w.gen++
-		w.high = map[int]int64{}
+		w.high, w.last = map[int]int64{}, map[int]int64{}
 		w.mu.Unlock()
 	}()
 	fn()
