@@ -35,12 +35,15 @@ const f17WriteTimeout = 10 * time.Second
 
 // f17PerConnBytes bounds what one open stream may cost the api in resident memory: two
 // goroutines (stacks of 8–32 KiB), the upgraded connection and its read buffer, the
-// frame reader, the client record and its queue (256 pointers, 2 KiB). Event messages
-// are built once and shared by every client, so at most a queue's worth of them (256
-// × ~1.3 KiB here) is alive whatever the number of clients; the kernel's socket buffers,
-// where the unread bytes pile up, are not in the process's RSS. 96 KiB per stream is
-// about twice that estimate; f17Headroom is the garbage collector's (GOGC=100 lets the
-// heap grow to twice the live heap before collecting) plus the runtime's own slack.
+// frame reader, the client record and its queue, a ring of message pointers that grows
+// on demand: a stalled client is closed about LIVE_WRITE_TIMEOUT (10 s) after it stops
+// reading, so at 200 events/s it queues at most ~2,000 pointers (16 KiB). Event messages
+// are built once and shared by every client, so at most one queue's worth of them
+// (LIVE_QUEUE_BYTES, 8 MiB, by default) is alive whatever the number of clients; the
+// kernel's socket buffers, where the unread bytes pile up, are not in the process's RSS.
+// 96 KiB per stream is about twice that estimate; f17Headroom covers the shared messages
+// and the garbage collector (GOGC=100 lets the heap grow to twice the live heap before
+// collecting) plus the runtime's own slack.
 //
 // f17KernelPerConnBytes bounds the kernel memory queued for one client: a stalled
 // client's unread bytes pile up in the server's socket send buffer, which the kernel
