@@ -107,8 +107,10 @@ func (p *Proc) Start() {
 	cmd.Env = append([]string{}, p.spec.Env...)
 	cmd.Dir = p.spec.Dir
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	// Its own process group, so that a Ctrl-C of the test run does not reach it twice.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so that a Ctrl-C of the test run does not reach it twice;
+	// and killed by the kernel if the test binary dies without running its cleanups (a
+	// test timeout panics past them).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p.stats.Starts++
 	fmt.Fprintf(p.logs, "=== harness: start #%d of %s\n", p.stats.Starts, p.spec.Name)
 	if err := cmd.Start(); err != nil {
