@@ -93,6 +93,10 @@ func postgresOutage(t *testing.T, down time.Duration, rate int) {
 			s.Fail("ingest with a key the ingestor never saw, while Postgres is down: %d, want 503 (never 401)", st)
 		}
 		ingestChecks++
+		// Cached keys keep ingesting, so the ingestor must stay in the load balancer.
+		if st, body, err := harness.APIRequest(http.MethodGet, ing.AdminURL()+"/readyz", "", nil); st != http.StatusOK {
+			s.Fail("ingestor /readyz while Postgres is down: %d %v %s, want 200", st, err, body)
+		}
 		time.Sleep(5 * time.Second)
 	}
 	for time.Since(stopped) < down {

@@ -76,6 +76,10 @@ func redisOutage(t *testing.T, down time.Duration, rate int) {
 		if st, body, err := harness.APIRequest(http.MethodGet, api.URL+"/me", token, nil); st != http.StatusOK {
 			s.Fail("GET /me while Redis is down: %d %v %s, want 200", st, err, body)
 		}
+		// Only live streams need Redis: the api must stay in the load balancer.
+		if st, body, err := harness.APIRequest(http.MethodGet, api.AdminURL()+"/readyz", "", nil); st != http.StatusOK {
+			s.Fail("api /readyz while Redis is down: %d %v %s, want 200", st, err, body)
+		}
 		checks++
 		time.Sleep(5 * time.Second)
 	}

@@ -63,12 +63,13 @@ func pgVersion(binDir string) int {
 }
 
 // StartPostgres initialises and starts a server and waits until it accepts
-// connections. The test is skipped when no PostgreSQL binaries are installed.
+// connections. The test fails when no PostgreSQL binaries are installed (never a silent
+// skip: .ci/run installs the postgresql package).
 func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
 	bin := PostgresBinDir()
 	if bin == "" {
-		t.Skip("harness: no PostgreSQL server binaries (initdb, postgres); set PG_BIN or install the postgresql package")
+		t.Fatal("harness: no PostgreSQL server binaries (initdb, postgres); set PG_BIN or install the postgresql package")
 	}
 	base := t.TempDir()
 	var cred *syscall.Credential

@@ -70,7 +70,9 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 
 	reg := obs.NewRegistry()
 	ready := obs.NewReadiness()
-	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	// Not PostgreSQL: cached API keys keep ingesting through a PostgreSQL outage (F11), so
+	// it must not take every ingestor out of the load balancer. Kafka and shedding are
+	// the service's own readiness checks.
 	svc, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
 		Pool: pool, Redis: rdb, Brokers: cfg.Ingestor.Kafka.Brokers,
 		Logger: logger, Registerer: reg, Ready: ready,
