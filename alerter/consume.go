@@ -24,12 +24,17 @@ type projectErrors struct {
 // stored the batch → evaluate every project with errors in it → CommitMessages. Offsets
 // are committed only after the evaluations (and the alerts they recorded) are durable.
 func (s *Service) consumeLoop(ctx context.Context) error {
-	reader := kafkax.NewReader(s.brokers, s.cfg.Kafka.Topic, kafkax.ReaderOptions{
+	// A GroupReader, as in the consumer: each offset is committed through the group
+	// generation its message was fetched in, so a rebalance cannot move it backwards (K12).
+	reader, err := kafkax.NewGroupReader(s.brokers, s.cfg.Kafka.Topic, kafkax.ReaderOptions{
 		GroupID:  s.cfg.GroupID,
 		MinBytes: 1,
 		MaxBytes: s.cfg.FetchMaxBytes,
 		MaxWait:  s.cfg.FetchMaxWait,
 	})
+	if err != nil {
+		return err
+	}
 	defer func() {
 		if err := reader.Close(); err != nil {
 			s.logger.Warn("closing the Kafka reader", "error", err)
@@ -73,7 +78,7 @@ func (s *Service) consumeLoop(ctx context.Context) error {
 
 // fetch returns the next batch: it waits for a first message, then takes messages
 // until the batch is full or BatchWait has passed.
-func (s *Service) fetch(ctx context.Context, r *kafka.Reader) ([]kafka.Message, error) {
+func (s *Service) fetch(ctx context.Context, r *kafkax.GroupReader) ([]kafka.Message, error) {
 	first, err := r.FetchMessage(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -99,7 +104,7 @@ func (s *Service) fetch(ctx context.Context, r *kafka.Reader) ([]kafka.Message, 
 
 // handleBatch evaluates the batch and commits its offsets. It retries PostgreSQL and
 // Kafka failures with backoff until ctx ends; it returns an error only then.
-func (s *Service) handleBatch(ctx context.Context, r *kafka.Reader, client *kafka.Client, dec *event.Decoder, batch []kafka.Message) error {
+func (s *Service) handleBatch(ctx context.Context, r *kafkax.GroupReader, client *kafka.Client, dec *event.Decoder, batch []kafka.Message) error {
 	projects := map[uuid.UUID]*projectErrors{}
 	maxOffset := map[int]int64{}
 	for _, m := range batch {
