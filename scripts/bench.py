@@ -23,6 +23,7 @@ under bench/results/ (BENCH_OUT). Load goes to 127.0.0.1 only; every loop is tim
 Environment: BENCH_SHORT=1 (CI: 2-5 s scenarios, no rate search, no fan-out),
 BENCH_DURATION (scenario length of steps 1-2, default 10s), BENCH_SUSTAIN (default 60s),
 BENCH_OUT, BENCH_DATABASE_URL (a server URL; the script creates its own databases),
+BENCH_PROJECTS (default 8: the load goes round-robin over that many projects, hence partitions),
 BENCH_PORT_BASE (default 3200; ports BASE..BASE+99 are used).
 """
 
@@ -60,6 +61,9 @@ SUSTAIN = 5.0 if SHORT else seconds(os.environ.get("BENCH_SUSTAIN", "60s"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results"))
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 BASE = int(os.environ.get("BENCH_PORT_BASE", "3200"))
+# Events are keyed by project, so one project is one partition and one produce request in
+# flight at a time; real traffic comes from many projects.
+PROJECTS = int(os.environ.get("BENCH_PROJECTS", "8"))
 PORTS = {
     "noop": BASE + 99, "ingest": BASE + 1, "api": BASE + 2, "kafka": BASE + 10,
     "admin_ingestor": BASE + 21, "admin_consumer": BASE + 22, "admin_all": BASE + 20,
@@ -268,7 +272,7 @@ def loadgen(name, url, key, extra, duration, procs=(), ledger=True, profile=None
     """Runs one loadgen scenario as its own process; returns its JSON summary with the
     resource use of the loadgen and of `procs` during the run. profile=(admin port, binary)
     takes a CPU profile of that service during the middle of the run (full mode only)."""
-    args = [os.path.join(BIN, "pulseboard"), "loadgen", "-url", url, "-key", key, "-json",
+    args = [os.path.join(BIN, "pulseboard"), "loadgen", "-url", url, "-keys", key, "-json",
             "-duration", f"{duration}s"] + extra
     if ledger:
         args += ["-ledger", os.path.join(WORK, f"ledger-{name}.jsonl")]
@@ -303,7 +307,10 @@ def loadgen(name, url, key, extra, duration, procs=(), ledger=True, profile=None
     r["scenario"] = name
     if prof.get("top"):
         r["cpuProfileTop"] = prof["top"]
-    r["resources"] = {p.name: p.usage(wall) for p in procs}
+    # Services are measured over the sending window (the loadgen's own start-up and its
+    # ledger write at the end are not load), the loadgen over its whole life.
+    sending = r.get("durationSeconds") or wall
+    r["resources"] = {p.name: p.usage(sending) for p in procs}
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r["resources"]["loadgen"] = {"cores": round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall, 2),
                                  "peakRssMiB": round(lg.peak_rss / 2**20, 1)}
@@ -341,6 +348,11 @@ def seed(db, env, projects=1):
     return json.loads(out.stdout)
 
 
+def keys(seedout):
+    """The seeded projects' API keys, comma-separated for loadgen -keys."""
+    return ",".join(p["apiKey"] for p in seedout.get("projects") or [seedout["project"]])
+
+
 def fresh_db(name):
     psql(db_url("postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     return db_url(name)
@@ -375,6 +387,7 @@ def step_ingestor_alone(report, noop_rps, db, env, key):
     rows = []
     for name, extra in [("single-64conns", ["-mode", "single", "-connections", "64"]),
                         ("batch100-16conns", ["-mode", "batch", "-batch", "100", "-connections", "16"]),
+                        ("batch100-64conns", ["-mode", "batch", "-batch", "100", "-connections", "64"]),
                         ("batch100-gzip-16conns", ["-mode", "batch", "-batch", "100", "-gzip", "-connections", "16"])]:
         r = loadgen("ingest-" + name, url, key, extra, DURATION, procs=[ing, broker],
                     profile=(PORTS["admin_ingestor"], os.path.join(BIN, "ingestor")))
@@ -465,7 +478,7 @@ def step_sustained(report, ceiling, db, env, seedout):
     ALLINONE.append(aio)
     wait_http(f"http://127.0.0.1:{PORTS['admin_all']}/readyz", "all-in-one", aio)
     url = f"http://127.0.0.1:{PORTS['ingest']}"
-    key = seedout["project"]["apiKey"]
+    key = keys(seedout)
     live = ["-live-url", f"http://127.0.0.1:{PORTS['api']}", "-live-email", seedout["user"]["email"],
             "-live-password", seedout["password"], "-live-project", seedout["project"]["id"], "-live-protocol", "sse"]
     target = 0.8 * ceiling
@@ -536,7 +549,8 @@ def write_report(report, path):
     L = [f"# PulseBoard bench, {report['started']}", "",
          f"machine: {m['cpus']} CPUs, {m['platform']}; load average before {m['loadavgBefore']}, after {m['loadavgAfter']}. "
          "The load generator, the services, the broker and Postgres share these cores.", "",
-         f"mode: {'short (CI)' if SHORT else 'full'}; scenario length {DURATION:.0f} s, sustained run {SUSTAIN:.0f} s", "",
+         f"mode: {'short (CI)' if SHORT else 'full'}; scenario length {DURATION:.0f} s, sustained run {SUSTAIN:.0f} s; "
+         f"load spread over {PROJECTS} projects (events are keyed, hence partitioned, by project)", "",
          f"no-op fasthttp ceiling: {noop:.0f} req/s (p50 {report['noop']['latencyMs']['p50']:.2f} ms, p99 {report['noop']['latencyMs']['p99']:.2f} ms)", "",
          "## Ingestor and broker alone", "",
          "| scenario | events/s | req/s | req/s vs no-op | p50 ms | p99 ms | ingestor cores / peak RSS | broker cores | loadgen cores |",
@@ -600,18 +614,18 @@ def main():
         alone_db = fresh_db("pulseboard_bench_alone")
         env = {**BASE_ENV, "DATABASE_URL": alone_db, "KAFKA_EMBEDDED_PORT": str(PORTS["kafka"]),
                "KAFKA_BROKERS": f"127.0.0.1:{PORTS['kafka']}", "INGEST_PORT": str(PORTS["ingest"])}
-        key = seed(alone_db, env)["project"]["apiKey"]
+        key = keys(seed(alone_db, env, PROJECTS))
         broker, rows = step_ingestor_alone(report, noop, alone_db, env, key)
         acked = sum(r["eventsAccepted"] for r in rows)
         ceiling = step_store_ceiling(report, broker, alone_db, env, acked)
         stop(broker)
         report["verify"] = {"ingestor alone": verify(alone_db, [os.path.join(WORK, f"ledger-ingest-{n}.jsonl") for n in
-                                                                ("single-64conns", "batch100-16conns", "batch100-gzip-16conns")])}
+                                                                ("single-64conns", "batch100-16conns", "batch100-64conns", "batch100-gzip-16conns")])}
 
         e2e_db = fresh_db("pulseboard_bench_e2e")
         env = {**BASE_ENV, "DATABASE_URL": e2e_db, "KAFKA_EMBEDDED_PORT": str(PORTS["kafka"]), "KAFKA_BROKERS": "",
                "INGEST_PORT": str(PORTS["ingest"]), "PORT": str(PORTS["api"])}
-        seedout = seed(e2e_db, env)
+        seedout = seed(e2e_db, env, PROJECTS)
         aio = step_sustained(report, ceiling, e2e_db, env, seedout)
         stop(aio)
         ledgers = [os.path.join(WORK, f) for f in os.listdir(WORK) if f.startswith("ledger-") and not f.startswith("ledger-ingest-")]
