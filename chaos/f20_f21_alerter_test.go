@@ -308,7 +308,7 @@ func digestKilled(t *testing.T) {
 	s := harness.NewScenario(t, c, "F21", "alerter killed during the digest job (after creating, after a 250, before a send)")
 
 	x := newSenders()
-	al := x.startAlerter(c, alerterEnv(mail, "PULSEBOARD_FAILPOINTS=alerter/digest-after-create=kill")...)
+	al := x.startDoomed(c, alerterEnv(mail, "PULSEBOARD_FAILPOINTS=alerter/digest-after-create=kill")...)
 	al.WaitFailpointKill("alerter/digest-after-create", 2*time.Minute)
 	x.dead(al)
 	var created int
@@ -451,7 +451,8 @@ func retentionKilled(t *testing.T) {
 	if !l.WaitAcked(int64(fastRate), time.Minute) {
 		t.Fatal("no load acknowledged before the fault")
 	}
-	al := c.StartAlerter("PULSEBOARD_FAILPOINTS=alerter/retention-after-detach=kill@3")
+	// Not waiting for readiness: the catch-up run at start may hit the failpoint first.
+	al := c.StartService(harness.ServiceSpec{Bin: "alerter", Env: []string{"PULSEBOARD_FAILPOINTS=alerter/retention-after-detach=kill@3"}, NoWait: true})
 	al.WaitFailpointKill("alerter/retention-after-detach", 2*time.Minute)
 	al.SetEnv("PULSEBOARD_FAILPOINTS=alerter/retention-after-drop=kill@2")
 	al.Start()
@@ -543,10 +544,21 @@ func (x *senders) next() (addr, env string) {
 	return addr, "SMTP_FROM=PulseBoard <" + addr + ">"
 }
 
-// startAlerter starts an alerter (a new incarnation, with its own sender).
+// startAlerter starts an alerter (a new incarnation, with its own sender) and waits for
+// its readiness.
 func (x *senders) startAlerter(c *harness.Cluster, env ...string) *harness.Service {
+	return x.start(c, false, env...)
+}
+
+// startDoomed starts an alerter that a failpoint may kill before it is ready (the jobs
+// catch up at start, racing the readiness poll): it does not wait for readiness.
+func (x *senders) startDoomed(c *harness.Cluster, env ...string) *harness.Service {
+	return x.start(c, true, env...)
+}
+
+func (x *senders) start(c *harness.Cluster, noWait bool, env ...string) *harness.Service {
 	addr, from := x.next()
-	svc := c.StartAlerter(append(env, from)...)
+	svc := c.StartService(harness.ServiceSpec{Bin: "alerter", Env: append(env, from), NoWait: noWait})
 	x.mu.Lock()
 	x.current[svc] = addr
 	x.mu.Unlock()
