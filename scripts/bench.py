@@ -103,12 +103,7 @@ class Proc:
 
     def cpu(self):
         """CPU seconds (user + system) used so far, or None once the process is gone."""
-        try:
-            with open(f"/proc/{self.p.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError):
-            return None
+        return proc_cpu(self.p.pid)[1]
 
     def status(self, key):
         try:
@@ -182,21 +177,25 @@ def stop(p):
         SAMPLER.procs.remove(p)
 
 
+def proc_cpu(pid):
+    """(command name, CPU seconds user + system) of a process from /proc/PID/stat, or
+    (None, None) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, _, rest = f.read().rpartition(")")
+        fields = rest.split()
+        return head.partition("(")[2], (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None, None
+
+
 def postgres_cpu():
     """CPU seconds of every postgres process on the machine (the server is shared by design)."""
     total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                s = f.read()
-            if "(postgres)" not in s:
-                continue
-            fields = s.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError):
-            pass
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        name, cpu = proc_cpu(pid)
+        if name == "postgres" and cpu is not None:
+            total += cpu
     return total
 
 
