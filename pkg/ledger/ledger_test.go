@@ -3,6 +3,8 @@ package ledger_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -93,4 +95,79 @@ func TestVerifyFindsEveryKindOfFailure(t *testing.T) {
 	r, err = ledger.Verify(ctx, db, clean)
 	require.NoError(t, err)
 	require.Equal(t, 1, r.Phantoms, "the other project's stored event was never in this ledger")
+}
+
+// TestSaveWritesWhatEncodingJSONWrites keeps the hand-written line encoder byte-identical to
+// json.Encoder over the same values, so older ledgers and other readers stay compatible.
+func TestSaveWritesWhatEncodingJSONWrites(t *testing.T) {
+	l := ledger.New()
+	projects := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+	for i := range 300 {
+		p, id := projects[i%3], uuid.Must(uuid.NewV7())
+		l.Sent(p, id)
+		l.Record(p, id, ledger.Outcome(i%3))
+	}
+	var got bytes.Buffer
+	require.NoError(t, l.Save(&got))
+
+	type line struct {
+		ID      uuid.UUID      `json:"id"`
+		Project uuid.UUID      `json:"project"`
+		Outcome ledger.Outcome `json:"outcome"`
+	}
+	lines := bytes.Split(bytes.TrimSuffix(got.Bytes(), []byte("\n")), []byte("\n"))
+	require.Len(t, lines, 300)
+	for _, b := range lines {
+		var ln line
+		require.NoError(t, json.Unmarshal(b, &ln))
+		want, err := json.Marshal(ln)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(b))
+	}
+	back := ledger.New()
+	require.NoError(t, back.Load(&got))
+	require.Equal(t, ledger.Counts{Sent: 300, Acked: 100, Rejected: 100, Indeterminate: 100}, back.Counts())
+	require.ElementsMatch(t, projects, back.Projects())
+}
+
+// TestReadsFoldWhatWasAppended reads the ledger between writes: each read folds the log,
+// later writes must still raise (never lower) the folded outcomes.
+func TestReadsFoldWhatWasAppended(t *testing.T) {
+	l := ledger.New()
+	p, a := uuid.New(), uuid.New()
+	l.Sent(p, a)
+	require.Equal(t, ledger.Counts{Sent: 1, Indeterminate: 1}, l.Counts())
+	l.Record(p, a, ledger.Acked)
+	require.Equal(t, ledger.Counts{Sent: 1, Acked: 1}, l.Counts())
+	l.Record(p, a, ledger.Rejected) // lower than acked: ignored
+	require.Equal(t, ledger.Counts{Sent: 1, Acked: 1}, l.Counts())
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for range 1000 {
+				id := uuid.New()
+				l.Sent(p, id)
+				l.Record(p, id, ledger.Outcome(g%3))
+			}
+		})
+	}
+	wg.Wait()
+	c := l.Counts()
+	require.Equal(t, 8001, c.Sent)
+	require.Equal(t, 1+2*1000, c.Acked) // g = 2 and 5
+}
+
+func BenchmarkRecord(b *testing.B) {
+	l := ledger.New()
+	p := uuid.New()
+	ids := make([]uuid.UUID, b.N)
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7())
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		l.Sent(p, ids[i])
+		l.Record(p, ids[i], ledger.Acked)
+	}
 }
