@@ -17,16 +17,43 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	stopProfile, err := cpuProfile(os.Getenv("PULSEBOARD_CPUPROFILE"))
+	if err == nil {
+		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stopProfile()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "pulseboard:", err)
 		os.Exit(1)
 	}
+}
+
+// cpuProfile writes a CPU profile of the whole command to path, when set. The services
+// serve /debug/pprof on their admin port; the broker and the load generator have none,
+// and the benchmark needs to see where their cycles go too.
+func cpuProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("PULSEBOARD_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("PULSEBOARD_CPUPROFILE: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 const usage = `usage: pulseboard <command>
