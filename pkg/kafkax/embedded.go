@@ -50,7 +50,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		}),
 		kfake.SeedTopics(int32(o.Partitions), o.Topics...),
 		kfake.DefaultNumPartitions(o.Partitions),
-		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(8 << 20)}),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(8 << 20), "log.segment.bytes": strconv.Itoa(segmentBytes)}),
 	}
 	if o.DataDir != "" {
 		opts = append(opts, kfake.DataDir(o.DataDir))
@@ -67,3 +67,5 @@ func (e *Embedded) Addrs() []string { return e.cluster.ListenAddrs() }
 
 // Close stops the broker; anything not persisted is gone.
 func (e *Embedded) Close() { e.cluster.Close() }
+
+var segmentBytes = 16 << 20
