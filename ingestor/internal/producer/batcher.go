@@ -11,22 +11,34 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 )
 
 // Group commit. kafka-go's Writer holds every partition's batch open for BatchTimeout and
 // writes one batch per partition at a time, so a synchronous request waits the timeout
 // plus a round trip however idle the broker is, and under load tiny batches queue behind
-// each other. The profile of single-event ingest showed the ingestor mostly idle, its
-// throughput set by connections ÷ that wait. Here each partition has one flusher that
-// writes as soon as it has messages: with one produce request in flight per partition
-// (as kafka-go, so a partition's messages keep their order), the messages of every
-// request arriving meanwhile form the next request, and batches grow with the load
-// instead of with a timer. The produce requests, their retries and their acks are
-// kafka-go's (Client.Produce over the Writer's Transport); only the batching is ours.
+// each other. Here nothing waits for a timer: a partition's messages are sent as soon as
+// the partition has no produce request in flight, and the messages of every request that
+// arrives meanwhile form its next batch, so batches grow with the load.
+//
+// Like Kafka's own producer, one produce request carries the ready batches of every
+// partition led by the same broker, and a broker has at most maxRequestsPerBroker of our
+// requests in flight. With one request per partition (as kafka-go does), single-event
+// ingest over a dozen partitions sent a dozen small requests per round trip, and their
+// encoding, syscalls and the broker's per-request work were a third of the ingestor's
+// CPU. A partition is in at most one request at a time (its retries included), so its
+// messages keep their order. The requests, their retries and their acks go through
+// kafka-go's Transport (its connection pool, metadata and protocol encoding); only the
+// batching is ours.
 
-// batch is one produce request's messages. done is closed once its final outcome (err)
-// is known, after retries.
+// maxRequestsPerBroker bounds our produce requests in flight to one broker. Two lets the
+// next request be encoded and sent while the broker answers the previous one.
+const maxRequestsPerBroker = 1
+
+// batch is one partition's share of a produce request. done is closed once its final
+// outcome (err) is known, after retries.
 type batch struct {
 	msgs  []kafka.Message
 	bytes int64
@@ -34,15 +46,23 @@ type batch struct {
 	err   error
 }
 
-// partitionQueue holds one partition's batches waiting for its flusher: the oldest first,
-// the last one still open to new messages.
+// partitionQueue holds one partition's batches: the oldest first, the last one still open
+// to new messages.
 type partitionQueue struct {
 	p         *Producer
 	partition int
 	mu        sync.Mutex
-	cond      sync.Cond
 	batches   []*batch
 	closed    bool
+	busy      bool // its oldest batch is in a request, or waiting to be retried
+	listed    bool // in Producer.ready
+}
+
+// flight is a batch taken from its queue for a produce request.
+type flight struct {
+	q       *partitionQueue
+	b       *batch
+	attempt int // 0 for the first request
 }
 
 // errClosed answers writes after Close, like kafka-go's Writer.
@@ -65,6 +85,8 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 		if b == nil || len(b.msgs) >= q.p.batchSize || (len(b.msgs) > 0 && b.bytes+size > q.p.batchBytes) {
 			b = &batch{msgs: q.p.getMessages(), done: make(chan struct{})}
 			q.batches = append(q.batches, b)
+			q.p.pending.Add(1)
+			q.p.open.Add(1)
 		}
 		b.msgs = append(b.msgs, msgs[i])
 		b.bytes += size
@@ -72,60 +94,190 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 			waits = append(waits, b)
 		}
 	}
+	list := !q.busy && !q.listed
+	q.listed = q.listed || list
 	q.mu.Unlock()
-	q.cond.Signal()
+	if list {
+		q.p.markReady(q)
+	}
 	return waits, nil
 }
 
-// run is the partition's flusher: it writes the oldest batch whenever there is one, so
-// messages enqueued while a write is in flight make up the next write.
-func (q *partitionQueue) run() {
-	defer q.p.flushers.Done()
-	for {
-		q.mu.Lock()
-		for len(q.batches) == 0 && !q.closed {
-			q.cond.Wait()
-		}
-		if len(q.batches) == 0 { // closed and drained
-			q.mu.Unlock()
-			return
-		}
-		b := q.batches[0]
-		q.batches[0] = nil
-		q.batches = q.batches[1:]
-		q.mu.Unlock()
-		q.p.write(q.partition, b)
+// markReady tells the dispatcher that q may have a batch to send.
+func (p *Producer) markReady(q *partitionQueue) {
+	p.rmu.Lock()
+	p.ready = append(p.ready, q)
+	p.rmu.Unlock()
+	p.wake()
+}
+
+func (p *Producer) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
 	}
 }
 
-// write produces one batch with acks from all in-sync replicas, retrying temporary errors
-// as kafka-go's Writer does (MaxAttempts, quadratic backoff), then reports the outcome.
-func (p *Producer) write(partition int, b *batch) {
-	var err error
-	for attempt := range p.maxAttempts {
-		if attempt > 0 {
-			time.Sleep(min(time.Duration(attempt*attempt)*p.backoffMin, p.backoffMax))
+// dispatch forms produce requests: whenever woken, it takes the oldest batch of every
+// ready partition that has none in flight, groups them by leader, and sends one request
+// per leader that has fewer than maxRequestsPerBroker in flight. It returns once Close
+// has seen every batch complete.
+func (p *Producer) dispatch() {
+	defer close(p.dispatched)
+	var ready []*partitionQueue
+	var retries []flight
+	byLeader := map[int32][]flight{}
+	for {
+		select {
+		case <-p.kick:
+		case <-p.stop:
+			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
-		var res *kafka.ProduceResponse
-		res, err = p.client.Produce(ctx, &kafka.ProduceRequest{
-			Topic: p.topic, Partition: partition, RequiredAcks: p.w.RequiredAcks,
-			Compression: p.w.Compression, Records: &recordReader{msgs: b.msgs},
-		})
-		cancel()
-		if res != nil {
-			err = res.Error
+		p.rmu.Lock()
+		ready, p.ready = p.ready, ready[:0]
+		retries, p.retries = p.retries, retries[:0]
+		p.rmu.Unlock()
+
+		leaders := p.leaders()
+		for _, f := range retries {
+			l := leaders.of(f.q.partition)
+			byLeader[l] = append(byLeader[l], f)
 		}
-		if err == nil || !retriable(err) {
-			break
+		for _, q := range ready {
+			q.mu.Lock()
+			q.listed = false
+			if q.busy || len(q.batches) == 0 {
+				q.mu.Unlock()
+				continue
+			}
+			b := q.batches[0]
+			q.batches[0] = nil
+			q.batches = q.batches[1:]
+			q.busy = true
+			q.mu.Unlock()
+			l := leaders.of(q.partition)
+			byLeader[l] = append(byLeader[l], flight{q: q, b: b})
+		}
+
+		// Send what each leader can take; the rest waits for one of its requests to end.
+		p.rmu.Lock()
+		for l, fs := range byLeader {
+			if p.requests[l] >= maxRequestsPerBroker {
+				p.retries = append(p.retries, fs...) // sent first next time, in this order
+				delete(byLeader, l)
+				continue
+			}
+			p.requests[l]++
+		}
+		p.rmu.Unlock()
+		for l, fs := range byLeader {
+			go p.write(l, fs)
+			delete(byLeader, l)
 		}
 	}
+}
+
+// write sends one produce request with acks from all in-sync replicas and settles each
+// partition's batch by its own result.
+func (p *Producer) write(leader int32, fs []flight) {
+	parts := make([]produceAPI.RequestPartition, len(fs))
+	for i, f := range fs {
+		parts[i] = produceAPI.RequestPartition{
+			Partition: int32(f.q.partition),
+			RecordSet: protocol.RecordSet{
+				Attributes: protocol.Attributes(p.w.Compression) & 0x7,
+				Records:    &recordReader{msgs: f.b.msgs},
+			},
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
+	res, err := p.w.Transport.RoundTrip(ctx, p.w.Addr, &produceAPI.Request{
+		Acks:    int16(p.w.RequiredAcks),
+		Timeout: int32(p.writeTimeout / time.Millisecond),
+		Topics:  []produceAPI.RequestTopic{{Topic: p.topic, Partitions: parts}},
+	})
+	cancel()
+	var results []produceAPI.ResponsePartition
+	if err == nil {
+		r, ok := res.(*produceAPI.Response)
+		switch {
+		case !ok:
+			err = fmt.Errorf("unexpected produce response %T", res)
+		case len(r.Topics) == 0:
+			err = protocol.ErrNoTopic
+		default:
+			results = r.Topics[0].Partitions
+		}
+	}
+	var routing *produceAPI.Error
+	if errors.As(err, &routing) {
+		// The transport found partitions of this request led by different brokers: its
+		// metadata moved on since ours. Ask again before the retry.
+		p.count.Store(nil)
+	}
+
+	p.rmu.Lock()
+	p.requests[leader]--
+	p.rmu.Unlock()
+	for _, f := range fs {
+		ferr := err
+		if err == nil {
+			ferr = partitionResult(results, f.q.partition)
+		}
+		p.settle(f, ferr)
+	}
+	p.wake()
+}
+
+// partitionResult is the outcome of one partition in a produce response.
+func partitionResult(results []produceAPI.ResponsePartition, partition int) error {
+	for i := range results {
+		if r := &results[i]; int(r.Partition) == partition {
+			if r.ErrorCode == 0 {
+				return nil
+			}
+			if r.ErrorMessage != "" {
+				return fmt.Errorf("%w: %s", kafka.Error(r.ErrorCode), r.ErrorMessage)
+			}
+			return kafka.Error(r.ErrorCode)
+		}
+	}
+	return protocol.ErrNoPartition
+}
+
+// settle retries a failed batch as kafka-go's Writer does (MaxAttempts, quadratic
+// backoff; the partition stays busy meanwhile, so nothing overtakes it), or reports its
+// final outcome and lets the partition's next batch go.
+func (p *Producer) settle(f flight, err error) {
+	if err != nil && f.attempt+1 < p.maxAttempts && retriable(err) {
+		f.attempt++
+		time.AfterFunc(min(time.Duration(f.attempt*f.attempt)*p.backoffMin, p.backoffMax), func() {
+			p.rmu.Lock()
+			p.retries = append(p.retries, f)
+			p.rmu.Unlock()
+			p.wake()
+		})
+		return
+	}
+	b := f.b
 	b.err = err
 	p.complete(b.msgs, err)
 	msgs := b.msgs
 	b.msgs = nil // waiters only read err
 	close(b.done)
 	p.putMessages(msgs)
+
+	q := f.q
+	q.mu.Lock()
+	q.busy = false
+	list := len(q.batches) > 0 && !q.listed
+	q.listed = q.listed || list
+	q.mu.Unlock()
+	if list {
+		p.markReady(q)
+	}
+	p.open.Add(-1)
+	p.pending.Done()
 }
 
 // getMessages returns an empty slice for a batch's messages: batches come and go with
@@ -152,6 +304,10 @@ func retriable(err error) bool {
 	if errors.As(err, &temp) && temp.Temporary() {
 		return true
 	}
+	var routing *produceAPI.Error // leaders moved between our metadata and the transport's
+	if errors.As(err, &routing) {
+		return true
+	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
@@ -166,9 +322,9 @@ func messageSize(m *kafka.Message) int64 {
 }
 
 // send enqueues msgs on their partitions and waits until every batch holding one of them
-// completed or ctx ends. enqueued reports whether any message reached a batch (only those
+// completed, the deadline passes or ctx ends. enqueued reports whether any message reached a batch (only those
 // get a completion).
-func (p *Producer) send(ctx context.Context, msgs []kafka.Message) (enqueued bool, err error) {
+func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []kafka.Message) (enqueued bool, err error) {
 	if len(msgs) == 0 {
 		return false, nil
 	}
@@ -214,6 +370,8 @@ func (p *Producer) send(ctx context.Context, msgs []kafka.Message) (enqueued boo
 			if b.err != nil {
 				return true, b.err
 			}
+		case <-deadline:
+			return true, context.DeadlineExceeded
 		case <-ctx.Done():
 			return true, ctx.Err()
 		}
@@ -240,38 +398,89 @@ func (p *Producer) partitionList(n int) []int {
 
 type partitionCount struct {
 	n       int
+	leaders leaderMap
 	expires time.Time
+}
+
+// leaderMap is each partition's leader broker id, by partition (-1 when unknown).
+type leaderMap []int32
+
+func (m leaderMap) of(partition int) int32 {
+	if partition < len(m) {
+		return m[partition]
+	}
+	return -1
 }
 
 // partitionCount is the topic's number of partitions from the Transport's metadata
 // cache (as the Writer asks it, but once per request rather than once per message, and
 // remembered for a second).
 func (p *Producer) partitionCount(ctx context.Context) (int, error) {
-	now := time.Now()
-	if c := p.count.Load(); c != nil && now.Before(c.expires) {
-		return c.n, nil
-	}
-	r, err := p.w.Transport.RoundTrip(ctx, p.w.Addr, &metadataAPI.Request{TopicNames: []string{p.topic}})
+	c, err := p.metadata(ctx)
 	if err != nil {
 		return 0, err
+	}
+	return c.n, nil
+}
+
+func (p *Producer) metadata(ctx context.Context) (*partitionCount, error) {
+	now := time.Now()
+	if c := p.count.Load(); c != nil && now.Before(c.expires) {
+		return c, nil
+	}
+	// Once a second at most; bounded like a request (callers' deadlines are channels).
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	r, err := p.w.Transport.RoundTrip(ctx, p.w.Addr, &metadataAPI.Request{TopicNames: []string{p.topic}})
+	if err != nil {
+		return nil, err
 	}
 	for _, t := range r.(*metadataAPI.Response).Topics {
 		if t.Name != p.topic {
 			continue
 		}
 		if t.ErrorCode != 0 {
-			return 0, kafka.Error(t.ErrorCode)
+			return nil, kafka.Error(t.ErrorCode)
 		}
 		if len(t.Partitions) == 0 {
 			break
 		}
-		p.count.Store(&partitionCount{n: len(t.Partitions), expires: now.Add(time.Second)})
-		return len(t.Partitions), nil
+		c := &partitionCount{n: len(t.Partitions), leaders: make(leaderMap, len(t.Partitions)), expires: now.Add(time.Second)}
+		for i := range c.leaders {
+			c.leaders[i] = -1
+		}
+		for _, tp := range t.Partitions {
+			if int(tp.PartitionIndex) < len(c.leaders) {
+				c.leaders[tp.PartitionIndex] = tp.LeaderID
+			}
+		}
+		p.count.Store(c)
+		return c, nil
 	}
-	return 0, kafka.UnknownTopicOrPartition
+	return nil, kafka.UnknownTopicOrPartition
 }
 
-// queue returns the partition's queue, starting its flusher the first time.
+// leaders returns the partitions' leaders as last known. Requests are grouped by them;
+// a stale answer costs a retry (the transport refuses a request whose partitions have
+// different leaders), never a misrouted message.
+func (p *Producer) leaders() leaderMap {
+	if c := p.count.Load(); c != nil {
+		if time.Now().Before(c.expires) {
+			return c.leaders
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
+	defer cancel()
+	if c, err := p.metadata(ctx); err == nil {
+		return c.leaders
+	}
+	if c := p.count.Load(); c != nil {
+		return c.leaders
+	}
+	return nil
+}
+
+// queue returns the partition's queue.
 func (p *Producer) queue(partition int) *partitionQueue {
 	if qs := p.queues.Load(); qs != nil && partition < len(*qs) && (*qs)[partition] != nil {
 		return (*qs)[partition]
@@ -287,20 +496,19 @@ func (p *Producer) queue(partition int) *partitionQueue {
 	}
 	grown := make([]*partitionQueue, max(len(qs), partition+1))
 	copy(grown, qs)
-	q := &partitionQueue{p: p, partition: partition, closed: p.closed}
-	q.cond.L = &q.mu
-	grown[partition] = q
+	grown[partition] = &partitionQueue{p: p, partition: partition, closed: p.closed}
 	p.queues.Store(&grown)
-	if !q.closed {
-		p.flushers.Add(1)
-		go q.run()
-	}
-	return q
+	return grown[partition]
 }
 
-// closeQueues stops accepting messages and waits until every flusher wrote what it had.
+// closeQueues stops accepting messages, waits until every batch has its final outcome
+// (written, or failed after its retries), and stops the dispatcher.
 func (p *Producer) closeQueues() {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
 	p.closed = true
 	var qs []*partitionQueue
 	if cur := p.queues.Load(); cur != nil {
@@ -314,9 +522,10 @@ func (p *Producer) closeQueues() {
 		q.mu.Lock()
 		q.closed = true
 		q.mu.Unlock()
-		q.cond.Broadcast()
 	}
-	p.flushers.Wait()
+	p.pending.Wait()
+	close(p.stop)
+	<-p.dispatched
 }
 
 // recordReader hands a batch's messages to kafka-go's encoder without copying them.

@@ -37,7 +37,6 @@ func TestEnqueueGroupsRequests(t *testing.T) {
 	t.Parallel()
 	p := &Producer{batchSize: 5, batchBytes: 100}
 	q := &partitionQueue{p: p}
-	q.cond.L = &q.mu
 	msg := func(n int) kafka.Message { return kafka.Message{Key: []byte("k"), Value: make([]byte, n-1)} }
 
 	w1, err := q.enqueue([]kafka.Message{msg(10), msg(10)}, nil)

@@ -1,0 +1,168 @@
+package producer
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulseboard/pulseboard/pkg/kafkax"
+)
+
+// scriptedBroker is a kafka-go RoundTripper standing in for a broker: one topic of two
+// partitions led by broker 1, and produce answers that fail chosen partitions.
+type scriptedBroker struct {
+	mu       sync.Mutex
+	topic    string
+	failReq  int // the produce request (1-based) that fails failPart
+	failPart int32
+	requests [][]int32 // partitions of each produce request, in order
+	stored   map[int32][]string
+	release  chan struct{} // when set, produce requests wait for it
+}
+
+func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
+	switch r := req.(type) {
+	case *metadataAPI.Request:
+		return &metadataAPI.Response{Topics: []metadataAPI.ResponseTopic{{Name: b.topic, Partitions: []metadataAPI.ResponsePartition{
+			{PartitionIndex: 0, LeaderID: 1}, {PartitionIndex: 1, LeaderID: 1},
+		}}}}, nil
+	case *produceAPI.Request:
+		if b.release != nil {
+			select {
+			case <-b.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		var parts []int32
+		n := len(b.requests) + 1
+		res := &produceAPI.Response{Topics: []produceAPI.ResponseTopic{{Topic: b.topic}}}
+		for _, p := range r.Topics[0].Partitions {
+			parts = append(parts, p.Partition)
+			rp := produceAPI.ResponsePartition{Partition: p.Partition}
+			if n == b.failReq && p.Partition == b.failPart {
+				rp.ErrorCode = int16(kafka.NotLeaderForPartition)
+			} else {
+				rr := p.RecordSet.Records
+				for {
+					rec, err := rr.ReadRecord()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						return nil, err
+					}
+					v, _ := io.ReadAll(rec.Value)
+					b.stored[p.Partition] = append(b.stored[p.Partition], string(v))
+				}
+			}
+			res.Topics[0].Partitions = append(res.Topics[0].Partitions, rp)
+		}
+		b.requests = append(b.requests, parts)
+		return res, nil
+	}
+	panic("unexpected request")
+}
+
+// keyFor returns a key that the murmur2 balancer puts on partition p of 2.
+func keyFor(t *testing.T, p int) []byte {
+	for i := range 100 {
+		k := []byte{byte('a' + i)}
+		if (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: k}, 0, 1) == p {
+			return k
+		}
+	}
+	t.Fatal("no key")
+	return nil
+}
+
+func newScriptedProducer(t *testing.T, b *scriptedBroker) *Producer {
+	t.Helper()
+	o := kafkax.DefaultWriterOptions()
+	p, err := New(Options{Brokers: []string{"127.0.0.1:1"}, Topic: "events", Writer: o}, prometheus.NewRegistry())
+	require.NoError(t, err)
+	p.backoffMin, p.backoffMax = time.Millisecond, 5*time.Millisecond
+	b.topic = p.topic
+	b.stored = map[int32][]string{}
+	p.w.Transport = b
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// TestOneRequestPerLeader: batches of partitions led by one broker that are ready at the
+// same time share one produce request, and a partition that failed in it is retried alone
+// (the one that succeeded is not sent twice), before anything queued after it.
+func TestOneRequestPerLeader(t *testing.T) {
+	t.Parallel()
+	// The second request fails partition 0.
+	b := &scriptedBroker{failReq: 2, failPart: 0, release: make(chan struct{})}
+	p := newScriptedProducer(t, b)
+	k0, k1 := keyFor(t, 0), keyFor(t, 1)
+
+	// The first request (partition 0 alone) is held by the broker; meanwhile both
+	// partitions get messages, which must travel together in the next request.
+	var wg sync.WaitGroup
+	produce := func(key []byte, v string) {
+		wg.Go(func() {
+			if err := p.Produce(context.Background(), []kafka.Message{{Key: key, Value: []byte(v)}}); err != nil {
+				t.Errorf("%s: %v", v, err)
+			}
+		})
+	}
+	produce(k0, "a0")
+	require.Eventually(t, func() bool { return p.open.Load() == 1 }, 5*time.Second, time.Millisecond)
+	produce(k0, "a1")
+	produce(k1, "b0")
+	require.Eventually(t, func() bool { return p.open.Load() == 3 }, 5*time.Second, time.Millisecond)
+	close(b.release)
+	wg.Wait()
+	produce(k0, "a2")
+	wg.Wait()
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Equal(t, [][]int32{{0}, {0, 1}, {0}, {0}}, sortEach(b.requests), "requests and their partitions")
+	require.Equal(t, []string{"a0", "a1", "a2"}, b.stored[0], "partition 0 in order, once each")
+	require.Equal(t, []string{"b0"}, b.stored[1])
+	require.Zero(t, p.inflight.Load())
+}
+
+func sortEach(rs [][]int32) [][]int32 {
+	out := make([][]int32, len(rs))
+	for i, r := range rs {
+		out[i] = append([]int32(nil), r...)
+		for a := 1; a < len(out[i]); a++ {
+			for c := a; c > 0 && out[i][c] < out[i][c-1]; c-- {
+				out[i][c], out[i][c-1] = out[i][c-1], out[i][c]
+			}
+		}
+	}
+	return out
+}
+
+// TestCoarseDeadlines: a deadline channel never closes early, closes within a granule
+// (plus scheduling), and waits sharing a granule share a channel.
+func TestCoarseDeadlines(t *testing.T) {
+	t.Parallel()
+	var c coarseDeadlines
+	now := time.Now()
+	a, b := c.after(now, 30*time.Millisecond), c.after(now, 30*time.Millisecond)
+	require.Equal(t, a, b)
+	<-a
+	require.GreaterOrEqual(t, time.Since(now), 30*time.Millisecond)
+	c.mu.Lock()
+	require.Empty(t, c.m, "closed granules are forgotten")
+	c.mu.Unlock()
+}
