@@ -34,7 +34,9 @@ type Config struct {
 	GroupID string `env:"CONSUMER_GROUP" envDefault:"pulseboard-consumer"`
 	// BatchSize closes a batch at this many messages [5000].
 	BatchSize int `env:"CONSUMER_BATCH_SIZE" envDefault:"5000"`
-	// BatchWait closes a batch this long after its first message arrived [100ms].
+	// BatchWait closes a batch this long after its first message arrived at most [100ms];
+	// a batch holding every message fetched so far closes once it has been open as long
+	// as the last store took.
 	BatchWait time.Duration `env:"CONSUMER_BATCH_WAIT" envDefault:"100ms"`
 	// FetchMaxBytes bounds one fetch response from a broker; it must exceed the largest
 	// message on the topic (K14) [8388608 = 8 MiB]. It also bounds a dead letter.
@@ -142,6 +144,9 @@ type Service struct {
 	storeFailing atomic.Pointer[failure]
 	dlqFailing   atomic.Pointer[failure]
 	lastAhead    time.Time
+	// lastStore is how long the last store transaction took (ns): the batch being
+	// formed stays open at least that long (fetch).
+	lastStore atomic.Int64
 }
 
 type failure struct {
@@ -190,6 +195,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		TxTimeout: cfg.StoreTimeout,
 		OnTx: func(_ int, d time.Duration, _ error) {
 			s.m.storeDuration.Observe(d.Seconds())
+			s.lastStore.Store(int64(d))
 		},
 	})
 	if deps.Ready != nil {
@@ -329,7 +335,8 @@ func (s *Service) Run(ctx context.Context) (err error) {
 }
 
 // fetch returns the next batch: it waits for a first message, then takes messages until
-// the batch is full or BatchWait has passed since the first one. When ctx is cancelled
+// the batch is full, BatchWait has passed since the first one, or the batch holds every
+// message fetched and has been open as long as the last store took. When ctx is cancelled
 // it returns what it has; the caller finishes it.
 func (s *Service) fetch(ctx context.Context, r messageReader) ([]kafkaMessage, error) {
 	first, err := r.FetchMessage(ctx)
@@ -350,7 +357,32 @@ func (s *Service) fetch(ctx context.Context, r messageReader) ([]kafkaMessage, e
 	s.oldest.Store(oldest.UnixNano())
 	fctx, cancel := context.WithTimeout(ctx, s.cfg.BatchWait)
 	defer cancel()
+	// Group commit: once every message fetched so far is in the batch, the batch closes
+	// as soon as it has been open as long as the last store took (BatchWait at most).
+	// At low load batches are small and stored within milliseconds of arriving; as the
+	// load grows so do the stores and the batches with them, until BatchSize, where the
+	// store's fixed cost per batch is small. (A fixed BatchWait held every event 0 to
+	// 100 ms at any load; closing the batch whenever the buffer was empty stored 40k
+	// events/s in batches so small that their fixed cost took the store to 90 % busy.)
+	start := time.Now()
+	minAge := min(time.Duration(s.lastStore.Load()), s.cfg.BatchWait)
+	buffered, _ := r.(interface{ Buffered() int })
 	for len(batch) < s.cfg.BatchSize {
+		if buffered != nil && buffered.Buffered() == 0 {
+			wait := minAge - time.Since(start)
+			if wait <= 0 {
+				return batch, nil
+			}
+			m, err := fetchWithin(fctx, r, wait)
+			if err != nil {
+				if fctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+					return batch, nil
+				}
+				return batch, err
+			}
+			batch = append(batch, m)
+			continue
+		}
 		m, err := r.FetchMessage(fctx)
 		if err != nil {
 			if fctx.Err() != nil {
@@ -361,6 +393,13 @@ func (s *Service) fetch(ctx context.Context, r messageReader) ([]kafkaMessage, e
 		batch = append(batch, m)
 	}
 	return batch, nil
+}
+
+// fetchWithin is FetchMessage bounded by d as well as by ctx.
+func fetchWithin(ctx context.Context, r messageReader, d time.Duration) (kafkaMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return r.FetchMessage(ctx)
 }
 
 // backoff returns the delay before retry number attempt (0-based): exponential from min

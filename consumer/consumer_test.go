@@ -443,7 +443,8 @@ func TestGracefulStopWhileGatheringABatch(t *testing.T) {
 	cfg := b.config(t, "g")
 	cfg.BatchSize = 1000
 	cfg.BatchWait = 20 * time.Second
-	r := b.start(t, context.Background(), cfg, nil)
+	// As after a store that took 20 s: a caught-up batch stays open that long.
+	r := b.startPrepared(t, context.Background(), cfg, nil, func(s *consumer.Service) { consumer.SetLastStore(s, 20*time.Second) })
 	require.Eventually(t, func() bool {
 		return metric(t, r.reg, "pulseboard_consumer_oldest_message_age_seconds") > 0
 	}, waitFor, pollEvery, "a batch is in hand")

@@ -10,7 +10,8 @@
 // time:
 //
 //  1. fetch: FetchMessage (never ReadMessage, K10) until BatchSize messages or BatchWait
-//     after the first one;
+//     after the first one, or, once the batch holds every message fetched so far, as
+//     long as the last store took (group commit: batches grow with the load);
 //  2. decode: event.Decoder.DecodeMessage; what fails becomes a dead letter with the
 //     *event.Error code and message, and so does an event received more than
 //     MaxClockSkew in the future (it would create partitions for a forged date);

@@ -131,6 +131,12 @@ type running struct {
 // readiness; mutate may change the dependencies (pool, hooks).
 func (b *bundle) start(t *testing.T, ctx context.Context, cfg consumer.Config, mutate func(*consumer.Deps)) *running {
 	t.Helper()
+	return b.startPrepared(t, ctx, cfg, mutate, nil)
+}
+
+// startPrepared is start with prepare called on the service before it runs.
+func (b *bundle) startPrepared(t *testing.T, ctx context.Context, cfg consumer.Config, mutate func(*consumer.Deps), prepare func(*consumer.Service)) *running {
+	t.Helper()
 	r := &running{reg: prometheus.NewRegistry(), ready: obs.NewReadiness(), done: make(chan error, 1)}
 	deps := consumer.Deps{
 		Pool: b.pool, Redis: b.rdb, Brokers: b.kc.Brokers,
@@ -143,6 +149,9 @@ func (b *bundle) start(t *testing.T, ctx context.Context, cfg consumer.Config, m
 	svc, err := consumer.New(cfg, deps)
 	require.NoError(t, err)
 	r.svc = svc
+	if prepare != nil {
+		prepare(svc)
+	}
 	ctx, r.cancel = context.WithCancel(ctx)
 	go func() { r.done <- svc.Run(ctx) }()
 	t.Cleanup(func() {

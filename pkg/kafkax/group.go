@@ -180,6 +180,9 @@ func (r *GroupReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
 	}
 }
 
+// Buffered is the number of fetched messages waiting for FetchMessage.
+func (r *GroupReader) Buffered() int { return len(r.msgs) }
+
 // CommitMessages commits, per partition, the offset after the highest message given,
 // through the generation each message was fetched in. A generation that has ended is
 // refused by the coordinator (or finds its connection closed): the error says so, and
