@@ -33,9 +33,12 @@ type EmbeddedOptions struct {
 }
 
 // segmentBytes is the embedded broker's log.segment.bytes. kfake keeps an in-memory
-// broker's segments as byte slices grown by doubling up to this size: at the 100 MiB
-// default, copying them was a fifth of the broker's CPU and their slack doubled its heap.
-const segmentBytes = 16 << 20
+// broker's segments as byte slices grown by doubling until a write finds the segment
+// past this size: at the 100 MiB default, copying them was a fifth of the broker's CPU.
+// A segment is rolled once it reaches the size, so the write that gets it there must
+// still fit: 15 MiB segments fill 16 MiB slices (at 16 MiB every slice doubled to 32 MiB
+// for its last write, and the broker's heap was twice its data).
+const segmentBytes = 15 << 20
 
 // StartEmbedded starts a single-broker cluster on 127.0.0.1.
 func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
