@@ -33,9 +33,15 @@ import (
 // kafka-go's Transport (its connection pool, metadata and protocol encoding); only the
 // batching is ours.
 
-// maxRequestsPerBroker bounds our produce requests in flight to one broker. Two lets the
-// next request be encoded and sent while the broker answers the previous one.
+// maxRequestsPerBroker bounds our produce requests in flight to one broker. With one,
+// every partition that got messages while a request was out joins the next one; two
+// (the next encoded while the broker answers) measured no faster on this machine.
 const maxRequestsPerBroker = 1
+
+// defaultMaxRequestBytes bounds the messages of one produce request (at least one
+// partition's batch always goes): Kafka refuses requests past socket.request.max.bytes
+// (100 MiB), and many partitions of BatchBytes (4 MiB) each would pass that.
+const defaultMaxRequestBytes = 16 << 20
 
 // batch is one partition's share of a produce request. done is closed once its final
 // outcome (err) is known, after retries.
@@ -127,6 +133,7 @@ func (p *Producer) dispatch() {
 	var ready []*partitionQueue
 	var retries []flight
 	byLeader := map[int32][]flight{}
+	sizes := map[int32]int64{}
 	for {
 		select {
 		case <-p.kick:
@@ -139,9 +146,19 @@ func (p *Producer) dispatch() {
 		p.rmu.Unlock()
 
 		leaders := p.leaders()
-		for _, f := range retries {
+		clear(sizes)
+		var deferred []flight
+		add := func(f flight) {
 			l := leaders.of(f.q.partition)
+			if len(byLeader[l]) > 0 && sizes[l]+f.b.bytes > p.maxRequestBytes {
+				deferred = append(deferred, f) // sent next, in this order
+				return
+			}
 			byLeader[l] = append(byLeader[l], f)
+			sizes[l] += f.b.bytes
+		}
+		for _, f := range retries {
+			add(f)
 		}
 		for _, q := range ready {
 			q.mu.Lock()
@@ -155,12 +172,12 @@ func (p *Producer) dispatch() {
 			q.batches = q.batches[1:]
 			q.busy = true
 			q.mu.Unlock()
-			l := leaders.of(q.partition)
-			byLeader[l] = append(byLeader[l], flight{q: q, b: b})
+			add(flight{q: q, b: b})
 		}
 
 		// Send what each leader can take; the rest waits for one of its requests to end.
 		p.rmu.Lock()
+		p.retries = append(p.retries, deferred...)
 		for l, fs := range byLeader {
 			if p.requests[l] >= maxRequestsPerBroker {
 				p.retries = append(p.retries, fs...) // sent first next time, in this order

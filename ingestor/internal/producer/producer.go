@@ -48,19 +48,20 @@ type Options struct {
 type Producer struct {
 	// w is kafkax's Writer, used as the configuration (acks=all, partitioner, limits,
 	// retries) and for its Transport; its own batching is not used (batcher.go).
-	w            *kafka.Writer
-	topic        string
-	batchSize    int
-	batchBytes   int64
-	writeTimeout time.Duration
-	maxAttempts  int
-	backoffMin   time.Duration
-	backoffMax   time.Duration
-	timeout      time.Duration
-	maxBytes     int64
-	maxHold      time.Duration
-	inflight     atomic.Int64
-	shedding     atomic.Bool // a request was shed since the in-flight bytes were last low
+	w               *kafka.Writer
+	topic           string
+	batchSize       int
+	batchBytes      int64
+	maxRequestBytes int64
+	writeTimeout    time.Duration
+	maxAttempts     int
+	backoffMin      time.Duration
+	backoffMax      time.Duration
+	timeout         time.Duration
+	maxBytes        int64
+	maxHold         time.Duration
+	inflight        atomic.Int64
+	shedding        atomic.Bool // a request was shed since the in-flight bytes were last low
 
 	mu         sync.Mutex // guards closed and growing queues
 	closed     bool
@@ -105,6 +106,7 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 	p.w = w
 	p.topic = w.Topic
 	p.batchSize, p.batchBytes = w.BatchSize, w.BatchBytes
+	p.maxRequestBytes = max(defaultMaxRequestBytes, p.batchBytes)
 	p.writeTimeout, p.maxAttempts = w.WriteTimeout, w.MaxAttempts
 	p.backoffMin, p.backoffMax = max(w.WriteBackoffMin, time.Millisecond), max(w.WriteBackoffMax, w.WriteBackoffMin)
 	go p.dispatch()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +30,7 @@ type scriptedBroker struct {
 	requests [][]int32 // partitions of each produce request, in order
 	stored   map[int32][]string
 	release  chan struct{} // when set, produce requests wait for it
+	arrived  atomic.Int32  // produce requests received
 }
 
 func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
@@ -37,6 +40,7 @@ func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol
 			{PartitionIndex: 0, LeaderID: 1}, {PartitionIndex: 1, LeaderID: 1},
 		}}}}, nil
 	case *produceAPI.Request:
+		b.arrived.Add(1)
 		if b.release != nil {
 			select {
 			case <-b.release:
@@ -114,15 +118,9 @@ func TestOneRequestPerLeader(t *testing.T) {
 	// The first request (partition 0 alone) is held by the broker; meanwhile both
 	// partitions get messages, which must travel together in the next request.
 	var wg sync.WaitGroup
-	produce := func(key []byte, v string) {
-		wg.Go(func() {
-			if err := p.Produce(context.Background(), []kafka.Message{{Key: key, Value: []byte(v)}}); err != nil {
-				t.Errorf("%s: %v", v, err)
-			}
-		})
-	}
+	produce := func(key []byte, v string) { produceAsync(t, p, &wg, key, v) }
 	produce(k0, "a0")
-	require.Eventually(t, func() bool { return p.open.Load() == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return b.arrived.Load() == 1 }, 5*time.Second, time.Millisecond)
 	produce(k0, "a1")
 	produce(k1, "b0")
 	require.Eventually(t, func() bool { return p.open.Load() == 3 }, 5*time.Second, time.Millisecond)
@@ -137,6 +135,44 @@ func TestOneRequestPerLeader(t *testing.T) {
 	require.Equal(t, []string{"a0", "a1", "a2"}, b.stored[0], "partition 0 in order, once each")
 	require.Equal(t, []string{"b0"}, b.stored[1])
 	require.Zero(t, p.inflight.Load())
+}
+
+// TestRequestBytesBounded: partitions that would take a request past its byte bound wait
+// for the next request (one partition's batch always goes).
+func TestRequestBytesBounded(t *testing.T) {
+	t.Parallel()
+	b := &scriptedBroker{release: make(chan struct{})}
+	p := newScriptedProducer(t, b)
+	p.maxRequestBytes = 100
+	k0, k1 := keyFor(t, 0), keyFor(t, 1)
+	var wg sync.WaitGroup
+	produce := func(key []byte, v string) { produceAsync(t, p, &wg, key, v) }
+	produce(k0, "a0")
+	require.Eventually(t, func() bool { return b.arrived.Load() == 1 }, 5*time.Second, time.Millisecond)
+	produce(k1, strings.Repeat("b", 60))
+	produce(k0, strings.Repeat("a", 60))
+	require.Eventually(t, func() bool { return p.open.Load() == 3 }, 5*time.Second, time.Millisecond)
+	close(b.release)
+	wg.Wait()
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Len(t, b.requests, 3, "a0, then the two 60-byte batches in separate requests: %v", b.requests)
+	require.Equal(t, []int32{0}, b.requests[0])
+	require.Len(t, b.requests[1], 1)
+	require.Len(t, b.requests[2], 1)
+	require.NotEqual(t, b.requests[1], b.requests[2])
+	require.Len(t, b.stored[0], 2)
+	require.Len(t, b.stored[1], 1)
+}
+
+// produceAsync produces one message in a goroutine of wg.
+func produceAsync(t *testing.T, p *Producer, wg *sync.WaitGroup, key []byte, v string) {
+	wg.Go(func() {
+		if err := p.Produce(context.Background(), []kafka.Message{{Key: key, Value: []byte(v)}}); err != nil {
+			t.Errorf("%s: %v", v, err)
+		}
+	})
 }
 
 func sortEach(rs [][]int32) [][]int32 {
