@@ -102,7 +102,10 @@ type fuzzProducer struct {
 	acked  []kafka.Message
 }
 
-func (p *fuzzProducer) Produce(_ context.Context, msgs []kafka.Message) error {
+func (p *fuzzProducer) Produce(_ context.Context, msgs []kafka.Message, free func()) error {
+	if free != nil {
+		defer free()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.called = true

@@ -92,7 +92,7 @@ func TestProduceOrderAndPartitions(t *testing.T) {
 					}
 					msgs = append(msgs, kafka.Message{Key: []byte(key), Value: []byte(fmt.Sprintf("%d/%d/%d", c, i, j))})
 				}
-				if err := p.Produce(context.Background(), msgs); err != nil {
+				if err := p.Produce(context.Background(), msgs, nil); err != nil {
 					t.Errorf("caller %d call %d: %v", c, i, err)
 					return
 				}
@@ -133,12 +133,12 @@ func TestProduceOrderAndPartitions(t *testing.T) {
 func TestProduceAfterClose(t *testing.T) {
 	t.Parallel()
 	p, _ := newTestProducer(t, Options{})
-	require.NoError(t, p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}}))
+	require.NoError(t, p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}}, nil))
 	require.NoError(t, p.Close())
-	err := p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}})
+	err := p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}}, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.Zero(t, p.inflight.Load())
-	require.NoError(t, p.Produce(context.Background(), nil), "nothing to write")
+	require.NoError(t, p.Produce(context.Background(), nil, nil), "nothing to write")
 }
 
 // readAll reads every message of the topic, partition by partition in offset order.

@@ -41,7 +41,7 @@ func benchmarkProduce(b *testing.B, perCall, parallelism int) {
 			for i := range msgs {
 				msgs[i] = kafka.Message{Key: key, Value: value, Time: time.Now()}
 			}
-			if err := p.Produce(context.Background(), msgs); err != nil {
+			if err := p.Produce(context.Background(), msgs, nil); err != nil {
 				b.Error(err)
 				return
 			}

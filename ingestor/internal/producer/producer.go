@@ -150,6 +150,7 @@ type ticket struct {
 	bytes     int64
 	remaining atomic.Int32
 	released  atomic.Bool
+	free      func() // Produce's free: called once no batch holds any of the messages
 }
 
 func (t *ticket) release() {
@@ -169,6 +170,9 @@ func (p *Producer) complete(msgs []kafka.Message, _ error) {
 		}
 		if t.remaining.Add(-1) == 0 {
 			t.release()
+			if t.free != nil {
+				t.free()
+			}
 		}
 	}
 }
@@ -191,8 +195,13 @@ func (p *Producer) Overloaded() bool {
 }
 
 // Produce writes msgs and returns once every one is acknowledged by all in-sync replicas.
-// The messages' Key and Value must not alias request buffers (fasthttp reuses them).
-func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
+// The messages' Key and Value must not alias request buffers (fasthttp reuses them): the
+// producer may hold them after Produce returns (a batch is retried after the caller's
+// deadline). free, when not nil, is called once no batch holds any of them any more, so
+// their memory can be reused; it is not called when that moment is unknown (a message
+// that never got a final outcome, or one refused after others were queued), and the
+// memory is then left to the garbage collector.
+func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message, free func()) error {
 	var size int64
 	for i := range msgs {
 		size += int64(len(msgs[i].Key) + len(msgs[i].Value))
@@ -201,9 +210,12 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 		p.inflight.Add(-size)
 		p.shedding.Store(true)
 		p.errors.WithLabelValues("overloaded").Inc()
+		if free != nil {
+			free()
+		}
 		return ErrOverloaded
 	}
-	t := &ticket{p: p, bytes: size}
+	t := &ticket{p: p, bytes: size, free: free}
 	t.remaining.Store(int32(len(msgs)))
 	for i := range msgs {
 		msgs[i].WriterData = t
@@ -213,6 +225,9 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message) error {
 	p.ackLatency.Observe(time.Since(start).Seconds())
 	if !enqueued {
 		t.release() // no batch holds these messages: nothing will complete them
+		if free != nil {
+			free()
+		}
 	}
 	if err == nil {
 		t.release() // normally already released by Completion

@@ -169,10 +169,34 @@ func TestRequestBytesBounded(t *testing.T) {
 // produceAsync produces one message in a goroutine of wg.
 func produceAsync(t *testing.T, p *Producer, wg *sync.WaitGroup, key []byte, v string) {
 	wg.Go(func() {
-		if err := p.Produce(context.Background(), []kafka.Message{{Key: key, Value: []byte(v)}}); err != nil {
+		if err := p.Produce(context.Background(), []kafka.Message{{Key: key, Value: []byte(v)}}, nil); err != nil {
 			t.Errorf("%s: %v", v, err)
 		}
 	})
+}
+
+// TestFreeOnceNothingHoldsTheMessages: Produce's free runs exactly once when the
+// messages' batches completed (here before Produce returns) and when they were refused
+// without being queued; never while a batch still holds them.
+func TestFreeOnceNothingHoldsTheMessages(t *testing.T) {
+	t.Parallel()
+	b := &scriptedBroker{release: make(chan struct{})}
+	p := newScriptedProducer(t, b)
+	var freed atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}, {Key: []byte("j"), Value: []byte("w")}}, func() { freed.Add(1) })
+	}()
+	require.Eventually(t, func() bool { return b.arrived.Load() == 1 }, 5*time.Second, time.Millisecond)
+	require.Zero(t, freed.Load(), "the broker holds the batch")
+	close(b.release)
+	require.NoError(t, <-done)
+	require.EqualValues(t, 1, freed.Load())
+
+	p.maxBytes = 1 // nothing fits: refused before queueing
+	err := p.Produce(context.Background(), []kafka.Message{{Key: []byte("k"), Value: []byte("v")}}, func() { freed.Add(1) })
+	require.ErrorIs(t, err, ErrOverloaded)
+	require.EqualValues(t, 2, freed.Load())
 }
 
 func sortEach(rs [][]int32) [][]int32 {
