@@ -80,9 +80,6 @@ type Ledger struct {
 	log        [][]rec // chunks of logChunk: appending never copies what is there
 	projects   []uuid.UUID
 	projectIdx map[uuid.UUID]uint32
-	lastProj   uuid.UUID // the most recent project and its index: calls come in runs
-	lastIdx    uint32
-	hasLast    bool
 	m          map[uuid.UUID]entry
 }
 
@@ -112,16 +109,12 @@ const logChunk = 1 << 14
 
 // projectIndex returns the project's index in l.projects, adding it. l.mu is held.
 func (l *Ledger) projectIndex(p uuid.UUID) uint32 {
-	if l.hasLast && p == l.lastProj {
-		return l.lastIdx
-	}
 	i, ok := l.projectIdx[p]
 	if !ok {
 		i = uint32(len(l.projects))
 		l.projects = append(l.projects, p)
 		l.projectIdx[p] = i
 	}
-	l.lastProj, l.lastIdx, l.hasLast = p, i, true
 	return i
 }
 

@@ -230,7 +230,7 @@ func (p *Producer) write(leader int32, fs []flight) {
 	if errors.As(err, &routing) {
 		// The transport found partitions of this request led by different brokers: its
 		// metadata moved on since ours. Ask again before the retry.
-		p.count.Store(nil)
+		p.meta.Store(nil)
 	}
 
 	p.rmu.Lock()
@@ -339,8 +339,8 @@ func messageSize(m *kafka.Message) int64 {
 }
 
 // send enqueues msgs on their partitions and waits until every batch holding one of them
-// completed, the deadline passes or ctx ends. enqueued reports whether any message reached a batch (only those
-// get a completion).
+// completed, the deadline passes or ctx ends. enqueued reports whether any message
+// reached a batch (only those get a completion).
 func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []kafka.Message) (enqueued bool, err error) {
 	if len(msgs) == 0 {
 		return false, nil
@@ -413,7 +413,7 @@ func (p *Producer) partitionList(n int) []int {
 	return l
 }
 
-type partitionCount struct {
+type topicMeta struct {
 	n       int
 	leaders leaderMap
 	expires time.Time
@@ -429,9 +429,7 @@ func (m leaderMap) of(partition int) int32 {
 	return -1
 }
 
-// partitionCount is the topic's number of partitions from the Transport's metadata
-// cache (as the Writer asks it, but once per request rather than once per message, and
-// remembered for a second).
+// partitionCount is the topic's number of partitions (see metadata).
 func (p *Producer) partitionCount(ctx context.Context) (int, error) {
 	c, err := p.metadata(ctx)
 	if err != nil {
@@ -440,9 +438,12 @@ func (p *Producer) partitionCount(ctx context.Context) (int, error) {
 	return c.n, nil
 }
 
-func (p *Producer) metadata(ctx context.Context) (*partitionCount, error) {
+// metadata is the topic's partitions and their leaders from the Transport's metadata
+// cache (as the Writer asks it, but once per request rather than once per message, and
+// remembered for a second).
+func (p *Producer) metadata(ctx context.Context) (*topicMeta, error) {
 	now := time.Now()
-	if c := p.count.Load(); c != nil && now.Before(c.expires) {
+	if c := p.meta.Load(); c != nil && now.Before(c.expires) {
 		return c, nil
 	}
 	// Once a second at most; bounded like a request (callers' deadlines are channels).
@@ -462,7 +463,7 @@ func (p *Producer) metadata(ctx context.Context) (*partitionCount, error) {
 		if len(t.Partitions) == 0 {
 			break
 		}
-		c := &partitionCount{n: len(t.Partitions), leaders: make(leaderMap, len(t.Partitions)), expires: now.Add(time.Second)}
+		c := &topicMeta{n: len(t.Partitions), leaders: make(leaderMap, len(t.Partitions)), expires: now.Add(time.Second)}
 		for i := range c.leaders {
 			c.leaders[i] = -1
 		}
@@ -471,7 +472,7 @@ func (p *Producer) metadata(ctx context.Context) (*partitionCount, error) {
 				c.leaders[tp.PartitionIndex] = tp.LeaderID
 			}
 		}
-		p.count.Store(c)
+		p.meta.Store(c)
 		return c, nil
 	}
 	return nil, kafka.UnknownTopicOrPartition
@@ -481,17 +482,10 @@ func (p *Producer) metadata(ctx context.Context) (*partitionCount, error) {
 // a stale answer costs a retry (the transport refuses a request whose partitions have
 // different leaders), never a misrouted message.
 func (p *Producer) leaders() leaderMap {
-	if c := p.count.Load(); c != nil {
-		if time.Now().Before(c.expires) {
-			return c.leaders
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
-	defer cancel()
-	if c, err := p.metadata(ctx); err == nil {
+	if c, err := p.metadata(context.Background()); err == nil {
 		return c.leaders
 	}
-	if c := p.count.Load(); c != nil {
+	if c := p.meta.Load(); c != nil {
 		return c.leaders
 	}
 	return nil

@@ -75,7 +75,7 @@ type Producer struct {
 	kick       chan struct{}                     // wakes the dispatcher
 	stop       chan struct{}                     // closed once every batch completed (Close)
 	dispatched chan struct{}                     // closed when the dispatcher returned
-	count      atomic.Pointer[partitionCount]
+	meta       atomic.Pointer[topicMeta]
 	partitions atomic.Pointer[[]int]
 	msgPool    sync.Pool // *[]kafka.Message
 	deadlines  coarseDeadlines
@@ -170,9 +170,7 @@ func (p *Producer) complete(msgs []kafka.Message, _ error) {
 		}
 		if t.remaining.Add(-1) == 0 {
 			t.release()
-			if t.free != nil {
-				t.free()
-			}
+			t.free()
 		}
 	}
 }
@@ -206,13 +204,14 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message, free func(
 	for i := range msgs {
 		size += int64(len(msgs[i].Key) + len(msgs[i].Value))
 	}
+	if free == nil {
+		free = func() {}
+	}
 	if p.inflight.Add(size) > p.maxBytes {
 		p.inflight.Add(-size)
 		p.shedding.Store(true)
 		p.errors.WithLabelValues("overloaded").Inc()
-		if free != nil {
-			free()
-		}
+		free()
 		return ErrOverloaded
 	}
 	t := &ticket{p: p, bytes: size, free: free}
@@ -225,9 +224,7 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message, free func(
 	p.ackLatency.Observe(time.Since(start).Seconds())
 	if !enqueued {
 		t.release() // no batch holds these messages: nothing will complete them
-		if free != nil {
-			free()
-		}
+		free()
 	}
 	if err == nil {
 		t.release() // normally already released by Completion
