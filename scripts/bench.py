@@ -504,6 +504,12 @@ def step_sustained(report, ceiling, db, env, seedout):
     report["sustained"] = {"targetRate": round(target), "rate": round(rate), "probes": probes, "run": r,
                            "vsStoreCeiling": round(r["eventsPerSecond"] / ceiling, 3) if ceiling else None}
     wait_lag_zero()
+    # The alerter reads the same topic in its own group. Measuring latency while it
+    # catches up measures its catch-up (it shares the process, the broker and the cores).
+    behind, caught = wait_alerter()
+    report["sustained"]["alerterBehindAfter"] = behind
+    report["sustained"]["alerterCatchUpSeconds"] = caught
+    log(f"alerter: {behind} messages behind the consumer when the sustained run ended; caught up after {caught} s")
 
     log("== 5. latency at 50 % of the sustained maximum")
     half = 0.5 * (r["eventsPerSecond"] if r["lagSteady"] else rate)
@@ -515,6 +521,26 @@ def step_sustained(report, ceiling, db, env, seedout):
     report["latencyAtHalf"] = h
     wait_lag_zero()
     return aio
+
+
+def alerter_behind():
+    """Messages the storing consumer has committed that the alerter has not processed yet."""
+    text = metrics(PORTS["admin_all"])
+    committed = metric_sum(text, "pulseboard_consumer_offsets_committed_total") or 0
+    processed = metric_sum(text, "pulseboard_alerter_messages_processed_total") or 0
+    return int(committed - processed)
+
+
+def wait_alerter(timeout=600):
+    """Waits until the alerter has processed what the consumer committed; returns how far
+    behind it was at the start and the seconds it took (None if it did not catch up)."""
+    t0 = time.time()
+    behind = alerter_behind()
+    while time.time() - t0 < timeout:
+        if alerter_behind() <= 0:
+            return behind, round(time.time() - t0, 1)
+        time.sleep(0.5)
+    return behind, None
 
 
 def wait_lag_zero(timeout=300):
@@ -628,6 +654,10 @@ def write_report(report, path):
               f"all-in-one {res['all-in-one']['cores']} cores / {res['all-in-one']['peakRssMiB']} MiB, loadgen {res['loadgen']['cores']} cores, "
               f"Postgres {res['postgres (all processes)']['cores']} cores", ""]
     L.append(f"sustained vs store ceiling: {100 * (s['vsStoreCeiling'] or 0):.0f} %")
+    if "alerterBehindAfter" in s:
+        L += ["", f"The alerter (its own consumer group on the same topic) was {s['alerterBehindAfter']} messages behind the "
+              f"storing consumer when the sustained run ended and caught up {s['alerterCatchUpSeconds']} s later; the latency "
+              "step starts after that."]
     L += ["", "## Goals (issue 6)", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     L += [f"| {g} | {t} | {m} | {'yes' if ok else '**no**'} |" for g, t, m, ok in goals(report)]
     profiles = [(r["scenario"], r["cpuProfileTop"]) for r in report["ingestorAlone"] + [s["run"]] if r.get("cpuProfileTop")]
