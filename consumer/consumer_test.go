@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -392,6 +393,40 @@ func TestPostgresOutage(t *testing.T) {
 		t.Fatalf("the consumer stopped during the outage: %v", err)
 	default:
 	}
+	require.NoError(t, r.stop(t))
+}
+
+// While a batch is stored, the next one is fetched and decoded (Postgres is not left
+// idle meanwhile); batches are still processed, and their offsets committed, in order.
+func TestNextBatchIsFetchedWhileOneIsProcessed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1, 1)
+	cfg := b.config(t, "g")
+	cfg.BatchSize = 10
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	r := b.start(t, context.Background(), cfg, func(d *consumer.Deps) {
+		d.Hooks.AfterFetch = func(context.Context) error {
+			if calls.Add(1) == 1 {
+				close(entered)
+				<-release // the first batch's processing stops here
+			}
+			return nil
+		}
+	})
+	evs := makeEvents(t, b.projects[0].ID, 20)
+	b.produce(t, evs[:10]...)
+	<-entered
+	b.produce(t, evs[10:]...)
+	require.Eventually(t, func() bool { return consumer.BatchAhead(r.svc) }, waitFor, pollEvery,
+		"the next batch was not fetched while the first was processed")
+	require.Zero(t, b.count(t, `SELECT count(*) FROM events`), "the second batch waits for the first")
+	require.EqualValues(t, 20, b.lag(t, "g"))
+
+	close(release)
+	b.waitLag(t, "g", 0)
+	b.requireStoredOnce(t, evs)
+	require.EqualValues(t, 2, calls.Load())
 	require.NoError(t, r.stop(t))
 }
 

@@ -6,8 +6,14 @@
 //
 // # The loop
 //
-// One goroutine runs Run's loop, so there is one event.Decoder and one batch in hand at a
-// time:
+// Two goroutines, each owning its part: the fetcher forms and decodes the next batch
+// while Run's goroutine takes the last one through steps 3 to 6, so Postgres is not
+// left idle while a batch is fetched and decoded (sequential, the store was busy ~80 %
+// of the time at the store ceiling; pipelined ~97 %, which raised the ceiling ~11 %
+// on the development machine). At most two batches are in hand, and they are processed
+// one at a time, in fetch order, so offsets are committed in order and only after their
+// rows. More store throughput comes from more consumers in the group: each takes its
+// own partitions, and their transactions run side by side.
 //
 //  1. fetch: FetchMessage (never ReadMessage, K10) until BatchSize messages or BatchWait
 //     after the first one, or, once the batch holds every message fetched so far, as
@@ -40,14 +46,14 @@
 //
 // When PostgreSQL fails transiently (see eventstore.Kind) the same in-memory batch is
 // retried with exponential, jittered backoff (BackoffMin to BackoffMax), nothing is
-// committed and nothing more is fetched, so memory stays bounded by one batch plus
-// kafka-go's prefetch queue; readiness reports the failure, and
+// committed and nothing more is fetched than the next batch, so memory stays bounded by
+// two batches plus kafka-go's prefetch queue; readiness reports the failure, and
 // pulseboard_consumer_oldest_message_age_seconds grows. When the database is back the
 // backlog drains without a restart. Errors nobody classified are retried too: stalling
 // is visible (readiness, lag, age), dropping events is not. Dead-letter writes are
 // retried the same way, because the offsets past a dead letter wait for it.
 //
-// When ctx is cancelled, Run finishes the batch in hand — store, dead letters, commit,
+// When ctx is cancelled, Run finishes the batches in hand — store, dead letters, commit,
 // publish — within ShutdownTimeout, then closes the reader (which leaves the group) and
 // returns nil. A batch that cannot finish in time (the database is down) stays
 // uncommitted and Run says so.

@@ -41,7 +41,7 @@ type metrics struct {
 // drains in minutes.
 var delayBuckets = prometheus.ExponentialBuckets(0.005, 2, 15)
 
-func newMetrics(reg prometheus.Registerer, oldest *atomic.Int64) *metrics {
+func newMetrics(reg prometheus.Registerer, held *inHand) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
 		batchSize: f.NewHistogram(prometheus.HistogramOpts{
@@ -107,9 +107,9 @@ func newMetrics(reg prometheus.Registerer, oldest *atomic.Int64) *metrics {
 	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pulseboard_consumer_oldest_message_age_seconds",
-		Help: "Age (by Kafka timestamp) of the oldest message of the batch in hand; 0 when idle. Grows during an outage.",
+		Help: "Age (by Kafka timestamp) of the oldest message in hand (the batch being processed, or formed); 0 when idle. Grows during an outage.",
 	}, func() float64 {
-		ns := oldest.Load()
+		ns := held.oldest()
 		if ns == 0 {
 			return 0
 		}
@@ -145,3 +145,16 @@ func storeErrorLabel(k eventstore.Kind) string {
 }
 
 func partitionLabel(p int) string { return strconv.Itoa(p) }
+
+// inHand holds the Kafka timestamps (unix ns; 0 = none) of the oldest message of the
+// batch being processed and of the batch the fetcher is forming.
+type inHand struct{ processing, forming atomic.Int64 }
+
+// oldest is the earlier of the two, 0 if neither batch exists.
+func (h *inHand) oldest() int64 {
+	p, f := h.processing.Load(), h.forming.Load()
+	if p == 0 || (f != 0 && f < p) {
+		return f
+	}
+	return p
+}

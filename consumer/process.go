@@ -39,10 +39,10 @@ type letter struct {
 // context that survives a shutdown request by the shutdown bound. The order is the
 // guarantee (RELIABILITY.md promises 8, 10, 11, 13):
 //
-//  1. decode; undecodable messages become dead letters;
+//  1. decode (done by the fetcher, decode); undecodable messages become dead letters;
 //  2. store the rest in Postgres, retrying transient failures with backoff on the same
-//     in-memory batch, fetching nothing meanwhile; rows Postgres refuses and events of
-//     unknown projects become dead letters;
+//     in-memory batch (the fetcher holds at most the next batch meanwhile); rows
+//     Postgres refuses and events of unknown projects become dead letters;
 //  3. write the dead letters (acks=all), retrying until Kafka takes them;
 //  4. commit the offsets: now every message of the batch is stored or dead-lettered;
 //  5. hand the newly stored events to the live feed (best-effort, never blocks).
@@ -53,39 +53,15 @@ type letter struct {
 // consumer/after-offset-commit mark those places for the process-level fault tests, next
 // to the in-process Hooks; consumer/mid-copy and consumer/before-db-commit are inside
 // the store's transaction (internal/eventstore).
-func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.Writer, feed *livefeed.Publisher, batch []kafka.Message) error {
+func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.Writer, feed *livefeed.Publisher, b fetched) error {
+	batch, evs, pos, letters := b.msgs, b.evs, b.pos, b.letters
 	s.m.batchSize.Observe(float64(len(batch)))
 	s.trackBatch(batch)
-	defer s.oldest.Store(0)
+	defer s.inHand.processing.Store(0)
 	s.unsafeCommitBeforeStore(ctx, r, batch)
 	failpoint.Hit("consumer/after-fetch")
 	if err := runHook(ctx, "AfterFetch", s.deps.Hooks.AfterFetch); err != nil {
 		return err
-	}
-
-	// 1. Decode.
-	var letters []letter
-	evs := make([]event.Event, 0, len(batch))
-	pos := make([]int, 0, len(batch)) // evs[i] came from batch[pos[i]]
-	horizon := time.Now().Add(s.cfg.MaxClockSkew)
-	for i := range batch {
-		ev, err := s.dec.DecodeMessage(batch[i].Value)
-		if err != nil {
-			code, reason := "OTHER", err.Error()
-			var de *event.Error
-			if errors.As(err, &de) {
-				code, reason = de.Code, de.Message
-			}
-			letters = append(letters, letter{i, deadletter.Letter{Msg: batch[i], Code: code, Reason: reason}})
-			continue
-		}
-		if ev.ReceivedAt.After(horizon) {
-			letters = append(letters, letter{i, deadletter.Letter{Msg: batch[i], Code: event.CodeInvalidTimestamp,
-				Reason: "message/receivedAt " + ev.ReceivedAt.Format(event.TimeLayout) + " is in the future"}})
-			continue
-		}
-		evs = append(evs, ev)
-		pos = append(pos, i)
 	}
 
 	// 2. Store.
@@ -153,6 +129,33 @@ func (s *Service) process(ctx context.Context, r messageReader, dlq *deadletter.
 		s.logger.Debug("batch done", "messages", len(batch), "stored", stored, "duplicates", dups, "dead_letters", len(letters))
 	}
 	return nil
+}
+
+// decode is step 1 of process, run by the fetcher: undecodable messages, and events
+// received further in the future than MaxClockSkew, become dead letters.
+func (s *Service) decode(batch []kafka.Message) fetched {
+	b := fetched{msgs: batch, evs: make([]event.Event, 0, len(batch)), pos: make([]int, 0, len(batch))}
+	horizon := time.Now().Add(s.cfg.MaxClockSkew)
+	for i := range batch {
+		ev, err := s.dec.DecodeMessage(batch[i].Value)
+		if err != nil {
+			code, reason := "OTHER", err.Error()
+			var de *event.Error
+			if errors.As(err, &de) {
+				code, reason = de.Code, de.Message
+			}
+			b.letters = append(b.letters, letter{i, deadletter.Letter{Msg: batch[i], Code: code, Reason: reason}})
+			continue
+		}
+		if ev.ReceivedAt.After(horizon) {
+			b.letters = append(b.letters, letter{i, deadletter.Letter{Msg: batch[i], Code: event.CodeInvalidTimestamp,
+				Reason: "message/receivedAt " + ev.ReceivedAt.Format(event.TimeLayout) + " is in the future"}})
+			continue
+		}
+		b.evs = append(b.evs, ev)
+		b.pos = append(b.pos, i)
+	}
+	return b
 }
 
 // storeAll stores evs, retrying what is still pending after a transient failure until
@@ -314,7 +317,7 @@ func (s *Service) trackBatch(batch []kafka.Message) {
 	for p, m := range last {
 		s.m.lag.WithLabelValues(partitionLabel(p)).Set(float64(max(0, m.HighWaterMark-m.Offset-1)))
 	}
-	s.oldest.Store(oldest.UnixNano())
+	s.inHand.processing.Store(oldest.UnixNano())
 }
 
 // published records a live-feed pipeline's outcome.
