@@ -248,6 +248,34 @@ def metric_sum(text, name):
     return total if found else None
 
 
+def store_buckets(text):
+    """The consumer's store-duration histogram: {upper bound in s: cumulative count}."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('pulseboard_consumer_store_duration_seconds_bucket{le="'):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def slow_stores(before, after, over=0.256):
+    """Stores in a step, how many took longer than `over` s, and the bound of the longest."""
+    d = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    total = d.get(float("inf"), 0)
+    longest = min((le for le, n in d.items() if n >= total), default=None) if total else None
+    return {"stores": int(total), "overSeconds": over, "slower": int(total - d.get(over, 0)),
+            "longestAtMostSeconds": longest if longest != float("inf") else None}
+
+
+def checkpoints(db):
+    """Postgres checkpoints so far and their total sync time (pg_stat_bgwriter, server-wide)."""
+    try:  # PostgreSQL 17 moved these to pg_stat_checkpointer
+        n, sync = psql(db, "SELECT checkpoints_timed + checkpoints_req, checkpoint_sync_time FROM pg_stat_bgwriter").split("|")
+    except subprocess.CalledProcessError:
+        n, sync = psql(db, "SELECT num_timed + num_requested, sync_time FROM pg_stat_checkpointer").split("|")
+    return int(n), float(sync)
+
+
 # ---------------------------------------------------------------------------------------------
 # The load generator.
 
@@ -449,11 +477,17 @@ def lag_probe(url, key, rate, duration, name, env, live, db):
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
+    # What bounds the latency tail: the consumer's slow stores, and Postgres checkpoints
+    # (their fsyncs stall commits for up to seconds when WAL outgrows max_wal_size).
+    ck0, hist0 = checkpoints(db), store_buckets(metrics(PORTS["admin_all"]))
     extra = ["-mode", "batch", "-batch", "100", "-connections", "16", "-linger", LINGER, "-rate", str(int(rate))] + live + ["-db", db, "-db-sample", "0.01"]
     r = loadgen(name, url, key, extra, duration, procs=[ALLINONE[0]],
                 profile=(PORTS["admin_all"], os.path.join(BIN, "pulseboard")) if name == "sustained" else None)
     stop_ev.set()
     th.join()
+    ck1 = checkpoints(db)
+    r["stores"] = slow_stores(hist0, store_buckets(metrics(PORTS["admin_all"])))
+    r["postgresCheckpoints"] = {"count": ck1[0] - ck0[0], "syncSeconds": round((ck1[1] - ck0[1]) / 1000, 2)}
     vals = [l for _, l in lags if l is not None]
     half = vals[len(vals) // 2:] or [0]
     # Lag is "not growing" when the second half of the run shows no upward trend beyond
@@ -609,6 +643,15 @@ def goals(report):
     return rows
 
 
+def stores_line(r):
+    st, ck = r.get("stores"), r.get("postgresCheckpoints")
+    if not st or not ck:
+        return "store durations not recorded"
+    longest = f", the longest ≤ {st['longestAtMostSeconds']} s" if st["longestAtMostSeconds"] else ""
+    return (f"{st['stores']} stores, {st['slower']} slower than {st['overSeconds'] * 1000:.0f} ms{longest}; "
+            f"Postgres checkpoints during the step {ck['count']} (fsync {ck['syncSeconds']} s in all)")
+
+
 def write_report(report, path):
     with open(path + ".json", "w") as f:
         json.dump(report, f, indent=2)
@@ -652,7 +695,7 @@ def write_report(report, path):
               f"event from its scheduled time (the client's {LINGER} linger and queueing included) p50/p99 {r['latencyMs']['p50']:.2f} / {r['latencyMs']['p99']:.2f} ms; "
               f"ingest → delivered (SSE) p50/p99 {e2e(r, 'e2eDeliveredMs')}; ingest → stored p50/p99 {e2e(r, 'e2eStoredMs')}; "
               f"all-in-one {res['all-in-one']['cores']} cores / {res['all-in-one']['peakRssMiB']} MiB, loadgen {res['loadgen']['cores']} cores, "
-              f"Postgres {res['postgres (all processes)']['cores']} cores", ""]
+              f"Postgres {res['postgres (all processes)']['cores']} cores; {stores_line(r)}", ""]
     L.append(f"sustained vs store ceiling: {100 * (s['vsStoreCeiling'] or 0):.0f} %")
     if "alerterBehindAfter" in s:
         L += ["", f"The alerter (its own consumer group on the same topic) was {s['alerterBehindAfter']} messages behind the "
