@@ -426,7 +426,8 @@ func TestNextBatchIsFetchedWhileOneIsProcessed(t *testing.T) {
 	close(release)
 	b.waitLag(t, "g", 0)
 	b.requireStoredOnce(t, evs)
-	require.EqualValues(t, 2, calls.Load())
+	// The first ten may arrive as more than one fetch, hence more than two batches.
+	require.GreaterOrEqual(t, calls.Load(), int32(2))
 	require.NoError(t, r.stop(t))
 }
 
