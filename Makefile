@@ -36,6 +36,7 @@ bench: build bench-go
 bench-go:
 	cd pkg && $(GO) test -run '^$$' -bench . -benchmem ./event/
 	cd consumer && $(GO) test -run '^$$' -bench . -benchmem ./internal/eventstore/
+	cd ingestor && $(GO) test -run '^$$' -bench . -benchmem ./internal/intake/
 
 # Every fault-injection scenario of chaos/ (RELIABILITY.md "Fault tests"), the long ones
 # too (CHAOS_LONG=1), against the services as processes built with -tags failpoints. The
