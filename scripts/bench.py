@@ -477,8 +477,8 @@ def lag_probe(url, key, rate, duration, name, env, live, db):
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    # What bounds the latency tail: the consumer's slow stores, and Postgres checkpoints
-    # (their fsyncs stall commits for up to seconds when WAL outgrows max_wal_size).
+    # Evidence for the latency tail: the consumer's slow stores, and Postgres checkpoints
+    # (whose fsyncs can stall commits).
     ck0, hist0 = checkpoints(db), store_buckets(metrics(PORTS["admin_all"]))
     extra = ["-mode", "batch", "-batch", "100", "-connections", "16", "-linger", LINGER, "-rate", str(int(rate))] + live + ["-db", db, "-db-sample", "0.01"]
     r = loadgen(name, url, key, extra, duration, procs=[ALLINONE[0]],

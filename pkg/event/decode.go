@@ -282,6 +282,11 @@ func parseUUID(v *fastjson.Value) (uuid.UUID, bool) {
 		return uuid.Nil, false
 	}
 	b, _ := v.StringBytes()
+	return parseUUIDBytes(b)
+}
+
+// parseUUIDBytes accepts the 36-character form of a UUID other than the nil UUID.
+func parseUUIDBytes(b []byte) (uuid.UUID, bool) {
 	if len(b) != 36 {
 		return uuid.Nil, false
 	}

@@ -75,11 +75,7 @@ func PeekMessage(value []byte) (s Summary, ok bool) {
 		}
 		i = skipSpace(value, i+1)
 	}
-	if len(project) != 36 {
-		return s, false
-	}
-	var err error
-	if s.ProjectID, err = uuid.ParseBytes(project); err != nil || s.ProjectID == uuid.Nil {
+	if s.ProjectID, ok = parseUUIDBytes(project); !ok {
 		return s, false
 	}
 	if s.Type, ok = validType(typ); !ok {
