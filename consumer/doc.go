@@ -21,10 +21,9 @@
 //  2. decode: event.Decoder.DecodeMessage; what fails becomes a dead letter with the
 //     *event.Error code and message, and so does an event received more than
 //     MaxClockSkew in the future (it would create partitions for a forged date);
-//  3. store: internal/eventstore, one transaction per batch (COPY into a temporary
-//     staging table, then one statement that inserts into the event_ids dedup gate, the
-//     events and the rollups). Rows of unknown projects and rows PostgreSQL refuses
-//     (found by bisection) become dead letters;
+//  3. store: internal/eventstore, one transaction per batch (the event_ids dedup gate,
+//     then a COPY of the fresh rows into events, then the rollups). Rows of unknown
+//     projects and rows PostgreSQL refuses (found by bisection) become dead letters;
 //  4. dead letters: written with acks=all to the dead-letter topic, with the original
 //     key, value and headers plus pulseboard-dlq-{reason,code,topic,partition,offset,
 //     time}, retried until Kafka takes them;

@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, held *inHand) *metrics {
 		}),
 		storeDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pulseboard_consumer_store_duration_seconds",
-			Help:    "Duration of one store transaction (COPY into staging, dedup insert, rollups, commit), successful or not.",
+			Help:    "Duration of one store transaction (dedup gate, COPY into events, rollups, commit), successful or not.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}),
 		rowsStored: f.NewCounter(prometheus.CounterOpts{

@@ -1,9 +1,13 @@
 package eventstore
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,7 +91,6 @@ type Options struct {
 type Store struct {
 	pool *pgxpool.Pool
 	opts Options
-	mode stagingMode
 
 	mu   sync.Mutex
 	days map[int64]struct{} // UTC days (unix days) whose events partition is known to exist
@@ -98,73 +101,50 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Store{pool: pool, opts: opts, mode: stagingPerTx, days: map[int64]struct{}{}}
+	return &Store{pool: pool, opts: opts, days: map[int64]struct{}{}}
 }
 
-// stagingMode is how the staging table comes to exist (see the package doc). Only
-// stagingPerTx is used in production; the others exist for BenchmarkStore.
-type stagingMode uint8
+var eventColumns = []string{"id", "project_id", "type", "name", "payload", "context", "timestamp", "received_at"}
 
-const (
-	stagingPerTx        stagingMode = iota // CREATE TEMP TABLE IF NOT EXISTS … ON COMMIT DELETE ROWS per tx
-	stagingDropPerTx                       // CREATE TEMP TABLE … ON COMMIT DROP per tx
-	stagingAfterConnect                    // created by CreateStaging in pgxpool's AfterConnect
-)
-
-const stagingTable = "pulseboard_staging"
-
-const (
-	createStagingSQL = `CREATE TEMP TABLE IF NOT EXISTS ` + stagingTable + ` (LIKE events) ON COMMIT DELETE ROWS`
-	createDroppedSQL = `CREATE TEMP TABLE ` + stagingTable + ` (LIKE events) ON COMMIT DROP`
-)
-
-// createStaging creates the staging table on a new connection (stagingAfterConnect).
-func createStaging(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, createStagingSQL)
-	return err
-}
-
-var stagingColumns = []string{"id", "project_id", "type", "name", "payload", "context", "timestamp", "received_at"}
-
-// storeSQL moves the staged batch into the real tables; see the package doc for each
-// step. date_trunc uses an explicit 'UTC' so that the session's TimeZone cannot change
-// which minute an event counts in.
-const storeSQL = `
-WITH staged AS MATERIALIZED (
-    SELECT DISTINCT ON (project_id, id) id, project_id, type, name, payload, context, "timestamp", received_at
-    FROM ` + stagingTable + `
-    ORDER BY project_id, id, received_at
-), known AS (
+// gateSQL is the dedup gate and the project check of one transaction (see the package
+// doc). $1–$3 are the batch's distinct (project_id, id) pairs with their received_at,
+// sorted by (project_id, id); $4 holds the batch's distinct projects, sorted.
+const gateSQL = `
+WITH known AS (
     SELECT p.id FROM projects p
-    WHERE p.id IN (SELECT DISTINCT project_id FROM staged)
+    WHERE p.id = ANY($4::uuid[])
     ORDER BY p.id
     FOR KEY SHARE
 ), fresh AS (
     INSERT INTO event_ids (project_id, id, received_at)
-    SELECT s.project_id, s.id, s.received_at
-    FROM staged s JOIN known k ON k.id = s.project_id
-    ORDER BY s.project_id, s.id
+    SELECT b.project_id, b.id, b.received_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) WITH ORDINALITY AS b(project_id, id, received_at, n)
+    WHERE b.project_id IN (SELECT id FROM known)
+    ORDER BY b.n
     ON CONFLICT DO NOTHING
     RETURNING project_id, id
-), stored AS (
-    INSERT INTO events (id, project_id, type, name, payload, context, "timestamp", received_at)
-    SELECT s.id, s.project_id, s.type, s.name, s.payload, s.context, s."timestamp", s.received_at
-    FROM staged s JOIN fresh f ON f.project_id = s.project_id AND f.id = s.id
-), rollups AS (
-    INSERT INTO event_rollups AS r (project_id, minute, type, count)
-    SELECT s.project_id, date_trunc('minute', s.received_at, 'UTC'), s.type, count(*)
-    FROM staged s JOIN fresh f ON f.project_id = s.project_id AND f.id = s.id
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (project_id, minute, type) DO UPDATE SET count = r.count + EXCLUDED.count
 )
 SELECT project_id, id FROM fresh
 UNION ALL
 SELECT u.project_id, NULL::uuid
-FROM (SELECT DISTINCT project_id FROM staged) u
+FROM unnest($4::uuid[]) AS u(project_id)
 WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.id = u.project_id)`
 
+// rollupSQL adds the fresh rows to event_rollups; the rows arrive counted and sorted by
+// key, so concurrent consumers lock rollup rows in the same order.
+const rollupSQL = `
+INSERT INTO event_rollups AS r (project_id, minute, type, count)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bigint[])
+ON CONFLICT (project_id, minute, type) DO UPDATE SET count = r.count + EXCLUDED.count`
+
 type key struct{ project, id uuid.UUID }
+
+// rollupKey is one event_rollups row.
+type rollupKey struct {
+	project uuid.UUID
+	minute  int64 // unix seconds of the UTC minute
+	typ     string
+}
 
 // Store writes events and returns one Outcome per event. On error the Result still
 // holds every outcome decided so far (rows of committed transactions); the caller
@@ -263,48 +243,93 @@ func (s *Store) storeTx(ctx context.Context, events []event.Event, idx []int, re
 }
 
 func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map[key]bool, map[uuid.UUID]bool, error) {
+	// The rows to gate: one per (project, id), the earliest received_at winning (then
+	// the first in the batch), in key order so that concurrent consumers lock alike.
+	order := slices.Clone(idx)
+	slices.SortStableFunc(order, func(a, b int) int {
+		ea, eb := &events[a], &events[b]
+		if c := compareKeys(key{ea.ProjectID, ea.ID}, key{eb.ProjectID, eb.ID}); c != 0 {
+			return c
+		}
+		return ea.ReceivedAt.Compare(eb.ReceivedAt)
+	})
+	gate := order[:0]
+	for n, i := range order {
+		if n > 0 && events[i].ProjectID == events[gate[len(gate)-1]].ProjectID && events[i].ID == events[gate[len(gate)-1]].ID {
+			continue
+		}
+		gate = append(gate, i)
+	}
+	projects := make([][16]byte, len(gate))
+	ids := make([][16]byte, len(gate))
+	received := make([]time.Time, len(gate))
+	var distinct [][16]byte
+	for n, i := range gate {
+		ev := &events[i]
+		projects[n], ids[n], received[n] = ev.ProjectID, ev.ID, ev.ReceivedAt
+		if len(distinct) == 0 || distinct[len(distinct)-1] != [16]byte(ev.ProjectID) {
+			distinct = append(distinct, ev.ProjectID)
+		}
+	}
+
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	switch s.mode {
-	case stagingPerTx:
-		_, err = tx.Exec(ctx, createStagingSQL)
-	case stagingDropPerTx:
-		_, err = tx.Exec(ctx, createDroppedSQL)
-	}
+	rows, err := tx.Query(ctx, gateSQL, projects, ids, received, distinct)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating the staging table: %w", err)
+		return nil, nil, fmt.Errorf("gating %d rows: %w", len(gate), err)
 	}
-	src := &rowSource{events: events, idx: idx, pos: -1}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stagingTable}, stagingColumns, src); err != nil {
-		return nil, nil, fmt.Errorf("copying %d rows: %w", len(idx), err)
-	}
-	rows, err := tx.Query(ctx, storeSQL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("storing %d rows: %w", len(idx), err)
-	}
-	fresh := make(map[key]bool, len(idx))
+	fresh := make(map[key]bool, len(gate))
 	var unknown map[uuid.UUID]bool
-	var project uuid.UUID
-	var id pgtype.UUID
+	var project, id pgtype.UUID
 	_, err = pgx.ForEachRow(rows, []any{&project, &id}, func() error {
 		if !id.Valid {
 			if unknown == nil {
 				unknown = map[uuid.UUID]bool{}
 			}
-			unknown[project] = true
+			unknown[project.Bytes] = true
 			return nil
 		}
-		fresh[key{project, uuid.UUID(id.Bytes)}] = true
+		fresh[key{project.Bytes, id.Bytes}] = true
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("storing %d rows: %w", len(idx), err)
+		return nil, nil, fmt.Errorf("gating %d rows: %w", len(gate), err)
 	}
-	// Fault tests: the rows are written but not committed (nothing may become visible).
+	if len(fresh) > 0 {
+		store := make([]int, 0, len(fresh))
+		counts := map[rollupKey]int64{}
+		for _, i := range gate {
+			ev := &events[i]
+			if !fresh[key{ev.ProjectID, ev.ID}] {
+				continue
+			}
+			store = append(store, i)
+			counts[rollupKey{ev.ProjectID, minuteOf(ev.ReceivedAt), ev.Type}]++
+		}
+		src := &rowSource{events: events, idx: store, pos: -1}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"events"}, eventColumns, src); err != nil {
+			return nil, nil, fmt.Errorf("copying %d rows: %w", len(store), err)
+		}
+		keys := make([]rollupKey, 0, len(counts))
+		for k := range counts {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, compareRollupKeys)
+		rp := make([][16]byte, len(keys))
+		rm := make([]time.Time, len(keys))
+		rt := make([]string, len(keys))
+		rc := make([]int64, len(keys))
+		for n, k := range keys {
+			rp[n], rm[n], rt[n], rc[n] = k.project, time.Unix(k.minute, 0).UTC(), k.typ, counts[k]
+		}
+		if _, err := tx.Exec(ctx, rollupSQL, rp, rm, rt, rc); err != nil {
+			return nil, nil, fmt.Errorf("counting %d rows: %w", len(store), err)
+		}
+	}
 	failpoint.Hit("consumer/before-db-commit")
 	if err := tx.Commit(ctx); err != nil {
 		return nil, nil, fmt.Errorf("committing %d rows: %w", len(idx), err)
@@ -444,4 +469,31 @@ func wrap(err error) error {
 		return err
 	}
 	return &Error{Kind: Classify(err), Err: err}
+}
+
+// minuteOf returns the start of t's UTC minute in unix seconds (date_trunc('minute', t, 'UTC')).
+func minuteOf(t time.Time) int64 {
+	u := t.Unix()
+	m := u % 60
+	if m < 0 {
+		m += 60 // floor for times before 1970
+	}
+	return u - m
+}
+
+func compareKeys(a, b key) int {
+	if c := bytes.Compare(a.project[:], b.project[:]); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.id[:], b.id[:])
+}
+
+func compareRollupKeys(a, b rollupKey) int {
+	if c := bytes.Compare(a.project[:], b.project[:]); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.minute, b.minute); c != 0 {
+		return c
+	}
+	return strings.Compare(a.typ, b.typ)
 }

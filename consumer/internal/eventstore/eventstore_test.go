@@ -314,3 +314,46 @@ func TestClassify(t *testing.T) {
 		require.Equal(t, c.want, Classify(c.err), "%v", c.err)
 	}
 }
+
+// Rollups count in the UTC minute PostgreSQL's date_trunc would give, at minute
+// boundaries and before 1970 too.
+func TestStoreRollupMinutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	s := New(b.pool, Options{})
+	var evs []event.Event
+	for _, at := range []time.Time{
+		time.Date(2031, 5, 6, 12, 0, 59, 999999000, time.UTC),
+		time.Date(2031, 5, 6, 12, 1, 0, 0, time.UTC),
+		time.Date(2031, 5, 6, 12, 1, 0, 0, time.FixedZone("x", 5*3600+30*60)), // another minute, same UTC rule
+		time.Date(1969, 12, 31, 23, 59, 59, 500000000, time.UTC),
+	} {
+		evs = append(evs, makeEvents(t, b.projects[0], 2, at)...)
+	}
+	res, err := s.Store(ctx, evs)
+	require.NoError(t, err)
+	require.Equal(t, len(evs), res.Count(Stored))
+	require.Zero(t, countRows(t, b.pool, `
+		SELECT count(*) FROM event_rollups r FULL JOIN (
+			SELECT project_id, date_trunc('minute', received_at, 'UTC') AS minute, type, count(*) AS n
+			FROM events GROUP BY 1, 2, 3) e USING (project_id, minute, type)
+		WHERE r.count IS DISTINCT FROM e.n`))
+	require.Equal(t, 2, countRows(t, b.pool, `SELECT sum(count)::int FROM event_rollups WHERE minute = '1969-12-31T23:59:00Z'`))
+}
+
+func TestMinuteOf(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		at   time.Time
+		want string
+	}{
+		{time.Date(2031, 5, 6, 12, 0, 59, 999999999, time.UTC), "2031-05-06T12:00:00Z"},
+		{time.Date(2031, 5, 6, 12, 1, 0, 0, time.UTC), "2031-05-06T12:01:00Z"},
+		{time.Date(1969, 12, 31, 23, 59, 0, 1, time.UTC), "1969-12-31T23:59:00Z"},
+		{time.Date(1969, 12, 31, 23, 58, 59, 0, time.UTC), "1969-12-31T23:58:00Z"},
+		{time.Date(2031, 5, 6, 17, 31, 30, 0, time.FixedZone("x", 5*3600+30*60)), "2031-05-06T12:01:00Z"},
+	} {
+		require.Equal(t, c.want, time.Unix(minuteOf(c.at), 0).UTC().Format(time.RFC3339), "%v", c.at)
+	}
+}
