@@ -260,17 +260,7 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 		}
 		gate = append(gate, i)
 	}
-	projects := make([][16]byte, len(gate))
-	ids := make([][16]byte, len(gate))
-	received := make([]time.Time, len(gate))
-	var distinct [][16]byte
-	for n, i := range gate {
-		ev := &events[i]
-		projects[n], ids[n], received[n] = ev.ProjectID, ev.ID, ev.ReceivedAt
-		if len(distinct) == 0 || distinct[len(distinct)-1] != [16]byte(ev.ProjectID) {
-			distinct = append(distinct, ev.ProjectID)
-		}
-	}
+	gp := newGateParams(events, gate)
 
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -278,7 +268,7 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	rows, err := tx.Query(ctx, gateSQL, projects, ids, received, distinct)
+	rows, err := tx.Query(ctx, gateSQL, gp.projects, gp.ids, gp.received, gp.distinct)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gating %d rows: %w", len(gate), err)
 	}
@@ -319,12 +309,14 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 			keys = append(keys, k)
 		}
 		slices.SortFunc(keys, compareRollupKeys)
-		rp := make([][16]byte, len(keys))
-		rm := make([]time.Time, len(keys))
+		rp := ptrs(make([]pgtype.UUID, len(keys)))
+		rm := ptrs(make([]pgtype.Timestamptz, len(keys)))
 		rt := make([]string, len(keys))
 		rc := make([]int64, len(keys))
 		for n, k := range keys {
-			rp[n], rm[n], rt[n], rc[n] = k.project, time.Unix(k.minute, 0).UTC(), k.typ, counts[k]
+			*rp[n] = pgtype.UUID{Bytes: k.project, Valid: true}
+			*rm[n] = pgtype.Timestamptz{Time: time.Unix(k.minute, 0).UTC(), Valid: true}
+			rt[n], rc[n] = k.typ, counts[k]
 		}
 		if _, err := tx.Exec(ctx, rollupSQL, rp, rm, rt, rc); err != nil {
 			return nil, nil, fmt.Errorf("counting %d rows: %w", len(store), err)
@@ -337,13 +329,54 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 	return fresh, unknown, nil
 }
 
-// rowSource feeds the rows idx of events to CopyFrom, reusing one values slice (pgx
-// encodes each row before asking for the next).
+// gateParams are gateSQL's array arguments. The elements are pointers to pgtype values:
+// pgx encodes an array element by element through an interface, and a pointer to a
+// type that implements pgtype's UUIDValuer or TimestamptzValuer goes through without
+// being copied to the heap, where a [16]byte or a time.Time would be (two allocations
+// per row of every batch otherwise).
+type gateParams struct {
+	projects, ids, distinct []*pgtype.UUID
+	received                []*pgtype.Timestamptz
+}
+
+func newGateParams(events []event.Event, gate []int) gateParams {
+	p := gateParams{
+		projects: ptrs(make([]pgtype.UUID, len(gate))),
+		ids:      ptrs(make([]pgtype.UUID, len(gate))),
+		received: ptrs(make([]pgtype.Timestamptz, len(gate))),
+	}
+	for n, i := range gate {
+		ev := &events[i]
+		*p.projects[n] = pgtype.UUID{Bytes: ev.ProjectID, Valid: true}
+		*p.ids[n] = pgtype.UUID{Bytes: ev.ID, Valid: true}
+		*p.received[n] = pgtype.Timestamptz{Time: ev.ReceivedAt, Valid: true}
+		if len(p.distinct) == 0 || p.distinct[len(p.distinct)-1].Bytes != ev.ProjectID {
+			p.distinct = append(p.distinct, p.projects[n])
+		}
+	}
+	return p
+}
+
+// ptrs returns pointers to the elements of s.
+func ptrs[T any](s []T) []*T {
+	p := make([]*T, len(s))
+	for i := range s {
+		p[i] = &s[i]
+	}
+	return p
+}
+
+// rowSource feeds the rows idx of events to CopyFrom, reusing one values slice and one
+// set of pgtype values (pgx encodes each row before asking for the next); see gateParams
+// for why they are passed as pointers.
 type rowSource struct {
-	events []event.Event
-	idx    []int
-	pos    int
-	vals   [8]any
+	events      []event.Event
+	idx         []int
+	pos         int
+	vals        [8]any
+	id, project pgtype.UUID
+	typ, name   pgtype.Text
+	ts, recv    pgtype.Timestamptz
 }
 
 func (r *rowSource) Next() bool {
@@ -359,18 +392,20 @@ func (r *rowSource) Err() error { return nil }
 
 func (r *rowSource) Values() ([]any, error) {
 	ev := &r.events[r.idx[r.pos]]
-	r.vals[0] = [16]byte(ev.ID)
-	r.vals[1] = [16]byte(ev.ProjectID)
-	r.vals[2] = ev.Type
-	r.vals[3] = ev.Name
+	r.id = pgtype.UUID{Bytes: ev.ID, Valid: true}
+	r.project = pgtype.UUID{Bytes: ev.ProjectID, Valid: true}
+	r.typ = pgtype.Text{String: ev.Type, Valid: true}
+	r.name = pgtype.Text{String: ev.Name, Valid: true}
+	r.ts = pgtype.Timestamptz{Time: ev.Timestamp, Valid: true}
+	r.recv = pgtype.Timestamptz{Time: ev.ReceivedAt, Valid: true}
+	r.vals[0], r.vals[1], r.vals[2], r.vals[3] = &r.id, &r.project, &r.typ, &r.name
 	r.vals[4] = ev.Payload
 	if ev.Context != nil {
 		r.vals[5] = ev.Context
 	} else {
 		r.vals[5] = nil
 	}
-	r.vals[6] = ev.Timestamp
-	r.vals[7] = ev.ReceivedAt
+	r.vals[6], r.vals[7] = &r.ts, &r.recv
 	return r.vals[:], nil
 }
 

@@ -122,11 +122,19 @@ func TestStoreExactlyOnce(t *testing.T) {
 			FROM events GROUP BY 1, 2, 3) e USING (project_id, minute, type)
 		WHERE r.count IS DISTINCT FROM e.n`))
 	// What is stored is what was sent.
-	var name string
+	var name, typ string
 	var payload, evctx []byte
-	require.NoError(t, b.pool.QueryRow(ctx, `SELECT name, payload::text, context::text FROM events WHERE id = $1`, evs[0].ID).
-		Scan(&name, &payload, &evctx))
+	var project uuid.UUID
+	var ts, recv time.Time
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT project_id, type, name, payload::text, context::text, "timestamp", received_at FROM events WHERE id = $1`, evs[0].ID).
+		Scan(&project, &typ, &name, &payload, &evctx, &ts, &recv))
+	require.Equal(t, evs[0].ProjectID, project)
+	require.Equal(t, evs[0].Type, typ)
 	require.Equal(t, evs[0].Name, name)
+	require.True(t, evs[0].Timestamp.Equal(ts), "timestamp %v, stored %v", evs[0].Timestamp, ts)
+	require.True(t, evs[0].ReceivedAt.Equal(recv), "received_at %v, stored %v", evs[0].ReceivedAt, recv)
+	require.Equal(t, 1, countRows(t, b.pool, `SELECT count(*) FROM event_ids WHERE project_id = $1 AND id = $2 AND received_at = $3`,
+		evs[0].ProjectID, evs[0].ID, evs[0].ReceivedAt))
 	require.JSONEq(t, string(evs[0].Payload), string(payload))
 	require.JSONEq(t, string(evs[0].Context), string(evctx))
 
