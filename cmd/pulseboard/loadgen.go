@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -60,8 +61,20 @@ flags:
 	fs.DurationVar(&o.Progress, "progress", time.Second, "interval of progress lines on stderr (0 = none)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	noop := fs.String("serve-noop", "", "instead of sending, serve a no-op fasthttp server on this address until interrupted")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file (what the client costs)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("creating the CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("starting the CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if *noop != "" {
 		return loadgen.ServeNoop(ctx, *noop)

@@ -109,8 +109,15 @@ func TestLoadgenLedgerLiveAndVerifyAgainstAllInOne(t *testing.T) {
 	}
 	batch := loadgen(filepath.Join(dir, "batch.ledger"), "ws", "-mode", "batch", "-batch", "25", "-rate", "400", "-connections", "4")
 	require.EqualValues(t, 1200, batch.EventsSent, "400 events/s for 3 s")
-	single := loadgen(filepath.Join(dir, "single.ledger"), "sse", "-mode", "single", "-rate", "100", "-connections", "4")
+	profile := filepath.Join(dir, "loadgen.pprof")
+	single := loadgen(filepath.Join(dir, "single.ledger"), "sse", "-mode", "single", "-rate", "100", "-connections", "4",
+		"-cpuprofile", profile)
 	require.EqualValues(t, 300, single.EventsSent)
+	// -cpuprofile leaves the load generator's own CPU profile (gzipped protobuf).
+	prof, err := os.ReadFile(profile)
+	require.NoError(t, err)
+	require.Greater(t, len(prof), 2)
+	require.Equal(t, []byte{0x1f, 0x8b}, prof[:2], "a pprof profile is gzip-compressed")
 	for _, s := range []loadgenSummary{batch, single} {
 		require.Equal(t, s.EventsSent, s.EventsAccepted, "the all-in-one accepts everything: %v", s.Statuses)
 		require.Equal(t, s.EventsSent, s.Ledger.Sent)
