@@ -37,6 +37,7 @@ type Decoder struct {
 	clean   []byte
 	payload []byte
 	context []byte
+	elems   [][]byte // SplitBatch's answer, reused
 }
 
 // NewDecoder returns a Decoder with the given limits.

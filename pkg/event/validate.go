@@ -32,26 +32,53 @@ var byteClass = func() (t [256]byte) {
 // sanitised ones, and clean input (the common case) needs no copy at all.
 type scanner struct {
 	stack []byte // '{' or '[' for each open container
+	// Filled by scanMarked: where each value one level down from the root ends (the
+	// elements of a root array), and the deepest nesting seen.
+	marks   []int
+	deepest int
 }
 
 // scan reports whether b is valid JSON and, if it is, whether it needs sanitising.
 func (s *scanner) scan(b []byte) (valid, dirty bool) {
-	valid, dirty, s.stack = scanJSON(b, s.stack[:0])
+	sc := scan{stack: s.stack[:0]}
+	valid, dirty = sc.json(b)
+	s.stack = sc.stack
 	return valid, dirty
 }
 
-// scanJSON is scan with the container stack passed in and returned for reuse.
-func scanJSON(b, stack []byte) (valid, dirty bool, _ []byte) {
+// scanMarked is scan that also fills marks and deepest (SplitBatch).
+func (s *scanner) scanMarked(b []byte) (valid, dirty bool) {
+	sc := scan{stack: s.stack[:0], marks: s.marks[:0], mark: true}
+	valid, dirty = sc.json(b)
+	s.stack, s.marks, s.deepest = sc.stack, sc.marks, sc.deepest
+	return valid, dirty
+}
+
+// scan is the state of one scan; its slices are the scanner's, returned for reuse.
+type scan struct {
+	stack   []byte
+	marks   []int
+	deepest int
+	mark    bool
+}
+
+// json checks b (see scanner).
+func (sc *scan) json(b []byte) (valid, dirty bool) {
+	stack := sc.stack
+	defer func() { sc.stack = stack }()
 	i := skipSpace(b, 0)
 	var ok bool
 value:
 	if i >= len(b) {
-		return false, false, stack
+		return false, false
 	}
 	switch c := b[i]; {
 	case c == '{' || c == '[':
 		if stack = append(stack, c); len(stack) > maxNesting {
-			return false, false, stack
+			return false, false
+		}
+		if sc.mark && len(stack) > sc.deepest {
+			sc.deepest = len(stack)
 		}
 		i = skipSpace(b, i+1)
 		if i < len(b) && b[i] == c+2 { // '}' is '{'+2 and ']' is '['+2
@@ -65,34 +92,37 @@ value:
 		goto value
 	case c == '"':
 		if i, ok = scanString(b, i+1, &dirty); !ok {
-			return false, false, stack
+			return false, false
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
 		if i, ok = scanNumber(b, i); !ok {
-			return false, false, stack
+			return false, false
 		}
 	case c == 't':
 		if i, ok = scanLiteral(b, i, "true"); !ok {
-			return false, false, stack
+			return false, false
 		}
 	case c == 'f':
 		if i, ok = scanLiteral(b, i, "false"); !ok {
-			return false, false, stack
+			return false, false
 		}
 	case c == 'n':
 		if i, ok = scanLiteral(b, i, "null"); !ok {
-			return false, false, stack
+			return false, false
 		}
 	default:
-		return false, false, stack
+		return false, false
 	}
 end:
+	if sc.mark && len(stack) == 1 {
+		sc.marks = append(sc.marks, i)
+	}
 	i = skipSpace(b, i)
 	if len(stack) == 0 {
-		return i == len(b), dirty, stack
+		return i == len(b), dirty
 	}
 	if i >= len(b) {
-		return false, false, stack
+		return false, false
 	}
 	switch top := stack[len(stack)-1]; b[i] {
 	case ',':
@@ -103,7 +133,7 @@ end:
 		goto value
 	case top + 2: // the matching closer
 	default:
-		return false, false, stack
+		return false, false
 	}
 	stack = stack[:len(stack)-1]
 	i++
@@ -111,14 +141,14 @@ end:
 key:
 	// An object member: a string, a colon, then a value.
 	if i >= len(b) || b[i] != '"' {
-		return false, false, stack
+		return false, false
 	}
 	if i, ok = scanString(b, i+1, &dirty); !ok {
-		return false, false, stack
+		return false, false
 	}
 	i = skipSpace(b, i)
 	if i >= len(b) || b[i] != ':' {
-		return false, false, stack
+		return false, false
 	}
 	i = skipSpace(b, i+1)
 	goto value

@@ -1,0 +1,353 @@
+package event
+
+import (
+	"bytes"
+	"encoding/binary"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/valyala/fastjson"
+)
+
+// The raw path decodes client events without building a parse tree.
+//
+// Parse + Build turn an event into a fastjson tree and re-encode payload and context
+// canonically from it: compact, strings re-escaped by appendString, numbers as written.
+// For an event whose bytes are already in that form (no whitespace between tokens, no
+// backslash in any string, which is what SDKs and JSON.stringify send), the canonical
+// form is the input itself, so the raw path only walks the bytes once more to find the
+// fields, check the limits and copy payload and context. Anything else, valid or not,
+// goes to Parse + Build, which then decides, error messages included: the raw path
+// either produces exactly what Build would or declines (FuzzRawPath checks this).
+
+// rawMaxBodyDepth keeps the raw path clear of fastjson's own nesting limit (its MaxDepth
+// is 300): deeper bodies go to Parse, which refuses them as a whole.
+const rawMaxBodyDepth = 256
+
+// SplitBatch returns the elements of body when it is a JSON array that the raw path can
+// split: valid, nothing for Sanitize to replace, nested less than rawMaxBodyDepth.
+// Elements may still be anything (BuildRaw declines what it cannot take). The slices
+// alias body and d; they are valid until the next SplitBatch. ok is false for every
+// other body: use Parse.
+func (d *Decoder) SplitBatch(body []byte) (elems [][]byte, ok bool) {
+	// The scan marks where each element ends, so splitting needs no second walk.
+	if valid, dirty := d.scanner.scanMarked(body); !valid || dirty || d.scanner.deepest >= rawMaxBodyDepth {
+		return nil, false
+	}
+	i := skipSpace(body, 0)
+	if body[i] != '[' {
+		return nil, false
+	}
+	d.elems = d.elems[:0]
+	for _, end := range d.scanner.marks {
+		i = skipSpace(body, i+1) // after the '[' or the ','
+		d.elems = append(d.elems, body[i:end])
+		i = skipSpace(body, end)
+	}
+	return d.elems, true
+}
+
+// SplitObject returns the event object that is body when the raw path can take it (as
+// SplitBatch, for a single object).
+func (d *Decoder) SplitObject(body []byte) ([]byte, bool) {
+	if valid, dirty := d.scanner.scan(body); !valid || dirty {
+		return nil, false
+	}
+	i := skipSpace(body, 0)
+	if i >= len(body) || body[i] != '{' {
+		return nil, false
+	}
+	end, depth := valueEnd(body, i)
+	if depth >= rawMaxBodyDepth {
+		return nil, false
+	}
+	return body[i:end], true
+}
+
+// ParseElement parses one element of SplitBatch for Build (the general path).
+func (d *Decoder) ParseElement(elem []byte) (*fastjson.Value, *Error) {
+	v, err := d.parser.ParseBytes(elem)
+	if err != nil { // cannot happen for an element of SplitBatch; kept as Parse words it
+		return nil, invalid("body must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")
+	}
+	return v, nil
+}
+
+// BuildRaw is Build for an element of SplitBatch or SplitObject: when ok, ev is exactly
+// what Build would return for projectID 0 (set ProjectID afterwards) and apiKey is what
+// APIKey would return. When !ok, parse the element (ParseElement) and use Build and
+// APIKey: the element is invalid, or valid but not in canonical form. ev's Payload and
+// Context alias d's buffers, as with Build.
+func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte, hasKey, ok bool) {
+	ev.ReceivedAt = now.UTC().Truncate(Precision)
+	if len(elem) < 2 || elem[0] != '{' {
+		return ev, nil, false, false
+	}
+	var typ, name, payload, ts, ctx, id []byte
+	keySeen := false
+	i := 1
+	if elem[i] == '}' {
+		return ev, nil, false, false // no type: Build words the error
+	}
+	for {
+		// A key: in canonical form it has no escapes, so it is compared as it is.
+		if elem[i] != '"' {
+			return ev, nil, false, false // whitespace
+		}
+		k, ok := plainString(elem, i)
+		if !ok {
+			return ev, nil, false, false
+		}
+		i += len(k) + 2
+		if elem[i] != ':' {
+			return ev, nil, false, false
+		}
+		i++
+		var end int
+		switch string(k) {
+		case "payload", "context":
+			// Objects are checked while their end is found: one walk.
+			if string(k) == "context" && bytes.HasPrefix(elem[i:], nullLiteral) {
+				end = i + len(nullLiteral)
+				break
+			}
+			if end, ok = d.canonicalEnd(elem, i); !ok {
+				return ev, nil, false, false
+			}
+		default:
+			end, _ = valueEnd(elem, i)
+		}
+		if end == i {
+			return ev, nil, false, false // whitespace before the value
+		}
+		v := elem[i:end]
+		switch string(k) { // Build's Visit: the last occurrence wins
+		case "type":
+			typ = v
+		case "name":
+			name = v
+		case "payload":
+			payload = v
+		case "timestamp":
+			ts = v
+		case "context":
+			ctx = v
+		case "eventId":
+			id = v
+		case "apiKey": // APIKey's Get: the first occurrence wins
+			if !keySeen {
+				keySeen = true
+				if v[0] == '"' { // any other type counts as no key
+					if apiKey, ok = plainString(v, 0); !ok {
+						return ev, nil, false, false
+					}
+					hasKey = true
+				}
+			}
+		}
+		i = end
+		switch {
+		case i < len(elem) && elem[i] == ',':
+			i++
+		case i == len(elem)-1 && elem[i] == '}':
+			goto fields
+		default:
+			return ev, nil, false, false // whitespace
+		}
+	}
+fields:
+	if typ == nil || name == nil || payload == nil {
+		return ev, nil, false, false
+	}
+	t, ok := plainString(typ, 0)
+	if !ok {
+		return ev, nil, false, false
+	}
+	if ev.Type, ok = validType(t); !ok {
+		return ev, nil, false, false
+	}
+	n, ok := plainString(name, 0)
+	if !ok {
+		return ev, nil, false, false
+	}
+	if c := charCount(n); c < 1 || c > d.Limits.MaxNameChars {
+		return ev, nil, false, false
+	}
+	ev.Name = string(n)
+	d.payload = append(d.payload[:0], payload...)
+	ev.Payload = d.payload
+	if ctx != nil && !isNull(ctx) {
+		d.context = append(d.context[:0], ctx...)
+		ev.Context = d.context
+	}
+	if ts != nil && !isNull(ts) {
+		s, ok := plainString(ts, 0)
+		if !ok {
+			return ev, nil, false, false
+		}
+		if ev.Timestamp, ok = ParseTime(string(s)); !ok {
+			return ev, nil, false, false
+		}
+	} else {
+		ev.Timestamp = ev.ReceivedAt
+	}
+	if id != nil && !isNull(id) {
+		s, ok := plainString(id, 0)
+		if !ok {
+			return ev, nil, false, false
+		}
+		if ev.ID, ok = parseUUIDBytes(s); !ok {
+			return ev, nil, false, false
+		}
+	} else {
+		u, err := uuid.NewV7()
+		if err != nil {
+			return ev, nil, false, false
+		}
+		ev.ID = u
+	}
+	return ev, apiKey, hasKey, true
+}
+
+func isNull(v []byte) bool { return string(v) == "null" }
+
+// plainString returns the content of the string whose opening quote is b[i] when it has
+// no escape (b is valid JSON, so the next quote closes it).
+func plainString(b []byte, i int) ([]byte, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, false
+	}
+	j := bytes.IndexByte(b[i+1:], '"')
+	if j < 0 {
+		return nil, false
+	}
+	s := b[i+1 : i+1+j]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		return nil, false
+	}
+	return s, true
+}
+
+var nullLiteral = []byte("null")
+
+// canonicalEnd returns the end of the object that starts at b[i] when it is already in
+// the form appendValue gives it, within the limits Build enforces: no whitespace between
+// tokens, no escape in any string, nesting within Limits.MaxDepth (the object itself is
+// depth 1) and every number storable. ok is false otherwise, or when b[i] is not '{'. b
+// is valid JSON.
+func (d *Decoder) canonicalEnd(b []byte, i int) (end int, ok bool) {
+	if i >= len(b) || b[i] != '{' {
+		return i, false
+	}
+	depth := 0
+	for i < len(b) {
+		switch c := b[i]; c {
+		case '{', '[':
+			if depth++; depth > d.Limits.MaxDepth {
+				return i, false
+			}
+			i++
+		case '}', ']':
+			i++
+			if depth--; depth == 0 {
+				return i, true
+			}
+		case ',', ':':
+			i++
+		case '"':
+			s, ok := plainString(b, i)
+			if !ok {
+				return i, false
+			}
+			i += len(s) + 2
+		case 't', 'n':
+			i += 4
+		case 'f':
+			i += 5
+		case ' ', '\t', '\n', '\r':
+			return i, false
+		default: // a number
+			j := i + 1
+			for j < len(b) && numberByte[b[j]] {
+				j++
+			}
+			if !storableNumber(b[i:j]) {
+				return i, false
+			}
+			i = j
+		}
+	}
+	return i, false
+}
+
+// numberByte is true for the bytes a JSON number can continue with.
+var numberByte = func() (t [256]bool) {
+	for _, c := range []byte("0123456789+-.eE") {
+		t[c] = true
+	}
+	return t
+}()
+
+// valueEnd returns the end of the valid JSON value starting at b[i] (i itself when b[i]
+// starts none, e.g. whitespace) and how deeply it nests.
+func valueEnd(b []byte, i int) (end, maxDepth int) {
+	if i >= len(b) {
+		return i, 0
+	}
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i), 0
+	case '{', '[':
+	case ' ', '\t', '\n', '\r', ',', ']', '}', ':':
+		return i, 0
+	default: // number or literal
+		j := i + 1
+		for j < len(b) && (numberByte[b[j]] || (b[j] >= 'a' && b[j] <= 'z')) {
+			j++
+		}
+		return j, 0
+	}
+	depth := 0
+	for j := i; j < len(b); {
+		switch b[j] {
+		case '"':
+			j = stringEnd(b, j)
+			continue
+		case '{', '[':
+			if depth++; depth > maxDepth {
+				maxDepth = depth
+			}
+		case '}', ']':
+			if depth--; depth == 0 {
+				return j + 1, maxDepth
+			}
+		}
+		j++
+	}
+	return len(b), maxDepth
+}
+
+// stringEnd returns the index after the string whose opening quote is b[i].
+func stringEnd(b []byte, i int) int {
+	j := i + 1
+	for {
+		// Skip 8 bytes at a time while none is a quote or a backslash.
+		for j+8 <= len(b) {
+			w := binary.LittleEndian.Uint64(b[j:])
+			if hasZeroByte(w^('"'*ones)) || hasZeroByte(w^('\\'*ones)) {
+				break
+			}
+			j += 8
+		}
+		for j < len(b) && b[j] != '"' && b[j] != '\\' {
+			j++
+		}
+		switch {
+		case j >= len(b):
+			return len(b)
+		case b[j] == '"':
+			return j + 1
+		}
+		j += 2 // an escape: its second byte is never a closing quote
+	}
+}
