@@ -210,3 +210,37 @@ func TestIngestBatchNDJSONPartial(t *testing.T) {
 	require.Equal(t, ids[2], d.Results[3].ID)
 	require.Len(t, b.readTopic(t), 3)
 }
+
+// TestIngestBatchRawPathMatchesParse: a compact batch (what SDKs send, decoded by the raw
+// path) and the same batch indented (decoded through the parse tree) put the same
+// messages on the topic, apart from the receive time.
+func TestIngestBatchRawPathMatchesParse(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	evs, ids := batchEvents(6)
+	evs[1]["context"] = map[string]any{"os": "linux", "n": []any{1.5e300, -2, true, nil, "é"}}
+	evs[2]["payload"] = map[string]any{"deep": map[string]any{"a": []any{map[string]any{"b": "c"}}}}
+	evs[4]["apiKey"] = "ignored with a header key"
+	compact := mustJSON(t, evs)
+	indented, err := json.MarshalIndent(evs, "", "  ")
+	require.NoError(t, err)
+
+	values := func(body []byte) map[uuid.UUID]map[string]any {
+		res := b.post(t, "/ingest/batch", body, hdr{"X-API-Key": b.project.APIKey})
+		require.Equal(t, http.StatusAccepted, res.status, "body: %s", res.body)
+		out := map[uuid.UUID]map[string]any{}
+		for id, m := range messagesByID(t, b.readTopic(t), true) { // the last copy of each id
+			var v map[string]any
+			require.NoError(t, json.Unmarshal(m.Value, &v))
+			require.Equal(t, b.project.ID.String(), string(m.Key))
+			delete(v, "receivedAt")
+			out[id] = v
+		}
+		return out
+	}
+	raw := values(compact)
+	parsed := values(indented) // the same ids: the topic holds both copies, the later wins
+	require.Len(t, raw, len(ids))
+	require.Equal(t, raw, parsed)
+	require.Equal(t, map[string]any{"os": "linux", "n": []any{1.5e300, -2.0, true, nil, "é"}}, raw[ids[1]]["context"])
+}

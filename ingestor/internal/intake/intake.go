@@ -354,23 +354,8 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	defer h.release(d)
 	w := h.getWork()
 	defer h.putWork(w)
-	v, _, perr := d.Parse(body)
-	if perr != nil {
-		h.fail(ctx, routeSingle, httperr.Code(perr.Code), perr.Message, 1)
-		return
-	}
-	if v.Type() != fastjson.TypeObject {
-		h.fail(ctx, routeSingle, httperr.ValidationFailed, "body must be object", 1)
-		return
-	}
-	key, _ := event.APIKey(v)
-	proj, ok := h.resolve(ctx, routeSingle, key)
+	ev, proj, ok := h.decodeSingle(ctx, d, body)
 	if !ok {
-		return
-	}
-	ev, verr := d.Build(v, "body", proj.ID, h.now())
-	if verr != nil {
-		h.fail(ctx, routeSingle, httperr.Code(verr.Code), verr.Message, 1)
 		return
 	}
 	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{})
@@ -393,6 +378,40 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	out = append(out, value...)
 	w.out = append(out, '}')
 	h.respond(ctx, fasthttp.StatusAccepted, w.out)
+}
+
+// decodeSingle validates the body of POST /ingest and resolves its apiKey, answering the
+// request itself when it fails: the raw path when it takes the event, Parse + Build
+// otherwise (the key is resolved before validation there, as it always was; the raw path
+// only takes valid events, so the answers are the same).
+func (h *Handler) decodeSingle(ctx *fasthttp.RequestCtx, d *event.Decoder, body []byte) (event.Event, pgstore.KeyProject, bool) {
+	if obj, ok := d.SplitObject(body); ok {
+		if ev, key, _, ok := d.BuildRaw(obj, h.now()); ok {
+			proj, ok := h.resolve(ctx, routeSingle, string(key))
+			ev.ProjectID = proj.ID
+			return ev, proj, ok
+		}
+	}
+	v, _, perr := d.Parse(body)
+	if perr != nil {
+		h.fail(ctx, routeSingle, httperr.Code(perr.Code), perr.Message, 1)
+		return event.Event{}, pgstore.KeyProject{}, false
+	}
+	if v.Type() != fastjson.TypeObject {
+		h.fail(ctx, routeSingle, httperr.ValidationFailed, "body must be object", 1)
+		return event.Event{}, pgstore.KeyProject{}, false
+	}
+	key, _ := event.APIKey(v)
+	proj, ok := h.resolve(ctx, routeSingle, key)
+	if !ok {
+		return event.Event{}, pgstore.KeyProject{}, false
+	}
+	ev, verr := d.Build(v, "body", proj.ID, h.now())
+	if verr != nil {
+		h.fail(ctx, routeSingle, httperr.Code(verr.Code), verr.Message, 1)
+		return event.Event{}, pgstore.KeyProject{}, false
+	}
+	return ev, proj, true
 }
 
 type result struct {
@@ -453,33 +472,26 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	)
 	results := w.results[:0]
 	msgs := w.msgs[:0]
-	// one validates and encodes the event at index i; values from the parser are only
-	// valid until the next Parse, so NDJSON lines are handled one at a time.
-	one := func(v *fastjson.Value) {
-		i := len(results)
-		proj := headerProj
-		if proj == nil {
-			key, _ := event.APIKey(v)
-			p, err := h.keys.Resolve(context.Background(), key)
-			switch {
-			case errors.Is(err, keycache.ErrUnknownKey):
-				h.unknownKey(ctx)
-				results = append(results, result{code: string(httperr.InvalidAPIKey), message: "Invalid API key"})
-				return
-			case err != nil:
-				keyErr = err
-				results = append(results, result{code: string(httperr.Unavailable), message: "API key could not be checked"})
-				return
-			}
-			proj = &p
+	// project resolves the project of an event without a header key from its apiKey; on
+	// failure it records the event's result and returns nil.
+	project := func(key string) *pgstore.KeyProject {
+		p, err := h.keys.Resolve(context.Background(), key)
+		switch {
+		case errors.Is(err, keycache.ErrUnknownKey):
+			h.unknownKey(ctx)
+			results = append(results, result{code: string(httperr.InvalidAPIKey), message: "Invalid API key"})
+			return nil
+		case err != nil:
+			keyErr = err
+			results = append(results, result{code: string(httperr.Unavailable), message: "API key could not be checked"})
+			return nil
 		}
-		ev, verr := d.Build(v, h.path(i), proj.ID, now)
-		if verr != nil {
-			results = append(results, result{code: verr.Code, message: verr.Message})
-			return
-		}
+		return &p
+	}
+	// add encodes a valid event of proj and records its result.
+	add := func(ev *event.Event, proj *pgstore.KeyProject) {
 		var value []byte
-		if arena, key, value = encodeEvent(arena, &ev, key); len(value) > h.limits.Event.MaxEventBytes {
+		if arena, key, value = encodeEvent(arena, ev, key); len(value) > h.limits.Event.MaxEventBytes {
 			results = append(results, result{code: string(httperr.PayloadTooLarge), message: tooLargeMessage(h.limits.Event.MaxEventBytes)})
 			return
 		}
@@ -493,6 +505,54 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		results = append(results, result{id: ev.ID})
 		msgs = append(msgs, kafka.Message{Key: key.key, Value: value, Time: ev.ReceivedAt})
 	}
+	// one validates and encodes the event at index i; values from the parser are only
+	// valid until the next Parse, so NDJSON lines are handled one at a time.
+	one := func(v *fastjson.Value) {
+		proj := headerProj
+		if proj == nil {
+			key, _ := event.APIKey(v)
+			if proj = project(key); proj == nil {
+				return
+			}
+		}
+		ev, verr := d.Build(v, h.path(len(results)), proj.ID, now)
+		if verr != nil {
+			results = append(results, result{code: verr.Code, message: verr.Message})
+			return
+		}
+		add(&ev, proj)
+	}
+	// raw is one for an element of SplitBatch: the raw path when it takes the event
+	// (the same event Build would give), Parse + Build otherwise.
+	raw := func(elem []byte) {
+		ev, apiKey, _, ok := d.BuildRaw(elem, now)
+		if !ok {
+			v, perr := d.ParseElement(elem)
+			if perr != nil {
+				results = append(results, result{code: perr.Code, message: perr.Message})
+				return
+			}
+			one(v)
+			return
+		}
+		proj := headerProj
+		if proj == nil {
+			if proj = project(string(apiKey)); proj == nil {
+				return
+			}
+		}
+		ev.ProjectID = proj.ID
+		add(&ev, proj)
+	}
+	// sized checks the number of events and takes the arena for them.
+	sized := func(n int) bool {
+		if !h.checkCount(ctx, n) {
+			return false
+		}
+		ar = getArena(len(body) + n*eventOverhead)
+		arena = ar.buf
+		return true
+	}
 	defer func() { w.results, w.msgs = results, msgs }() // keep grown slices for reuse
 	// Once handed to the producer, ar is let go of by the producer too.
 	handed := false
@@ -505,11 +565,9 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 
 	if mt == "application/x-ndjson" {
 		lines := splitLines(body)
-		if !h.checkCount(ctx, len(lines)) {
+		if !sized(len(lines)) {
 			return
 		}
-		ar = getArena(len(body) + len(lines)*eventOverhead)
-		arena = ar.buf
 		for _, line := range lines {
 			v, _, perr := d.Parse(line)
 			if perr != nil {
@@ -517,6 +575,14 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 				continue
 			}
 			one(v)
+		}
+	} else if elems, ok := d.SplitBatch(body); ok {
+		// A clean JSON array (what SDKs send): the raw path, event by event.
+		if !sized(len(elems)) {
+			return
+		}
+		for _, el := range elems {
+			raw(el)
 		}
 	} else {
 		v, _, perr := d.Parse(body)
@@ -532,11 +598,9 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		arr, _ := v.Array()
-		if !h.checkCount(ctx, len(arr)) {
+		if !sized(len(arr)) {
 			return
 		}
-		ar = getArena(len(body) + len(arr)*eventOverhead)
-		arena = ar.buf
 		for _, ev := range arr {
 			one(ev)
 		}
