@@ -139,6 +139,8 @@ ON CONFLICT (project_id, minute, type) DO UPDATE SET count = r.count + EXCLUDED.
 
 type key struct{ project, id uuid.UUID }
 
+func keyOf(ev *event.Event) key { return key{ev.ProjectID, ev.ID} }
+
 // rollupKey is one event_rollups row.
 type rollupKey struct {
 	project uuid.UUID
@@ -228,7 +230,7 @@ func (s *Store) storeTx(ctx context.Context, events []event.Event, idx []int, re
 	}
 	for _, i := range idx {
 		ev := &events[i]
-		k := key{ev.ProjectID, ev.ID}
+		k := keyOf(ev)
 		switch {
 		case unknown[ev.ProjectID]:
 			res.Outcomes[i] = UnknownProject
@@ -248,15 +250,15 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 	order := slices.Clone(idx)
 	slices.SortStableFunc(order, func(a, b int) int {
 		ea, eb := &events[a], &events[b]
-		if c := compareKeys(key{ea.ProjectID, ea.ID}, key{eb.ProjectID, eb.ID}); c != 0 {
+		if c := compareKeys(keyOf(ea), keyOf(eb)); c != 0 {
 			return c
 		}
 		return ea.ReceivedAt.Compare(eb.ReceivedAt)
 	})
 	gate := order[:0]
-	for n, i := range order {
-		if n > 0 && events[i].ProjectID == events[gate[len(gate)-1]].ProjectID && events[i].ID == events[gate[len(gate)-1]].ID {
-			continue
+	for _, i := range order {
+		if n := len(gate); n > 0 && keyOf(&events[gate[n-1]]) == keyOf(&events[i]) {
+			continue // a later copy of the same event
 		}
 		gate = append(gate, i)
 	}
@@ -294,7 +296,7 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 		counts := map[rollupKey]int64{}
 		for _, i := range gate {
 			ev := &events[i]
-			if !fresh[key{ev.ProjectID, ev.ID}] {
+			if !fresh[keyOf(ev)] {
 				continue
 			}
 			store = append(store, i)
@@ -322,6 +324,7 @@ func (s *Store) runTx(ctx context.Context, events []event.Event, idx []int) (map
 			return nil, nil, fmt.Errorf("counting %d rows: %w", len(store), err)
 		}
 	}
+	// Fault tests: the rows are written but not committed (nothing may become visible).
 	failpoint.Hit("consumer/before-db-commit")
 	if err := tx.Commit(ctx); err != nil {
 		return nil, nil, fmt.Errorf("committing %d rows: %w", len(idx), err)
