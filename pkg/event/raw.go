@@ -50,18 +50,15 @@ func (d *Decoder) SplitBatch(body []byte) (elems [][]byte, ok bool) {
 // SplitObject returns the event object that is body when the raw path can take it (as
 // SplitBatch, for a single object).
 func (d *Decoder) SplitObject(body []byte) ([]byte, bool) {
-	if valid, dirty := d.scanner.scan(body); !valid || dirty {
+	if valid, dirty := d.scanner.scanMarked(body); !valid || dirty || d.scanner.deepest >= rawMaxBodyDepth {
 		return nil, false
 	}
-	i := skipSpace(body, 0)
-	if i >= len(body) || body[i] != '{' {
+	// A valid document is one value between optional whitespace.
+	obj := bytes.TrimRight(body[skipSpace(body, 0):], " \t\r\n")
+	if obj[0] != '{' {
 		return nil, false
 	}
-	end, depth := valueEnd(body, i)
-	if depth >= rawMaxBodyDepth {
-		return nil, false
-	}
-	return body[i:end], true
+	return obj, true
 }
 
 // ParseElement parses one element of SplitBatch for Build (the general path).
@@ -107,15 +104,15 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		switch string(k) {
 		case "payload", "context":
 			// Objects are checked while their end is found: one walk.
-			if string(k) == "context" && bytes.HasPrefix(elem[i:], nullLiteral) {
-				end = i + len(nullLiteral)
+			if string(k) == "context" && bytes.HasPrefix(elem[i:], []byte("null")) {
+				end = i + len("null")
 				break
 			}
 			if end, ok = d.canonicalEnd(elem, i); !ok {
 				return ev, nil, false, false
 			}
 		default:
-			end, _ = valueEnd(elem, i)
+			end = valueEnd(elem, i)
 		}
 		if end == i {
 			return ev, nil, false, false // whitespace before the value
@@ -228,8 +225,6 @@ func plainString(b []byte, i int) ([]byte, bool) {
 	return s, true
 }
 
-var nullLiteral = []byte("null")
-
 // canonicalEnd returns the end of the object that starts at b[i] when it is already in
 // the form appendValue gives it, within the limits Build enforces: no whitespace between
 // tokens, no escape in any string, nesting within Limits.MaxDepth (the object itself is
@@ -289,23 +284,23 @@ var numberByte = func() (t [256]bool) {
 }()
 
 // valueEnd returns the end of the valid JSON value starting at b[i] (i itself when b[i]
-// starts none, e.g. whitespace) and how deeply it nests.
-func valueEnd(b []byte, i int) (end, maxDepth int) {
+// starts none, e.g. whitespace).
+func valueEnd(b []byte, i int) int {
 	if i >= len(b) {
-		return i, 0
+		return i
 	}
 	switch b[i] {
 	case '"':
-		return stringEnd(b, i), 0
+		return stringEnd(b, i)
 	case '{', '[':
 	case ' ', '\t', '\n', '\r', ',', ']', '}', ':':
-		return i, 0
+		return i
 	default: // number or literal
 		j := i + 1
 		for j < len(b) && (numberByte[b[j]] || (b[j] >= 'a' && b[j] <= 'z')) {
 			j++
 		}
-		return j, 0
+		return j
 	}
 	depth := 0
 	for j := i; j < len(b); {
@@ -314,17 +309,15 @@ func valueEnd(b []byte, i int) (end, maxDepth int) {
 			j = stringEnd(b, j)
 			continue
 		case '{', '[':
-			if depth++; depth > maxDepth {
-				maxDepth = depth
-			}
+			depth++
 		case '}', ']':
 			if depth--; depth == 0 {
-				return j + 1, maxDepth
+				return j + 1
 			}
 		}
 		j++
 	}
-	return len(b), maxDepth
+	return len(b)
 }
 
 // stringEnd returns the index after the string whose opening quote is b[i].
