@@ -1,9 +1,9 @@
 // Package client sends events to PulseBoard's ingestor (POST /ingest/batch, API.md
 // "Ingest") for SDK authors.
 //
-// Enqueue never blocks: events go into a bounded queue that a background goroutine drains
-// into batches, cut by event count (MaxBatchEvents), encoded size (MaxBatchBytes) and time
-// (FlushInterval). EnqueueWait is the blocking variant: it waits for room in the queue
+// Enqueue never blocks: events go into a bounded queue of batches, cut by event count
+// (MaxBatchEvents), encoded size (MaxBatchBytes) and time (FlushInterval), which background
+// goroutines send. EnqueueWait is the blocking variant: it waits for room in the queue
 // instead of dropping, for producers that prefer backpressure to loss. Up to Concurrency
 // requests are in flight at once (default 1, which keeps batches in order).
 //
@@ -192,45 +192,80 @@ type Stats struct {
 	Retries  uint64 // request retries (batches, not events)
 }
 
-type queued struct {
-	id   uuid.UUID
-	json []byte
-}
-
+// batch is the request body of some events and their ids, in order. The body is the
+// JSON array of the events ("[…]"), or the event alone with Options.Compat.
 type batch struct {
-	events []queued
-	size   int
+	ids  []uuid.UUID
+	body *[]byte // from bodies
+	seq  uint64  // order of creation, for Flush
 }
 
-type flushReq struct{ done chan struct{} }
+// bodies recycles request bodies once their batch is done; scratch recycles the buffers
+// events are encoded into before they are copied into a body. Neither keeps a buffer
+// beyond what one request can take.
+var bodies, scratch sync.Pool
+
+func getBuf(p *sync.Pool) *[]byte {
+	if b, ok := p.Get().(*[]byte); ok {
+		*b = (*b)[:0]
+		return b
+	}
+	return new([]byte)
+}
+
+func putBuf(p *sync.Pool, b *[]byte) {
+	if cap(*b) <= MaxWireBytes {
+		p.Put(b)
+	}
+}
+
+// flushWait is a Flush waiting for the batches that existed when it was called.
+type flushWait struct {
+	seq       uint64 // the last batch it waits for
+	remaining int    // of the batches up to seq, those not finished yet
+	done      chan struct{}
+}
 
 // Client batches and sends events. Its methods are safe for concurrent use.
+//
+// The queue is a batch being filled plus a FIFO of full batches, under one mutex:
+// Enqueue encodes the event outside the lock, then copies it into the body of the batch
+// being filled, and cuts that batch into the FIFO when the count or the byte limit is
+// reached (the flush timer cuts a partial one); a free sender takes the oldest batch and
+// sends its body as it is. So an event costs one short critical section and no
+// allocation, and the senders are woken once per batch rather than once per event.
+// Events wait in the queue, which QueueSize bounds, until a sender is free to take their
+// batch.
 type Client struct {
-	opts      Options
-	url       string
-	doer      Doer
-	ownHC     *http.Client // the private client, whose idle connections Close closes
-	queue     chan queued
-	flushes   chan flushReq
-	lead      sync.Mutex // held by the sender that is batching
-	batch     *batcher   // guarded by lead
-	inflight  sync.WaitGroup
-	senders   sync.WaitGroup
-	closing   chan struct{} // closed first by Close: wakes EnqueueWait
-	stop      chan struct{}
-	closeOnce sync.Once
-	exited    chan struct{}
-	ctx       context.Context // cancelled when Close gives up waiting
-	cancel    context.CancelFunc
+	opts    Options
+	url     string
+	doer    Doer
+	ownHC   *http.Client  // the private client, whose idle connections Close closes
+	closing chan struct{} // closed first by Close: wakes EnqueueWait
+	exited  chan struct{} // closed when every sender has returned
+	senders sync.WaitGroup
+	ctx     context.Context // cancelled when Close gives up waiting
+	cancel  context.CancelFunc
+	timer   *time.Timer // cuts a partial batch FlushInterval after its first event
 
-	mu     sync.RWMutex // guards closed against concurrent Enqueue
-	closed bool
+	mu          sync.Mutex    // guards the fields below
+	wake        sync.Cond     // on mu: a batch is ready, or the client closed
+	fill        batch         // the batch being filled; its body is nil until its first event
+	fillStart   time.Time     // when its first event came
+	timerArmed  bool          // a timer callback is due
+	ready       []batch       // full batches, oldest first
+	queued      int           // events in fill and ready: what QueueSize bounds
+	outstanding int           // batches in ready or being sent
+	seq         uint64        // of the last batch cut
+	room        chan struct{} // closed when events leave a full queue; nil without waiters
+	flushWaits  []*flushWait
+	closed      bool
 
 	enqueued, sent, rejected, dropped, failed, retries atomic.Uint64
 }
 
-// New validates o, applies defaults and starts the batching and sending goroutines; call
-// Close to stop them.
+// New validates o, applies defaults and starts the sending goroutines; call Close to stop
+// them.
 func New(o Options) (*Client, error) {
 	if o.Endpoint == "" {
 		return nil, errors.New("pulseboard client: Endpoint is required")
@@ -281,12 +316,10 @@ func New(o Options) (*Client, error) {
 	c := &Client{
 		opts:    o,
 		url:     strings.TrimRight(o.Endpoint, "/") + path,
-		queue:   make(chan queued, o.QueueSize),
-		flushes: make(chan flushReq),
 		closing: make(chan struct{}),
-		stop:    make(chan struct{}),
 		exited:  make(chan struct{}),
 	}
+	c.wake.L = &c.mu
 	switch {
 	case o.Doer != nil:
 		c.doer = o.Doer
@@ -300,8 +333,8 @@ func New(o Options) (*Client, error) {
 		c.doer = c.ownHC
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.batch = &batcher{c: c, events: make([]queued, 0, o.MaxBatchEvents), timer: time.NewTimer(time.Hour)}
-	c.batch.timer.Stop()
+	c.timer = time.AfterFunc(time.Hour, c.onTimer)
+	c.timer.Stop()
 	for range o.Concurrency {
 		c.senders.Add(1)
 		go c.sender()
@@ -325,50 +358,60 @@ func (c *Client) Enqueue(ev Event) error { return c.enqueue(context.Background()
 func (c *Client) EnqueueWait(ctx context.Context, ev Event) error { return c.enqueue(ctx, ev, true) }
 
 func (c *Client) enqueue(ctx context.Context, ev Event, wait bool) error {
-	q, err := c.encode(ev)
+	buf := getBuf(&scratch)
+	defer putBuf(&scratch, buf)
+	id, err := c.encode(buf, ev)
 	if err != nil {
 		return err
 	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
-		return ErrClosed
+	c.mu.Lock()
+	for {
+		if c.closed {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		if c.queued < c.opts.QueueSize {
+			break
+		}
+		if !wait {
+			c.mu.Unlock()
+			c.dropped.Add(1)
+			return ErrQueueFull
+		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.closing:
+			return ErrClosed
+		}
+		c.mu.Lock()
 	}
-	select {
-	case c.queue <- q:
-		c.enqueued.Add(1)
-		return nil
-	default:
-	}
-	if !wait {
-		c.dropped.Add(1)
-		return ErrQueueFull
-	}
-	select {
-	case c.queue <- q:
-		c.enqueued.Add(1)
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.closing:
-		return ErrClosed
-	}
+	c.add(id, *buf)
+	c.mu.Unlock()
+	c.enqueued.Add(1)
+	return nil
 }
 
-// encode validates ev, fills its defaults and encodes it for the wire.
-func (c *Client) encode(ev Event) (queued, error) {
+// encode validates ev, fills its defaults and encodes it for the wire into buf.
+func (c *Client) encode(buf *[]byte, ev Event) (uuid.UUID, error) {
 	switch ev.Type {
 	case TypeError, TypeEvent, TypeMetric:
 	default:
-		return queued{}, fmt.Errorf("%w: type %q must be error, event or metric", ErrInvalidEvent, ev.Type)
+		return uuid.Nil, fmt.Errorf("%w: type %q must be error, event or metric", ErrInvalidEvent, ev.Type)
 	}
 	if ev.Name == "" {
-		return queued{}, fmt.Errorf("%w: name is empty", ErrInvalidEvent)
+		return uuid.Nil, fmt.Errorf("%w: name is empty", ErrInvalidEvent)
 	}
 	if ev.EventID == uuid.Nil {
 		id, err := uuid.NewV7()
 		if err != nil {
-			return queued{}, err
+			return uuid.Nil, err
 		}
 		ev.EventID = id
 	}
@@ -379,35 +422,36 @@ func (c *Client) encode(ev Event) (queued, error) {
 	if c.opts.Compat {
 		key = c.opts.APIKey
 	}
-	b, err := appendEvent(nil, &ev, key)
+	b, err := appendEvent(*buf, &ev, key)
 	if err != nil {
-		return queued{}, err
+		return uuid.Nil, err
 	}
+	*buf = b
 	if len(b)+2 > c.opts.MaxBatchBytes {
-		return queued{}, ErrEventTooLarge
+		return uuid.Nil, ErrEventTooLarge
 	}
-	return queued{id: ev.EventID, json: b}, nil
+	return ev.EventID, nil
 }
 
 // Flush sends every event queued before the call and waits until each has a final
 // state (see Stats and Options.OnResult), or ctx is done. Returns ErrClosed after Close.
 func (c *Client) Flush(ctx context.Context) error {
-	c.mu.RLock()
-	closed := c.closed
-	c.mu.RUnlock()
-	if closed {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
 		return ErrClosed
 	}
-	req := flushReq{done: make(chan struct{})}
-	select {
-	case c.flushes <- req:
-	case <-c.exited:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	c.cut()
+	if c.outstanding == 0 {
+		c.mu.Unlock()
+		return nil
 	}
+	// Every batch outstanding now was cut before the call, every later one after it.
+	fw := &flushWait{seq: c.seq, remaining: c.outstanding, done: make(chan struct{})}
+	c.flushWaits = append(c.flushWaits, fw)
+	c.mu.Unlock()
 	select {
-	case <-req.done:
+	case <-fw.done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -418,13 +462,14 @@ func (c *Client) Flush(ctx context.Context) error {
 // first, in-flight requests and retries are abandoned, the remaining events are counted
 // as Failed, and ctx.Err() is returned. Close may be called more than once.
 func (c *Client) Close(ctx context.Context) error {
-	c.closeOnce.Do(func() {
-		close(c.closing) // EnqueueWait callers give up and release the read lock
-		c.mu.Lock()
+	c.mu.Lock()
+	if !c.closed {
 		c.closed = true
-		c.mu.Unlock()
-		close(c.stop)
-	})
+		close(c.closing) // EnqueueWait callers give up
+		c.cut()
+		c.wake.Broadcast() // senders return once ready is empty
+	}
+	c.mu.Unlock()
 	var err error
 	select {
 	case <-c.exited:
@@ -434,6 +479,7 @@ func (c *Client) Close(ctx context.Context) error {
 		<-c.exited
 	}
 	c.cancel()
+	c.timer.Stop()
 	if c.ownHC != nil {
 		c.ownHC.CloseIdleConnections()
 	}
@@ -452,138 +498,122 @@ func (c *Client) Stats() Stats {
 	}
 }
 
-// The sending goroutines take turns at batching (leader/followers): a goroutine that is
-// not sending takes the lead lock, reads the queue until a batch is ready, releases the
-// lock and sends that batch itself, while the next free goroutine builds the following
-// batch. Batches are therefore filled one at a time, as by a single batcher, without a
-// hand-off between a batcher and the senders; and no event leaves the queue while every
-// sender is busy, so the queue (what Enqueue sees as full) is where events wait.
-
-// batcher accumulates events until a limit is reached; it is guarded by Client.lead.
-type batcher struct {
-	c      *Client
-	events []queued
-	size   int // encoded body size: brackets, commas and events
-	timer  *time.Timer
-	armed  bool
-}
-
-// add adds q and returns a batch that became ready: the previous events when q does not
-// fit in their body, or all of them when the count is reached.
-func (b *batcher) add(q queued) (batch, bool) {
-	var ready batch
-	var ok bool
-	if len(b.events) > 0 && b.size+1+len(q.json) > b.c.opts.MaxBatchBytes {
-		ready, ok = b.take()
+// add puts the event in the batch being filled, cutting that batch first when the event
+// does not fit in its body (with a comma and the closing bracket), and after when the
+// count is reached. c.mu is held.
+func (c *Client) add(id uuid.UUID, ev []byte) {
+	if len(c.fill.ids) > 0 && len(*c.fill.body)+len(ev)+2 > c.opts.MaxBatchBytes {
+		c.cut()
 	}
-	if len(b.events) == 0 {
-		b.size = 2
-	} else {
-		b.size++
-	}
-	b.events = append(b.events, q)
-	b.size += len(q.json)
-	if !ok && len(b.events) >= b.c.opts.MaxBatchEvents {
-		ready, ok = b.take()
-	}
-	return ready, ok
-}
-
-// take returns the events gathered so far as a batch, counted in flight.
-func (b *batcher) take() (batch, bool) {
-	if len(b.events) == 0 {
-		return batch{}, false
-	}
-	bt := batch{events: b.events, size: b.size}
-	b.events = make([]queued, 0, b.c.opts.MaxBatchEvents)
-	b.size = 0
-	b.c.inflight.Add(1)
-	return bt, true
-}
-
-// rearm keeps the flush timer running exactly while a partial batch waits.
-func (b *batcher) rearm() {
-	if len(b.events) == 0 && b.armed {
-		b.timer.Stop()
-		b.armed = false
-	} else if len(b.events) > 0 && !b.armed {
-		b.timer.Reset(b.c.opts.FlushInterval)
-		b.armed = true
-	}
-}
-
-// sendAll sends, one after the other, up to n queued events and the partial batch, then
-// waits until no request is in flight (Flush and Close).
-func (b *batcher) sendAll(n int) {
-	c := b.c
-	for range n {
-		select {
-		case q := <-c.queue:
-			if bt, ok := b.add(q); ok {
-				c.sendBatch(bt)
-			}
-			continue
-		default:
+	if len(c.fill.ids) == 0 {
+		c.fill.ids = make([]uuid.UUID, 0, c.opts.MaxBatchEvents)
+		c.fill.body = getBuf(&bodies)
+		if !c.opts.Compat {
+			*c.fill.body = append(*c.fill.body, '[')
 		}
-		break
+		c.fillStart = time.Now()
+		if !c.timerArmed {
+			c.timerArmed = true
+			c.timer.Reset(c.opts.FlushInterval)
+		}
+	} else {
+		*c.fill.body = append(*c.fill.body, ',')
 	}
-	if bt, ok := b.take(); ok {
-		c.sendBatch(bt)
+	c.fill.ids = append(c.fill.ids, id)
+	*c.fill.body = append(*c.fill.body, ev...)
+	c.queued++
+	if len(c.fill.ids) >= c.opts.MaxBatchEvents {
+		c.cut()
 	}
-	b.rearm()
-	c.inflight.Wait()
 }
 
-// sender is one of the Concurrency sending goroutines.
+// cut moves the batch being filled, if any, to ready and wakes a sender. c.mu is held.
+func (c *Client) cut() {
+	if len(c.fill.ids) == 0 {
+		return
+	}
+	if !c.opts.Compat {
+		*c.fill.body = append(*c.fill.body, ']')
+	}
+	c.seq++
+	c.fill.seq = c.seq
+	c.ready = append(c.ready, c.fill)
+	c.outstanding++
+	c.fill = batch{}
+	c.wake.Signal()
+}
+
+// onTimer cuts the partial batch once its first event has waited FlushInterval. The
+// timer is armed while events wait in a partial batch and not re-armed for each batch:
+// when it fires early for a batch started since, it is set again for the rest.
+func (c *Client) onTimer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timerArmed = false
+	if len(c.fill.ids) == 0 || c.closed {
+		return
+	}
+	if wait := c.opts.FlushInterval - time.Since(c.fillStart); wait > 0 {
+		c.timerArmed = true
+		c.timer.Reset(wait)
+		return
+	}
+	c.cut()
+}
+
+// sender is one of the Concurrency sending goroutines: it takes the oldest ready batch,
+// sends it and records its outcome, until the client is closed and nothing is left.
 func (c *Client) sender() {
 	defer c.senders.Done()
+	c.mu.Lock()
 	for {
-		c.lead.Lock()
-		bt, ok, stop := c.collect()
-		c.lead.Unlock()
-		if ok {
-			c.sendBatch(bt)
+		for len(c.ready) == 0 && !c.closed {
+			c.wake.Wait()
 		}
-		if stop {
+		if len(c.ready) == 0 { // closed, and Close cut the last partial batch
+			c.mu.Unlock()
 			return
 		}
+		bt := c.ready[0]
+		c.ready[0] = batch{}
+		c.ready = c.ready[1:]
+		if len(c.ready) == 0 {
+			c.ready = c.ready[:0:0] // let the backing array go; append starts a new one
+		}
+		c.queued -= len(bt.ids)
+		if c.room != nil {
+			close(c.room) // EnqueueWait callers retry
+			c.room = nil
+		}
+		c.mu.Unlock()
+
+		if c.deliver(bt.ids, *bt.body) {
+			putBuf(&bodies, bt.body)
+		}
+
+		c.mu.Lock()
+		c.outstanding--
+		c.finished(bt.seq)
 	}
 }
 
-func (c *Client) sendBatch(bt batch) {
-	c.deliver(bt.events, bt.size)
-	c.inflight.Done()
-}
-
-// collect runs with the lead lock held: it reads the queue until a batch is ready, serving
-// the flush timer, Flush and Close meanwhile. stop is true once the client is closed and
-// everything was sent.
-func (c *Client) collect() (bt batch, ok, stop bool) {
-	b := c.batch
-	for {
-		var timer <-chan time.Time
-		if b.armed {
-			timer = b.timer.C
-		}
-		select {
-		case q := <-c.queue:
-			bt, ok = b.add(q)
-		case <-timer:
-			b.armed = false
-			bt, ok = b.take()
-		case req := <-c.flushes:
-			b.sendAll(len(c.queue))
-			close(req.done)
-		case <-c.stop:
-			// closed is set, so the queue only shrinks from here.
-			b.sendAll(len(c.queue))
-			return batch{}, false, true
-		}
-		b.rearm()
-		if ok {
-			return bt, true, false
-		}
+// finished counts batch seq as done for the Flush calls waiting for it. c.mu is held.
+func (c *Client) finished(seq uint64) {
+	if len(c.flushWaits) == 0 {
+		return
 	}
+	waits := c.flushWaits[:0]
+	for _, fw := range c.flushWaits {
+		if seq <= fw.seq {
+			if fw.remaining--; fw.remaining == 0 {
+				close(fw.done)
+				continue
+			}
+		}
+		waits = append(waits, fw)
+	}
+	clear(c.flushWaits[len(waits):])
+	c.flushWaits = waits
 }
 
 // response is the batch answer, success or error (intake.appendBatchBody, httperr).
@@ -600,22 +630,10 @@ type response struct {
 	} `json:"data"`
 }
 
-// deliver sends one batch with retries and records the outcome of every event.
-func (c *Client) deliver(events []queued, size int) {
-	var body []byte
-	if c.opts.Compat {
-		body = events[0].json
-	} else {
-		body = make([]byte, 0, size)
-		body = append(body, '[')
-		for i, q := range events {
-			if i > 0 {
-				body = append(body, ',')
-			}
-			body = append(body, q.json...)
-		}
-		body = append(body, ']')
-	}
+// deliver sends one batch with retries and records the outcome of every event. It
+// reports whether body may be used again: a RoundTripper may read a request body after
+// Do returned, until it closes it, so only a body whose every reader was closed is free.
+func (c *Client) deliver(events []uuid.UUID, body []byte) (free bool) {
 	gz := false
 	if c.opts.Gzip {
 		var buf bytes.Buffer
@@ -625,10 +643,12 @@ func (c *Client) deliver(events []queued, size int) {
 			body, gz = buf.Bytes(), true
 		}
 	}
+	var open atomic.Int64 // readers of body not closed yet
+	defer func() { free = gz || open.Load() == 0 }()
 
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		status, hdr, respBody, err := c.post(body, gz)
+		status, hdr, respBody, err := c.post(body, gz, &open)
 		if c.opts.OnRequest != nil {
 			c.opts.OnRequest(RequestInfo{Events: len(events), Attempt: attempt, HTTPStatus: status, Err: err,
 				Start: start, Duration: time.Since(start)})
@@ -672,6 +692,27 @@ func (c *Client) deliver(events []queued, size int) {
 	}
 }
 
+// bodyReader is a request body that counts itself open until closed.
+type bodyReader struct {
+	bytes.Reader
+	open   *atomic.Int64
+	closed atomic.Bool
+}
+
+func newBodyReader(body []byte, open *atomic.Int64) *bodyReader {
+	open.Add(1)
+	r := &bodyReader{open: open}
+	r.Reset(body)
+	return r
+}
+
+func (r *bodyReader) Close() error {
+	if r.closed.CompareAndSwap(false, true) {
+		r.open.Add(-1)
+	}
+	return nil
+}
+
 func orStatus(msg string, status int) string {
 	if msg != "" {
 		return msg
@@ -683,12 +724,15 @@ func retryable(status int) bool {
 	return status == http.StatusTooManyRequests || status >= 500
 }
 
-// post makes one request; err is a transport error.
-func (c *Client) post(body []byte, gz bool) (int, http.Header, []byte, error) {
-	req, err := http.NewRequestWithContext(c.ctx, http.MethodPost, c.url, bytes.NewReader(body))
+// post makes one request; err is a transport error. open counts the body's readers that
+// the Doer has not closed.
+func (c *Client) post(body []byte, gz bool, open *atomic.Int64) (int, http.Header, []byte, error) {
+	req, err := http.NewRequestWithContext(c.ctx, http.MethodPost, c.url, newBodyReader(body, open))
 	if err != nil {
 		return 0, nil, nil, err
 	}
+	req.ContentLength = int64(len(body))
+	req.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body, open), nil }
 	req.Header.Set("Content-Type", "application/json")
 	if !c.opts.Compat {
 		req.Header.Set("X-API-Key", c.opts.APIKey)
@@ -711,25 +755,28 @@ func (c *Client) post(body []byte, gz bool) (int, http.Header, []byte, error) {
 
 // perEvent records a 202, 200 or 400 answer from its results; events without a result
 // count as accepted on 2xx and rejected on 400.
-func (c *Client) perEvent(events []queued, status int, r response, attempts int) {
-	res := make([]Result, len(events))
+func (c *Client) perEvent(events []uuid.UUID, status int, r response, attempts int) {
 	def, code, msg := StatusAccepted, "", ""
 	if status == http.StatusBadRequest {
 		def, code, msg = StatusRejected, r.Code, orStatus(r.Message, status)
 	}
-	for i, q := range events {
-		res[i] = Result{EventID: q.id, Status: def, HTTPStatus: status, Code: code, Message: msg, Attempts: attempts}
+	if r.Data == nil || len(r.Data.Results) == 0 {
+		// One outcome for all (every 202): no per-event results to merge.
+		c.all(events, def, status, code, msg, attempts)
+		return
 	}
-	if r.Data != nil {
-		for _, x := range r.Data.Results {
-			if x.Index < 0 || x.Index >= len(res) {
-				continue
-			}
-			if x.Status == "accepted" {
-				res[x.Index].Status, res[x.Index].Code, res[x.Index].Message = StatusAccepted, "", ""
-			} else {
-				res[x.Index].Status, res[x.Index].Code, res[x.Index].Message = StatusRejected, x.Code, x.Message
-			}
+	res := make([]Result, len(events))
+	for i, id := range events {
+		res[i] = Result{EventID: id, Status: def, HTTPStatus: status, Code: code, Message: msg, Attempts: attempts}
+	}
+	for _, x := range r.Data.Results {
+		if x.Index < 0 || x.Index >= len(res) {
+			continue
+		}
+		if x.Status == "accepted" {
+			res[x.Index].Status, res[x.Index].Code, res[x.Index].Message = StatusAccepted, "", ""
+		} else {
+			res[x.Index].Status, res[x.Index].Code, res[x.Index].Message = StatusRejected, x.Code, x.Message
 		}
 	}
 	for _, x := range res {
@@ -737,9 +784,9 @@ func (c *Client) perEvent(events []queued, status int, r response, attempts int)
 	}
 }
 
-func (c *Client) all(events []queued, s Status, httpStatus int, code, msg string, attempts int) {
-	for _, q := range events {
-		c.record(Result{EventID: q.id, Status: s, HTTPStatus: httpStatus, Code: code, Message: msg, Attempts: attempts})
+func (c *Client) all(events []uuid.UUID, s Status, httpStatus int, code, msg string, attempts int) {
+	for _, id := range events {
+		c.record(Result{EventID: id, Status: s, HTTPStatus: httpStatus, Code: code, Message: msg, Attempts: attempts})
 	}
 }
 

@@ -394,3 +394,49 @@ func TestPrivateClientKeepsConcurrencyConnections(t *testing.T) {
 	assert.EqualValues(t, 8, dials.Load(), "no new connection for the second burst")
 	assert.Equal(t, uint64(16), c.Stats().Sent)
 }
+
+// lateReader is a Doer that answers 202 at once and reads each request body only later,
+// as a RoundTripper may until it closes the body.
+type lateReader struct {
+	mu     sync.Mutex
+	bodies []io.ReadCloser
+	sizes  []int64
+}
+
+func (d *lateReader) Do(r *http.Request) (*http.Response, error) {
+	d.mu.Lock()
+	d.bodies = append(d.bodies, r.Body)
+	d.sizes = append(d.sizes, r.ContentLength)
+	d.mu.Unlock()
+	return &http.Response{StatusCode: http.StatusAccepted, Body: http.NoBody, Request: r}, nil
+}
+
+// A body the Doer has not closed is never reused for a later batch: what the Doer reads
+// late is still the batch it was given. Bodies that were closed are reused (no
+// allocation per batch), which the Flush in between makes likely here.
+func TestBodyNotReusedWhileDoerHoldsIt(t *testing.T) {
+	d := &lateReader{}
+	c, err := New(Options{Endpoint: "http://late.invalid", APIKey: testKey, MaxBatchEvents: 3, Doer: d, FlushInterval: time.Hour})
+	require.NoError(t, err)
+	var ids [][]uuid.UUID
+	for range 4 {
+		ids = append(ids, enqueue(t, c, 3))
+		flush(t, c)
+	}
+	require.NoError(t, c.Close(context.Background()))
+	require.Len(t, d.bodies, 4)
+	for i, b := range d.bodies {
+		raw, err := io.ReadAll(b)
+		require.NoError(t, err)
+		require.EqualValues(t, d.sizes[i], len(raw), "ContentLength of request %d", i)
+		var got []struct {
+			EventID uuid.UUID `json:"eventId"`
+		}
+		require.NoError(t, json.Unmarshal(raw, &got), "request %d: %s", i, raw)
+		require.Len(t, got, 3)
+		for j, e := range got {
+			assert.Equal(t, ids[i][j], e.EventID, "request %d event %d", i, j)
+		}
+		require.NoError(t, b.Close())
+	}
+}
