@@ -70,11 +70,44 @@ const Precision = time.Millisecond
 
 // AppendJSON appends the event object of API.md:
 // {"id","projectId","type","name","payload","timestamp","receivedAt"} plus "context" when set.
-func (e *Event) AppendJSON(dst []byte) []byte {
+func (e *Event) AppendJSON(dst []byte) []byte { return e.appendJSON(dst, nil, nil) }
+
+// Encoder is AppendJSON for the events of one request. The events of a request usually
+// share their project and their receive time; an Encoder formats each of them once and
+// copies the text for the next events. Its output is exactly AppendJSON's. The zero
+// Encoder is ready to use; it is not safe for concurrent use.
+type Encoder struct {
+	project      uuid.UUID
+	projectText  [36]byte
+	hasProject   bool
+	received     time.Time
+	receivedText []byte // nil until the first event
+}
+
+// AppendJSON appends e's encoding, as e.AppendJSON(dst) does.
+func (c *Encoder) AppendJSON(dst []byte, e *Event) []byte {
+	if !c.hasProject || c.project != e.ProjectID {
+		appendUUID(c.projectText[:0], e.ProjectID)
+		c.project, c.hasProject = e.ProjectID, true
+	}
+	if c.receivedText == nil || !c.received.Equal(e.ReceivedAt) {
+		c.receivedText = AppendTime(c.receivedText[:0], e.ReceivedAt)
+		c.received = e.ReceivedAt
+	}
+	return e.appendJSON(dst, c.projectText[:], c.receivedText)
+}
+
+// appendJSON is AppendJSON with the text of the project id and of the receive time when
+// the caller has them (nil: format them).
+func (e *Event) appendJSON(dst, projectText, receivedText []byte) []byte {
 	dst = append(dst, `{"id":"`...)
 	dst = appendUUID(dst, e.ID)
 	dst = append(dst, `","projectId":"`...)
-	dst = appendUUID(dst, e.ProjectID)
+	if projectText != nil {
+		dst = append(dst, projectText...)
+	} else {
+		dst = appendUUID(dst, e.ProjectID)
+	}
 	dst = append(dst, `","type":"`...)
 	dst = append(dst, e.Type...) // one of three constants, never needs escaping
 	dst = append(dst, `","name":`...)
@@ -86,9 +119,12 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	dst = AppendTime(dst, e.Timestamp)
 	tsText := dst[ts:]
 	dst = append(dst, `","receivedAt":"`...)
-	if e.ReceivedAt.Equal(e.Timestamp) { // an event sent without a timestamp
+	switch {
+	case e.ReceivedAt.Equal(e.Timestamp): // an event sent without a timestamp
 		dst = append(dst, tsText...)
-	} else {
+	case receivedText != nil:
+		dst = append(dst, receivedText...)
+	default:
 		dst = AppendTime(dst, e.ReceivedAt)
 	}
 	dst = append(dst, '"')
@@ -167,10 +203,17 @@ func appendUUID(dst []byte, id uuid.UUID) []byte {
 // hexInto writes src in lower-case hex to dst (len(dst) == 2*len(src)).
 func hexInto(dst, src []byte) {
 	for i, b := range src {
-		dst[2*i] = hexLower[b>>4]
-		dst[2*i+1] = hexLower[b&0x0f]
+		dst[2*i], dst[2*i+1] = hexPairs[b][0], hexPairs[b][1]
 	}
 }
+
+// hexPairs[b] is b in two lower-case hex digits: one lookup per byte instead of two.
+var hexPairs = func() (t [256][2]byte) {
+	for i := range t {
+		t[i] = [2]byte{hexLower[i>>4], hexLower[i&0x0f]}
+	}
+	return t
+}()
 
 // AppendString appends s as a JSON string. s must be valid UTF-8 (everything that reaches
 // here has been sanitised); control characters, quotes and backslashes are escaped and

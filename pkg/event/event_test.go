@@ -194,3 +194,31 @@ func TestDefaultLimits(t *testing.T) {
 	require.Equal(t, Limits{MaxNameChars: 200, MaxEventBytes: 64 << 10, MaxDepth: 32}, DefaultLimits())
 	require.Equal(t, DefaultLimits(), NewDecoder(DefaultLimits()).Limits)
 }
+
+// An Encoder gives exactly AppendJSON's bytes over a sequence of events whose projects
+// and receive times change, repeat and come back, including times outside years 0-9999
+// and a receive time equal to the timestamp.
+func TestEncoderMatchesAppendJSON(t *testing.T) {
+	t.Parallel()
+	projects := []uuid.UUID{testProject, uuid.New(), uuid.Nil}
+	base := time.Date(2026, 11, 26, 14, 0, 0, 0, time.UTC)
+	received := []time.Time{base, base.Add(time.Millisecond), base.In(time.FixedZone("x", 3600)),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), {}}
+	var enc Encoder
+	var got, want []byte
+	for i := range 200 {
+		ev := sampleEvent()
+		ev.ID = uuid.New()
+		ev.ProjectID = projects[(i/3)%len(projects)]
+		ev.ReceivedAt = received[(i/2)%len(received)]
+		if i%7 == 0 {
+			ev.Timestamp = ev.ReceivedAt
+		}
+		if i%5 == 0 {
+			ev.Context = []byte(`{"i":1}`)
+		}
+		want = ev.AppendJSON(want[:0])
+		got = enc.AppendJSON(got[:0], &ev)
+		require.Equal(t, string(want), string(got), "event %d", i)
+	}
+}

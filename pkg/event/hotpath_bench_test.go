@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -70,6 +71,19 @@ func BenchmarkAppendJSON(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = ev.AppendJSON(buf[:0])
+	}
+}
+
+// BenchmarkEncoderAppendJSON is AppendJSON for the events of one request, which share
+// project and receive time (the ingestor's batch path).
+func BenchmarkEncoderAppendJSON(b *testing.B) {
+	ev := benchEvent(b, NewDecoder(DefaultLimits()))
+	ev.ReceivedAt = ev.Timestamp.Add(time.Second)
+	buf := make([]byte, 0, 1024)
+	var enc Encoder
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = enc.AppendJSON(buf[:0], &ev)
 	}
 }
 

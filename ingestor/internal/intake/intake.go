@@ -97,6 +97,7 @@ type work struct {
 	results []result
 	msgs    []kafka.Message
 	out     []byte
+	enc     event.Encoder // formats a request's shared project id and receive time once
 }
 
 // New returns a Handler and registers its metrics.
@@ -318,15 +319,15 @@ func (a *pooledArena) drop() {
 // are slices of the arena, so a request allocates once for all its events; key is reused
 // when it is the previous event's project's. Neither is ever written again after this
 // (later appends only add bytes past them, or move to a new array), which the producer
-// needs: it keeps them until the broker answered.
-func encodeEvent(arena []byte, ev *event.Event, key keyCache) (_ []byte, _ keyCache, value []byte) {
+// needs: it keeps them until the broker answered. enc is the request's.
+func encodeEvent(arena []byte, ev *event.Event, key keyCache, enc *event.Encoder) (_ []byte, _ keyCache, value []byte) {
 	if key.key == nil || key.project != ev.ProjectID {
 		start := len(arena)
 		arena = event.AppendUUID(arena, ev.ProjectID)
 		key = keyCache{project: ev.ProjectID, key: arena[start:len(arena):len(arena)]}
 	}
 	start := len(arena)
-	arena = ev.AppendJSON(arena)
+	arena = enc.AppendJSON(arena, ev)
 	return arena, key, arena[start:len(arena):len(arena)]
 }
 
@@ -358,7 +359,7 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{})
+	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{}, &w.enc)
 	if len(value) > h.limits.Event.MaxEventBytes {
 		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, tooLargeMessage(h.limits.Event.MaxEventBytes), 1)
 		return
@@ -491,7 +492,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	// add encodes a valid event of proj and records its result.
 	add := func(ev *event.Event, proj *pgstore.KeyProject) {
 		var value []byte
-		if arena, key, value = encodeEvent(arena, ev, key); len(value) > h.limits.Event.MaxEventBytes {
+		if arena, key, value = encodeEvent(arena, ev, key, &w.enc); len(value) > h.limits.Event.MaxEventBytes {
 			results = append(results, result{code: string(httperr.PayloadTooLarge), message: tooLargeMessage(h.limits.Event.MaxEventBytes)})
 			return
 		}
