@@ -38,6 +38,27 @@ type Decoder struct {
 	payload []byte
 	context []byte
 	elems   [][]byte // SplitBatch's answer, reused
+	names   map[string]string
+}
+
+// maxNames bounds the names a Decoder keeps (see name).
+const maxNames = 512
+
+// name returns b as a string, the same string for the same bytes while fewer than
+// maxNames distinct names were seen: event names repeat (a handful per project), and
+// converting each anew was one allocation per event.
+func (d *Decoder) name(b []byte) string {
+	if s, ok := d.names[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	s := string(b)
+	if len(d.names) < maxNames {
+		if d.names == nil {
+			d.names = make(map[string]string)
+		}
+		d.names[s] = s
+	}
+	return s
 }
 
 // NewDecoder returns a Decoder with the given limits.
@@ -162,7 +183,7 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 	case n > d.Limits.MaxNameChars:
 		return invalid(path + "/name must NOT have more than " + itoa(d.Limits.MaxNameChars) + " characters")
 	}
-	ev.Name = string(nb)
+	ev.Name = d.name(nb)
 
 	if payload.Type() != fastjson.TypeObject {
 		return invalid(path + "/payload must be object")

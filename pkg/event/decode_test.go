@@ -2,6 +2,7 @@ package event
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -610,4 +611,19 @@ func TestDecodeMessageAcceptsMemberOrderAndWhitespace(t *testing.T) {
 		Timestamp:  time.Date(2024, 5, 6, 7, 8, 0, 0, time.UTC),
 		ReceivedAt: time.Date(2024, 5, 6, 7, 8, 9, 123e6, time.UTC),
 	}, ev)
+}
+
+// Names are interned: the same name gives the same string without an allocation, up to
+// maxNames distinct names, and any name beyond that is still returned right.
+func TestDecoderInternsNames(t *testing.T) {
+	d := NewDecoder(DefaultLimits())
+	a := d.name([]byte("checkout failed"))
+	require.Equal(t, "checkout failed", a)
+	require.Zero(t, testing.AllocsPerRun(100, func() { _ = d.name([]byte("checkout failed")) }))
+	for i := range maxNames + 10 {
+		n := "n" + strconv.Itoa(i)
+		require.Equal(t, n, d.name([]byte(n)))
+	}
+	require.Len(t, d.names, maxNames)
+	require.Equal(t, "checkout failed", d.name([]byte("checkout failed")))
 }

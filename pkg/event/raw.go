@@ -170,7 +170,7 @@ fields:
 	if c := charCount(n); c < 1 || c > d.Limits.MaxNameChars {
 		return ev, nil, false, false
 	}
-	ev.Name = string(n)
+	ev.Name = d.name(n)
 	d.payload = append(d.payload[:0], payload...)
 	ev.Payload = d.payload
 	if ctx != nil && !isNull(ctx) {
