@@ -71,3 +71,24 @@ func BenchmarkEnqueueBatch100(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEnqueueBatch100Gzip is BenchmarkEnqueueBatch100 with gzip request bodies.
+func BenchmarkEnqueueBatch100Gzip(b *testing.B) {
+	c, err := New(Options{Endpoint: "http://bench.invalid", APIKey: "k", MaxBatchEvents: 100, Gzip: true,
+		FlushInterval: 5 * time.Millisecond, QueueSize: 4096, Concurrency: 8, Doer: acceptDoer{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pad := strings.Repeat("x", 140)
+	now := time.Now()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		payload := `{"seq":` + strconv.Itoa(i) + `,"data":"` + pad + `"}`
+		if err := c.EnqueueWait(context.Background(), Event{Type: TypeEvent, Name: "load.1", RawPayload: []byte(payload), Timestamp: now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.Close(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -205,6 +205,10 @@ type batch struct {
 // beyond what one request can take.
 var bodies, scratch sync.Pool
 
+// gzipWriters recycles gzip writers: each holds about 800 KB of compressor state, which
+// a new writer per request allocated and cleared again.
+var gzipWriters sync.Pool
+
 func getBuf(p *sync.Pool) *[]byte {
 	if b, ok := p.Get().(*[]byte); ok {
 		*b = (*b)[:0]
@@ -637,11 +641,17 @@ func (c *Client) deliver(events []uuid.UUID, body []byte) (free bool) {
 	gz := false
 	if c.opts.Gzip {
 		var buf bytes.Buffer
-		zw := gzip.NewWriter(&buf)
+		zw, _ := gzipWriters.Get().(*gzip.Writer)
+		if zw == nil {
+			zw = gzip.NewWriter(&buf)
+		} else {
+			zw.Reset(&buf)
+		}
 		_, _ = zw.Write(body)
 		if zw.Close() == nil {
 			body, gz = buf.Bytes(), true
 		}
+		gzipWriters.Put(zw)
 	}
 	var open atomic.Int64 // readers of body not closed yet
 	defer func() { free = gz || open.Load() == 0 }()
