@@ -47,6 +47,7 @@ type loadgenSummary struct {
 	Statuses       map[string]int64 `json:"statuses"`
 	ScheduledRate  float64          `json:"scheduledRate"`
 	Projects       int              `json:"projects"`
+	CPUSeconds     float64          `json:"cpuSeconds"`
 	Ledger         struct {
 		Sent, Acked, Rejected, Indeterminate int64
 	} `json:"ledger"`
@@ -128,6 +129,7 @@ func TestLoadgenLedgerLiveAndVerifyAgainstAllInOne(t *testing.T) {
 		require.Positive(t, s.E2EDeliveredMs.P50)
 		require.Positive(t, s.E2EStoredMs.Count, "sampled events seen in Postgres")
 		require.Equal(t, "pkg/client", s.Client.Library)
+		require.Positive(t, s.CPUSeconds, "the load generator's CPU over the sending window")
 	}
 	require.Equal(t, "ws", batch.E2EDeliveredMs.Protocol)
 	require.Equal(t, "sse", single.E2EDeliveredMs.Protocol)

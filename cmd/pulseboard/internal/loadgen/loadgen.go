@@ -100,6 +100,10 @@ type Result struct {
 	EventsRejected  int64 `json:"eventsRejected"`
 	EventsFailed    int64 `json:"eventsFailed"`
 	Retries         int64 `json:"retries"`
+	// CPUSeconds is the load generator's own CPU time (user and system) from the first
+	// event to the last answer: what it took from a machine it shares with the server,
+	// without its start-up and the ledger work after the window. 0 where not measured.
+	CPUSeconds float64 `json:"cpuSeconds"`
 
 	Ledger         *LedgerSummary `json:"ledger,omitempty"`
 	E2EDeliveredMs *E2E           `json:"e2eDeliveredMs,omitempty"`
@@ -264,6 +268,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	producers := max(2, runtime.GOMAXPROCS(0))
 
+	cpu0, cpuOK := processCPU()
 	r.start = time.Now()
 	if o.Rate > 0 {
 		r.interval = 1e9 / o.Rate
@@ -292,11 +297,15 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	closeCancel()
 	elapsed := time.Since(r.start).Seconds()
+	cpu1, cpuOK1 := processCPU()
 	r.waitE2E(ctx, liveDone)
 	stopProgress()
 	cancel() // stops the subscriber and the sampler
 
 	res := r.result(elapsed)
+	if cpuOK && cpuOK1 {
+		res.CPUSeconds = (cpu1 - cpu0).Seconds()
+	}
 	res.Client = ClientInfo{Library: "pkg/client", Transport: transport, Endpoint: clientEndpoint(o.Mode),
 		Clients: len(clients), Concurrency: perClient, QueueSize: queue, FlushIntervalMs: float64(o.Linger.Microseconds()) / 1000,
 		MaxRetries: clientRetries(o.Retries), Producers: producers}
