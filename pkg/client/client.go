@@ -107,7 +107,7 @@ type Options struct {
 	MaxBatchEvents int           // events per request, default 100, at most 1000
 	MaxBatchBytes  int           // uncompressed JSON per request, default 512 KiB, below 1 MiB
 	FlushInterval  time.Duration // the longest an event waits in a partial batch, default 1s
-	QueueSize      int           // events buffered before Enqueue drops, default 10000
+	QueueSize      int           // events buffered before Enqueue drops, default 10000, at least MaxBatchEvents
 	Gzip           bool          // gzip request bodies
 	MaxRetries     int           // retries of one batch after the first attempt, default 5; negative: none
 	// HTTPClient sends the requests unless Doer is set. Default: a private client with a
@@ -298,6 +298,9 @@ func New(o Options) (*Client, error) {
 	if o.QueueSize <= 0 {
 		o.QueueSize = DefaultQueueSize
 	}
+	// The batch being filled is part of the queue: a smaller queue would never let a
+	// batch fill by count, and every batch would wait for FlushInterval.
+	o.QueueSize = max(o.QueueSize, o.MaxBatchEvents)
 	if o.MaxRetries == 0 {
 		o.MaxRetries = DefaultMaxRetries
 	}

@@ -583,3 +583,15 @@ func TestCloseReleasesConnections(t *testing.T) {
 	goleak.VerifyNone(t, before)
 	assert.Equal(t, uint64(3), c.Stats().Sent)
 }
+
+// The batch being filled counts against QueueSize, so the queue always holds a full
+// batch: with QueueSize below MaxBatchEvents a batch still fills by count and goes at
+// once, rather than waiting for FlushInterval (an hour here) with the queue full.
+func TestQueueHoldsAFullBatch(t *testing.T) {
+	in := newIngestor(t, nil)
+	c := newClient(t, in, Options{MaxBatchEvents: 10, QueueSize: 4})
+	ids := enqueue(t, c, 10) // Enqueue never blocks: it would fail with ErrQueueFull
+	assert.Equal(t, ids, in.next().ids, "sent by count, without a Flush")
+	assert.NoError(t, c.Flush(context.Background()))
+	assert.Equal(t, Stats{Enqueued: 10, Sent: 10}, c.Stats())
+}
