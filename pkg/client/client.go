@@ -399,9 +399,9 @@ func (c *Client) enqueue(ctx context.Context, ev Event, wait bool) error {
 		}
 		c.mu.Lock()
 	}
+	c.enqueued.Add(1) // before a sender can see it: Stats never shows Sent above Enqueued
 	c.add(id, *buf)
 	c.mu.Unlock()
-	c.enqueued.Add(1)
 	return nil
 }
 
@@ -495,14 +495,17 @@ func (c *Client) Close(ctx context.Context) error {
 
 // Stats returns a snapshot of the counters.
 func (c *Client) Stats() Stats {
-	return Stats{
-		Enqueued: c.enqueued.Load(),
+	// Outcomes first: an event is counted Enqueued before it can have one, so reading
+	// Enqueued last keeps Sent + Rejected + Failed ≤ Enqueued in every snapshot.
+	s := Stats{
 		Sent:     c.sent.Load(),
 		Rejected: c.rejected.Load(),
-		Dropped:  c.dropped.Load(),
 		Failed:   c.failed.Load(),
 		Retries:  c.retries.Load(),
+		Dropped:  c.dropped.Load(),
 	}
+	s.Enqueued = c.enqueued.Load()
+	return s
 }
 
 // add puts the event in the batch being filled, cutting that batch first when the event
