@@ -352,6 +352,16 @@ func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
 	if len(value) > d.Limits.MaxEventBytes {
 		return ev, &Error{Code: CodePayloadTooLarge, Message: "message is larger than " + itoa(d.Limits.MaxEventBytes) + " bytes"}
 	}
+	// What the ingestor wrote is in canonical form: take it without a parse tree.
+	if ev, ok := d.decodeMessageRaw(value); ok {
+		return ev, nil
+	}
+	return d.decodeMessageParsed(value)
+}
+
+// decodeMessageParsed is DecodeMessage through Parse, for any message.
+func (d *Decoder) decodeMessageParsed(value []byte) (Event, error) {
+	var ev Event
 	v, changed, perr := d.Parse(value)
 	if perr != nil {
 		return ev, perr

@@ -19,6 +19,10 @@ import (
 // fields, check the limits and copy payload and context. Anything else, valid or not,
 // goes to Parse + Build, which then decides, error messages included: the raw path
 // either produces exactly what Build would or declines (FuzzRawPath checks this).
+//
+// The consumer's DecodeMessage has the same shortcut (decodeMessageRaw): the ingestor
+// writes every Kafka message in canonical form, so a message is decoded by finding its
+// fields, and only one that is not canonical is parsed (FuzzDecodeMessageRaw).
 
 // rawMaxBodyDepth keeps the raw path clear of fastjson's own nesting limit (its MaxDepth
 // is 300): deeper bodies go to Parse, which refuses them as a whole.
@@ -82,42 +86,15 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 	}
 	var typ, name, payload, ts, ctx, id []byte
 	keySeen := false
-	i := 1
-	if elem[i] == '}' {
-		return ev, nil, false, false // no type: Build words the error
-	}
+	f := d.members(elem)
 	for {
-		// A key: in canonical form it has no escapes, so it is compared as it is.
-		if elem[i] != '"' {
-			return ev, nil, false, false // whitespace
-		}
-		k, ok := plainString(elem, i)
+		k, v, more, ok := f.next()
 		if !ok {
 			return ev, nil, false, false
 		}
-		i += len(k) + 2
-		if elem[i] != ':' {
-			return ev, nil, false, false
+		if !more {
+			break
 		}
-		i++
-		var end int
-		switch string(k) {
-		case "payload", "context":
-			// Objects are checked while their end is found: one walk.
-			if string(k) == "context" && bytes.HasPrefix(elem[i:], []byte("null")) {
-				end = i + len("null")
-				break
-			}
-			if end, ok = d.canonicalEnd(elem, i); !ok {
-				return ev, nil, false, false
-			}
-		default:
-			end = valueEnd(elem, i)
-		}
-		if end == i {
-			return ev, nil, false, false // whitespace before the value
-		}
-		v := elem[i:end]
 		switch string(k) { // Build's Visit: the last occurrence wins
 		case "type":
 			typ = v
@@ -142,17 +119,7 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 				}
 			}
 		}
-		i = end
-		switch {
-		case i < len(elem) && elem[i] == ',':
-			i++
-		case i == len(elem)-1 && elem[i] == '}':
-			goto fields
-		default:
-			return ev, nil, false, false // whitespace
-		}
 	}
-fields:
 	if typ == nil || name == nil || payload == nil {
 		return ev, nil, false, false
 	}
@@ -207,6 +174,150 @@ fields:
 }
 
 func isNull(v []byte) bool { return string(v) == "null" }
+
+// rawMembers walks the members of an object in canonical form (see canonicalEnd for
+// "payload" and "context", which are checked while their end is found).
+type rawMembers struct {
+	d    *Decoder
+	obj  []byte
+	i    int
+	done bool
+}
+
+func (d *Decoder) members(obj []byte) rawMembers { return rawMembers{d: d, obj: obj, i: 1} }
+
+// next returns the next member: more is false after the last one. ok is false when obj
+// is not an object in canonical form (whitespace, an escaped key, a payload or context
+// that canonicalEnd refuses), or has no member: the general path decides then.
+func (m *rawMembers) next() (k, v []byte, more, ok bool) {
+	obj, i := m.obj, m.i
+	if m.done {
+		return nil, nil, false, true
+	}
+	if len(obj) < 2 || obj[0] != '{' || i >= len(obj) || obj[i] != '"' {
+		return nil, nil, false, false // not an object, an empty one, or whitespace
+	}
+	// A key: in canonical form it has no escapes, so it is compared as it is.
+	k, ok = plainString(obj, i)
+	if !ok {
+		return nil, nil, false, false
+	}
+	i += len(k) + 2
+	if i >= len(obj) || obj[i] != ':' {
+		return nil, nil, false, false
+	}
+	i++
+	var end int
+	switch string(k) {
+	case "payload", "context":
+		// Objects are checked while their end is found: one walk.
+		if string(k) == "context" && bytes.HasPrefix(obj[i:], []byte("null")) {
+			end = i + len("null")
+			break
+		}
+		if end, ok = m.d.canonicalEnd(obj, i); !ok {
+			return nil, nil, false, false
+		}
+	default:
+		end = valueEnd(obj, i)
+	}
+	if end == i {
+		return nil, nil, false, false // whitespace before the value
+	}
+	v = obj[i:end]
+	switch {
+	case end < len(obj) && obj[end] == ',':
+		m.i = end + 1
+	case end == len(obj)-1 && obj[end] == '}':
+		m.done = true
+	default:
+		return nil, nil, false, false // whitespace
+	}
+	return k, v, true, true
+}
+
+// decodeMessageRaw is DecodeMessage for a message in canonical form, which is what the
+// ingestor writes (AppendJSON): when ok, ev is exactly what DecodeMessage returns. When
+// !ok, DecodeMessage parses the message and decides (FuzzDecodeMessageRaw checks this).
+func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
+	obj, ok := d.SplitObject(value)
+	if !ok {
+		return ev, false
+	}
+	var id, project, typ, name, payload, ts, ctx, recv []byte
+	m := d.members(obj)
+	for {
+		k, v, more, ok := m.next()
+		if !ok {
+			return ev, false
+		}
+		if !more {
+			break
+		}
+		switch string(k) { // DecodeMessage's Visit: the last occurrence wins
+		case "id":
+			id = v
+		case "projectId":
+			project = v
+		case "type":
+			typ = v
+		case "name":
+			name = v
+		case "payload":
+			payload = v
+		case "timestamp":
+			ts = v
+		case "context":
+			ctx = v
+		case "receivedAt":
+			recv = v
+		}
+	}
+	if id == nil || project == nil || typ == nil || name == nil || payload == nil || ts == nil || recv == nil {
+		return ev, false
+	}
+	str := func(v []byte) []byte {
+		s, ok := plainString(v, 0)
+		if !ok {
+			return nil
+		}
+		return s
+	}
+	if s := str(id); s == nil {
+		return ev, false
+	} else if ev.ID, ok = parseUUIDBytes(s); !ok {
+		return ev, false
+	}
+	if s := str(project); s == nil {
+		return ev, false
+	} else if ev.ProjectID, ok = parseUUIDBytes(s); !ok {
+		return ev, false
+	}
+	if s := str(recv); s == nil {
+		return ev, false
+	} else if ev.ReceivedAt, ok = ParseTime(string(s)); !ok {
+		return ev, false
+	}
+	if s := str(ts); s == nil {
+		return ev, false
+	} else if ev.Timestamp, ok = ParseTime(string(s)); !ok {
+		return ev, false
+	}
+	t := str(typ)
+	if ev.Type, ok = validType(t); t == nil || !ok {
+		return ev, false
+	}
+	n := str(name)
+	if c := charCount(n); n == nil || c < 1 || c > d.Limits.MaxNameChars {
+		return ev, false
+	}
+	ev.Name = d.name(n)
+	ev.Payload = append([]byte(nil), payload...)
+	if ctx != nil && !isNull(ctx) {
+		ev.Context = append([]byte(nil), ctx...)
+	}
+	return ev, true
+}
 
 // plainString returns the content of the string whose opening quote is b[i] when it has
 // no escape (b is valid JSON, so the next quote closes it).

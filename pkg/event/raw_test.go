@@ -177,3 +177,72 @@ func TestRawPathDeclines(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecodeMessageRaw checks the consumer's raw path against Parse: whatever
+// decodeMessageRaw takes, decodeMessageParsed must decode to the same event. Canonical
+// messages (what the ingestor writes) must be taken.
+func FuzzDecodeMessageRaw(f *testing.F) {
+	ev := sampleEvent()
+	f.Add(ev.AppendJSON(nil))
+	ev.Context = []byte(`{"ua":"x","n":[1,2.5,-3e2,true,null,{"d":{}}]}`)
+	ev.Name = "ünïcode ✓"
+	f.Add(ev.AppendJSON(nil))
+	ev.Timestamp = ev.ReceivedAt
+	f.Add(ev.AppendJSON(nil))
+	for _, s := range []string{
+		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":"2024-01-15T10:20:30.123Z","receivedAt":"2024-01-15T10:20:31.005Z","context":null}`,
+		` {"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b", "projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":null,"receivedAt":"x"} `,
+		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","id":"00000000-0000-0000-0000-000000000000","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"metric","name":"a\"b","payload":{"a":1e400},"timestamp":"2024-01-15T10:20:30.123+02:00","receivedAt":"2024-01-15T10:20:31.005Z"}`,
+		`{}`, `[]`, `{"id":`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		t.Parallel()
+		checkDecodeMessageRaw(t, msg)
+	})
+}
+
+// checkDecodeMessageRaw reports whether the raw path took msg; if it did, the parse path
+// must agree field by field.
+func checkDecodeMessageRaw(t *testing.T, msg []byte) bool {
+	t.Helper()
+	fast, slow := NewDecoder(DefaultLimits()), NewDecoder(DefaultLimits())
+	got, ok := fast.decodeMessageRaw(msg)
+	if !ok {
+		return false
+	}
+	want, err := slow.decodeMessageParsed(msg)
+	require.NoError(t, err, "the raw path took a message Parse refuses: %s", msg)
+	require.Equal(t, want.ID, got.ID)
+	require.Equal(t, want.ProjectID, got.ProjectID)
+	require.Equal(t, want.Type, got.Type)
+	require.Equal(t, want.Name, got.Name)
+	require.Equal(t, string(want.Payload), string(got.Payload))
+	require.Equal(t, want.Context == nil, got.Context == nil, "context presence")
+	require.Equal(t, string(want.Context), string(got.Context))
+	require.True(t, want.Timestamp.Equal(got.Timestamp), "timestamp %v vs %v", want.Timestamp, got.Timestamp)
+	require.True(t, want.ReceivedAt.Equal(got.ReceivedAt), "receivedAt %v vs %v", want.ReceivedAt, got.ReceivedAt)
+	require.Equal(t, want.Timestamp.Location(), got.Timestamp.Location())
+	require.Equal(t, want.ReceivedAt.Location(), got.ReceivedAt.Location())
+	return true
+}
+
+// Everything AppendJSON writes goes through the raw path, and a message that is valid but
+// not canonical (spaces, escapes) goes through Parse with the same result.
+func TestDecodeMessageRawTakesCanonicalMessages(t *testing.T) {
+	t.Parallel()
+	ev := sampleEvent()
+	ev.Context = []byte(`{"ua":"x"}`)
+	canonical := ev.AppendJSON(nil)
+	require.True(t, checkDecodeMessageRaw(t, canonical), "a canonical message takes the raw path")
+	got, err := NewDecoder(DefaultLimits()).DecodeMessage(canonical)
+	require.NoError(t, err)
+	require.Equal(t, string(canonical), string(got.AppendJSON(nil)), "decoding and encoding again gives the same bytes")
+
+	spaced := strings.Replace(string(canonical), `"type":`, `"type": `, 1)
+	require.False(t, checkDecodeMessageRaw(t, []byte(spaced)), "whitespace declines")
+	viaParse, err := NewDecoder(DefaultLimits()).DecodeMessage([]byte(spaced))
+	require.NoError(t, err)
+	require.Equal(t, string(canonical), string(viaParse.AppendJSON(nil)))
+}
