@@ -123,21 +123,12 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 	if typ == nil || name == nil || payload == nil {
 		return ev, nil, false, false
 	}
-	t, ok := plainString(typ, 0)
-	if !ok {
+	if ev.Type, ok = rawType(typ); !ok {
 		return ev, nil, false, false
 	}
-	if ev.Type, ok = validType(t); !ok {
+	if ev.Name, ok = d.rawName(name); !ok {
 		return ev, nil, false, false
 	}
-	n, ok := plainString(name, 0)
-	if !ok {
-		return ev, nil, false, false
-	}
-	if c := charCount(n); c < 1 || c > d.Limits.MaxNameChars {
-		return ev, nil, false, false
-	}
-	ev.Name = d.name(n)
 	d.payload = append(d.payload[:0], payload...)
 	ev.Payload = d.payload
 	if ctx != nil && !isNull(ctx) {
@@ -145,22 +136,14 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		ev.Context = d.context
 	}
 	if ts != nil && !isNull(ts) {
-		s, ok := plainString(ts, 0)
-		if !ok {
-			return ev, nil, false, false
-		}
-		if ev.Timestamp, ok = ParseTime(string(s)); !ok {
+		if ev.Timestamp, ok = rawTime(ts); !ok {
 			return ev, nil, false, false
 		}
 	} else {
 		ev.Timestamp = ev.ReceivedAt
 	}
 	if id != nil && !isNull(id) {
-		s, ok := plainString(id, 0)
-		if !ok {
-			return ev, nil, false, false
-		}
-		if ev.ID, ok = parseUUIDBytes(s); !ok {
+		if ev.ID, ok = rawUUID(id); !ok {
 			return ev, nil, false, false
 		}
 	} else {
@@ -174,6 +157,41 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 }
 
 func isNull(v []byte) bool { return string(v) == "null" }
+
+// rawUUID, rawTime, rawType and rawName read a member's value, a string without
+// escapes, as Build and DecodeMessage read those fields; ok is false otherwise (a nil v
+// included).
+func rawUUID(v []byte) (uuid.UUID, bool) {
+	s, ok := plainString(v, 0)
+	if !ok {
+		return uuid.Nil, false
+	}
+	return parseUUIDBytes(s)
+}
+
+func rawTime(v []byte) (time.Time, bool) {
+	s, ok := plainString(v, 0)
+	if !ok {
+		return time.Time{}, false
+	}
+	return ParseTime(string(s))
+}
+
+func rawType(v []byte) (string, bool) {
+	s, ok := plainString(v, 0)
+	if !ok {
+		return "", false
+	}
+	return validType(s)
+}
+
+func (d *Decoder) rawName(v []byte) (string, bool) {
+	s, ok := plainString(v, 0)
+	if c := charCount(s); !ok || c < 1 || c > d.Limits.MaxNameChars {
+		return "", false
+	}
+	return d.name(s), true
+}
 
 // rawMembers walks the members of an object in canonical form (see canonicalEnd for
 // "payload" and "context", which are checked while their end is found).
@@ -273,45 +291,19 @@ func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
 			recv = v
 		}
 	}
-	if id == nil || project == nil || typ == nil || name == nil || payload == nil || ts == nil || recv == nil {
+	if payload == nil { // the other fields: their reader refuses nil
 		return ev, false
 	}
-	str := func(v []byte) []byte {
-		s, ok := plainString(v, 0)
-		if !ok {
-			return nil
-		}
-		return s
-	}
-	if s := str(id); s == nil {
-		return ev, false
-	} else if ev.ID, ok = parseUUIDBytes(s); !ok {
+	var okID, okProject, okRecv, okTS, okType, okName bool
+	ev.ID, okID = rawUUID(id)
+	ev.ProjectID, okProject = rawUUID(project)
+	ev.ReceivedAt, okRecv = rawTime(recv)
+	ev.Timestamp, okTS = rawTime(ts)
+	ev.Type, okType = rawType(typ)
+	ev.Name, okName = d.rawName(name)
+	if !okID || !okProject || !okRecv || !okTS || !okType || !okName {
 		return ev, false
 	}
-	if s := str(project); s == nil {
-		return ev, false
-	} else if ev.ProjectID, ok = parseUUIDBytes(s); !ok {
-		return ev, false
-	}
-	if s := str(recv); s == nil {
-		return ev, false
-	} else if ev.ReceivedAt, ok = ParseTime(string(s)); !ok {
-		return ev, false
-	}
-	if s := str(ts); s == nil {
-		return ev, false
-	} else if ev.Timestamp, ok = ParseTime(string(s)); !ok {
-		return ev, false
-	}
-	t := str(typ)
-	if ev.Type, ok = validType(t); t == nil || !ok {
-		return ev, false
-	}
-	n := str(name)
-	if c := charCount(n); n == nil || c < 1 || c > d.Limits.MaxNameChars {
-		return ev, false
-	}
-	ev.Name = d.name(n)
 	ev.Payload = append([]byte(nil), payload...)
 	if ctx != nil && !isNull(ctx) {
 		ev.Context = append([]byte(nil), ctx...)
