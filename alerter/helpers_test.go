@@ -10,7 +10,6 @@ import (
 	"mime/multipart"
 	"net"
 	netmail "net/mail"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,15 +38,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	var opts []goleak.Option
-	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && testenv.DockerAvailable() {
-		opts = append(opts,
-			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		)
-	}
-	goleak.VerifyTestMain(m, opts...)
+	goleak.VerifyTestMain(m, testenv.GoleakOptions()...)
 }
 
 // waitFor is how long any asynchronous outcome may take before a test fails.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,17 +33,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	var opts []goleak.Option
-	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && testenv.DockerAvailable() {
-		// With Docker, testcontainers keeps its reaper connection and the Docker
-		// client its keep-alive connections for the life of the process.
-		opts = append(opts,
-			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		)
-	}
-	goleak.VerifyTestMain(m, opts...)
+	goleak.VerifyTestMain(m, testenv.GoleakOptions()...)
 }
 
 // waitFor is how long any asynchronous outcome may take before a test fails.

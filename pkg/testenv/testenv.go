@@ -6,10 +6,12 @@ package testenv
 
 import (
 	"context"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/testcontainers/testcontainers-go"
+	"go.uber.org/goleak"
 )
 
 var (
@@ -31,4 +33,23 @@ func DockerAvailable() bool {
 		dockerOK = p.Health(ctx) == nil
 	})
 	return dockerOK
+}
+
+// GoleakOptions are the goroutines a test binary may legitimately leave running at exit:
+// with Docker, testcontainers' reaper connection and the Docker client's keep-alive
+// connections; in the real-Kafka tier, the shared broker's process watcher and the
+// thread that spawned it (realkafka.Shared lives as long as the test binary).
+func GoleakOptions() []goleak.Option {
+	opts := []goleak.Option{
+		goleak.IgnoreAnyFunction("github.com/pulseboard/pulseboard/pkg/testenv/realkafka.spawn.func1.1"),
+		goleak.IgnoreAnyFunction("github.com/pulseboard/pulseboard/pkg/testenv/realkafka.(*Node).Start.func1"),
+	}
+	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && DockerAvailable() {
+		opts = append(opts,
+			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		)
+	}
+	return opts
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,15 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	var opts []goleak.Option
-	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && testenv.DockerAvailable() {
-		opts = append(opts,
-			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		)
-	}
-	goleak.VerifyTestMain(m, opts...)
+	goleak.VerifyTestMain(m, testenv.GoleakOptions()...)
 }
 
 func TestRunValidates(t *testing.T) {

@@ -34,15 +34,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(benchClientEnv) != "" {
 		os.Exit(runBenchClients()) // the benchmark's client process (bench_test.go)
 	}
-	var opts []goleak.Option
-	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && testenv.DockerAvailable() {
-		opts = append(opts,
-			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		)
-	}
-	goleak.VerifyTestMain(m, opts...)
+	goleak.VerifyTestMain(m, testenv.GoleakOptions()...)
 }
 
 // waitFor bounds every asynchronous outcome a test waits for.

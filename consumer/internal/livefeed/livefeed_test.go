@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -20,15 +19,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	var opts []goleak.Option
-	if os.Getenv("PULSEBOARD_TEST_NO_DOCKER") == "" && testenv.DockerAvailable() {
-		opts = append(opts,
-			goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		)
-	}
-	goleak.VerifyTestMain(m, opts...)
+	goleak.VerifyTestMain(m, testenv.GoleakOptions()...)
 }
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -1,6 +1,11 @@
-// Package kafkatest gives a test a Kafka-protocol cluster: by default a fresh embedded
-// broker (franz-go's kfake) per test on a free loopback port; with KAFKA_BROKERS set, the
-// real cluster, with topic names unique to the test.
+// Package kafkatest gives a test a Kafka cluster, one of three kinds:
+//   - by default a fresh embedded broker (franz-go's kfake) per test on a free loopback
+//     port;
+//   - with PULSEBOARD_TEST_KAFKA=<version> (make test's real-broker tier), a real Apache
+//     Kafka broker of that version (realkafka), shared by the tests of the test binary;
+//   - with KAFKA_BROKERS set, that cluster.
+//
+// On a shared or external cluster the topics' names are unique to the test.
 package kafkatest
 
 import (
@@ -13,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/testenv/realkafka"
 )
 
 // Cluster is what a test needs to talk to Kafka.
@@ -22,15 +28,58 @@ type Cluster struct {
 	DLQTopic string
 	// Embedded is the in-process broker (nil on a real cluster).
 	Embedded *kafkax.Embedded
+	// Real is the real broker of the real-broker tier (nil otherwise).
+	Real *realkafka.Cluster
+}
+
+// RealVersion is the Kafka version of the real-broker tier this test binary runs in, ""
+// when it runs against the embedded broker or an external cluster.
+func RealVersion() string { return strings.TrimSpace(os.Getenv("PULSEBOARD_TEST_KAFKA")) }
+
+// Mode describes where New's clusters are: "embedded", "kafka <version>" or "external".
+func Mode() string {
+	switch {
+	case os.Getenv("KAFKA_BROKERS") != "":
+		return "external"
+	case RealVersion() != "":
+		return "kafka " + RealVersion()
+	default:
+		return "embedded"
+	}
+}
+
+// SharedBrokers returns the brokers of a real or external cluster and true, or nil and
+// false when tests run against per-test embedded brokers.
+func SharedBrokers(t testing.TB) ([]string, bool) {
+	t.Helper()
+	if b := os.Getenv("KAFKA_BROKERS"); b != "" {
+		return strings.Split(b, ","), true
+	}
+	if v := RealVersion(); v != "" {
+		return realkafka.Shared(t, v).Brokers(), true
+	}
+	return nil, false
+}
+
+// RequireEmbedded skips a test that drives the embedded broker itself (its listener, its
+// memory) when the tier runs against a real broker; the embedded tier runs it.
+func RequireEmbedded(t testing.TB) {
+	t.Helper()
+	if Mode() != "embedded" {
+		t.Skipf("needs the embedded broker's fault hooks; this tier runs against %s", Mode())
+	}
 }
 
 // New returns a cluster with the events and dead-letter topics created.
 func New(t testing.TB, partitions int) *Cluster {
 	t.Helper()
-	if b := os.Getenv("KAFKA_BROKERS"); b != "" {
-		suffix := randomHex(4)
-		c := &Cluster{Brokers: strings.Split(b, ","), Topic: "pbtest.events." + suffix, DLQTopic: "pbtest.events.dlq." + suffix}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if brokers, ok := SharedBrokers(t); ok {
+		suffix := UniqueSuffix()
+		c := &Cluster{Brokers: brokers, Topic: "pbtest.events." + suffix, DLQTopic: "pbtest.events.dlq." + suffix}
+		if v := RealVersion(); v != "" && os.Getenv("KAFKA_BROKERS") == "" {
+			c.Real = realkafka.Shared(t, v)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := kafkax.EnsureTopics(ctx, c.Brokers, kafkax.Topic{Name: c.Topic, Partitions: partitions}, kafkax.Topic{Name: c.DLQTopic, Partitions: 1}); err != nil {
 			t.Fatalf("kafkatest: %v", err)
@@ -48,8 +97,9 @@ func New(t testing.TB, partitions int) *Cluster {
 	return c
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
+// UniqueSuffix is a random suffix for topic and group names on a shared cluster.
+func UniqueSuffix() string {
+	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
