@@ -54,7 +54,7 @@ func Classpath(ctx context.Context, version string) (string, error) {
 		return "", err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-	if cp, ok := readClasspath(cached); ok { // resolved by another process meanwhile
+	if cp, ok := readClasspath(cached); ok {             // resolved by another process meanwhile
 		return cp, nil
 	}
 	mvn, err := exec.LookPath("mvn")
