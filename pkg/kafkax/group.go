@@ -48,19 +48,24 @@ type GroupReader struct {
 	closeErr  error
 }
 
+// joinErrorGrace is how long retriable errors joining the group are absorbed before
+// FetchMessage reports them.
+const joinErrorGrace = 30 * time.Second
+
 // errStaleCommit is returned for messages that were not fetched by a GroupReader.
 var errStaleCommit = errors.New("kafkax: committing a message that was not fetched by this GroupReader")
 
 // NewGroupReader joins the consumer group o.GroupID on topic with the settings of
 // NewReader: FirstOffset for partitions without a committed offset (K13), partition
-// watching (K14), 3 s heartbeats, 30 s session and rebalance timeouts.
+// watching (K14), o.SessionTimeout (with heartbeats at a third of it, 3 s at most) and a
+// 30 s rebalance timeout.
 func NewGroupReader(brokers []string, topic string, o ReaderOptions) (*GroupReader, error) {
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                     o.GroupID,
 		Brokers:                brokers,
 		Topics:                 []string{topic},
-		HeartbeatInterval:      3 * time.Second,
-		SessionTimeout:         30 * time.Second,
+		HeartbeatInterval:      heartbeat(o.session()),
+		SessionTimeout:         o.session(),
 		RebalanceTimeout:       30 * time.Second,
 		JoinGroupBackoff:       time.Second,
 		WatchPartitionChanges:  true,
@@ -86,15 +91,28 @@ func NewGroupReader(brokers []string, topic string, o ReaderOptions) (*GroupRead
 // partition, all of which stop when the generation ends.
 func (r *GroupReader) run(ctx context.Context) {
 	defer close(r.done)
+	var failingSince time.Time
 	for {
 		gen, err := r.cg.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				return
 			}
+			// A real cluster answers COORDINATOR_NOT_AVAILABLE until it has created
+			// __consumer_offsets, and NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS while
+			// the coordinator moves: kafka-go backs off and joins again. Only a join that
+			// keeps failing is worth an error.
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			var kerr kafka.Error
+			if errors.As(err, &kerr) && kerr.Temporary() && time.Since(failingSince) < joinErrorGrace {
+				continue
+			}
 			r.report(fmt.Errorf("joining consumer group %s: %w", r.opts.GroupID, err))
 			continue
 		}
+		failingSince = time.Time{}
 		r.current.Store(gen)
 		gen.Start(func(gctx context.Context) {
 			<-gctx.Done()

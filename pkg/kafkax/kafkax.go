@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -92,6 +93,27 @@ type ReaderOptions struct {
 	MinBytes int
 	MaxBytes int
 	MaxWait  time.Duration
+	// SessionTimeout is how long the group coordinator waits for a member's heartbeat
+	// before it gives the member's partitions to others: after a crash (kill -9, a lost
+	// machine) they stay unconsumed that long [DefaultSessionTimeout]. Brokers refuse
+	// values outside group.min/max.session.timeout.ms (6 s to 30 min by default).
+	SessionTimeout time.Duration
+}
+
+// DefaultSessionTimeout is the consumer group session timeout unless configured.
+const DefaultSessionTimeout = 10 * time.Second
+
+// heartbeat is the heartbeat interval for a session timeout: a third of it at most (the
+// Kafka guideline), and no more than 3 s.
+func heartbeat(session time.Duration) time.Duration {
+	return min(session/3, 3*time.Second)
+}
+
+func (o ReaderOptions) session() time.Duration {
+	if o.SessionTimeout <= 0 {
+		return DefaultSessionTimeout
+	}
+	return o.SessionTimeout
 }
 
 // NewReader returns a consumer group reader with synchronous commits (CommitInterval 0,
@@ -110,8 +132,8 @@ func NewReader(brokers []string, topic string, o ReaderOptions) *kafka.Reader {
 		StartOffset:            kafka.FirstOffset,
 		WatchPartitionChanges:  true,
 		PartitionWatchInterval: 5 * time.Second,
-		HeartbeatInterval:      3 * time.Second,
-		SessionTimeout:         30 * time.Second,
+		HeartbeatInterval:      heartbeat(o.session()),
+		SessionTimeout:         o.session(),
 		RebalanceTimeout:       30 * time.Second,
 		ReadBackoffMin:         100 * time.Millisecond,
 		ReadBackoffMax:         1 * time.Second,
@@ -125,20 +147,39 @@ type Topic struct {
 	Partitions int
 }
 
-// EnsureTopics creates the topics that do not exist yet (replication factor 1 on a single
-// broker, 3 otherwise; on a managed cluster create them beforehand with RF=3 and
-// min.insync.replicas=2).
+// EnsureTopics creates the topics that do not exist yet and waits until every partition
+// of every topic has a leader: a real broker creates topics asynchronously, and a
+// producer or reader that starts before the leaders are elected gets
+// NOT_LEADER_OR_FOLLOWER or UNKNOWN_TOPIC_OR_PARTITION. New topics get replication factor
+// 3 and min.insync.replicas 2 when the cluster has three brokers or more (with acks=all,
+// an acknowledged event is then on two replicas at least), else 1; on a managed cluster
+// create them beforehand the same way.
 func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error {
 	if len(brokers) == 0 {
 		return errors.New("no Kafka brokers configured")
 	}
 	var d kafka.Dialer
 	d.Timeout = 5 * time.Second
-	conn, err := d.DialContext(ctx, "tcp", brokers[0])
+	// Any broker will do: the first of the list may be the one that is down.
+	var conn *kafka.Conn
+	var err error
+	for _, b := range brokers {
+		if conn, err = d.DialContext(ctx, "tcp", b); err == nil {
+			break
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("connecting to Kafka at %s: %w", brokers[0], err)
+		return fmt.Errorf("connecting to Kafka at %s: %w", strings.Join(brokers, ","), err)
 	}
 	defer conn.Close()
+	setDeadline := func() {
+		dl := time.Now().Add(10 * time.Second)
+		if ctxDL, ok := ctx.Deadline(); ok && ctxDL.Before(dl) {
+			dl = ctxDL
+		}
+		_ = conn.SetDeadline(dl)
+	}
+	setDeadline()
 	existing := map[string]bool{}
 	parts, err := conn.ReadPartitions()
 	if err != nil {
@@ -152,29 +193,117 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...Topic) error 
 		return fmt.Errorf("listing Kafka brokers: %w", err)
 	}
 	rf := 3
+	var configs []kafka.ConfigEntry
 	if len(brokerList) < 3 {
 		rf = 1
+	} else {
+		configs = []kafka.ConfigEntry{{ConfigName: "min.insync.replicas", ConfigValue: "2"}}
 	}
 	var missing []kafka.TopicConfig
 	for _, t := range topics {
 		if !existing[t.Name] {
-			missing = append(missing, kafka.TopicConfig{Topic: t.Name, NumPartitions: t.Partitions, ReplicationFactor: rf})
+			missing = append(missing, kafka.TopicConfig{Topic: t.Name, NumPartitions: t.Partitions, ReplicationFactor: rf, ConfigEntries: configs})
 		}
 	}
-	if len(missing) == 0 {
-		return nil
+	if len(missing) > 0 {
+		controller, err := conn.Controller()
+		if err != nil {
+			return fmt.Errorf("finding the Kafka controller: %w", err)
+		}
+		cc, err := d.DialContext(ctx, "tcp", net.JoinHostPort(controller.Host, strconv.Itoa(controller.Port)))
+		if err != nil {
+			return fmt.Errorf("connecting to the Kafka controller: %w", err)
+		}
+		defer cc.Close()
+		_ = cc.SetDeadline(time.Now().Add(30 * time.Second))
+		if err := cc.CreateTopics(missing...); err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("creating topics: %w", err)
+		}
 	}
-	controller, err := conn.Controller()
+	// Ready when the metadata names a leader for every partition and each leader answers
+	// for its partitions (a broker learns that it leads a partition a little after the
+	// metadata says so).
+	transport := &kafka.Transport{DialTimeout: 3 * time.Second, MetadataTTL: 100 * time.Millisecond}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport, Timeout: 5 * time.Second}
+	for _, t := range topics {
+		if existing[t.Name] {
+			t.Partitions = 0 // as many as it has: an existing topic keeps its count
+		}
+		for {
+			setDeadline()
+			err := topicLed(conn, t)
+			if err == nil {
+				err = topicServed(ctx, client, t.Name)
+			}
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("topic %s is not ready: %w", t.Name, err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// topicLed reports (as an error) why topic t does not yet have a leader for each of its
+// partitions in the broker's metadata (and, when t.Partitions is set, why it does not
+// have that many yet).
+func topicLed(conn *kafka.Conn, t Topic) error {
+	parts, err := conn.ReadPartitions(t.Name)
 	if err != nil {
-		return fmt.Errorf("finding the Kafka controller: %w", err)
+		return err
 	}
-	cc, err := d.DialContext(ctx, "tcp", net.JoinHostPort(controller.Host, strconv.Itoa(controller.Port)))
+	if len(parts) == 0 || (t.Partitions > 0 && len(parts) < t.Partitions) {
+		return fmt.Errorf("%d of %d partitions known", len(parts), t.Partitions)
+	}
+	for _, p := range parts {
+		if p.Error != nil {
+			return fmt.Errorf("partition %d: %w", p.ID, p.Error)
+		}
+		if p.Leader.Host == "" {
+			return fmt.Errorf("partition %d has no leader yet", p.ID)
+		}
+	}
+	return nil
+}
+
+// topicServed reports (as an error) why a partition's leader does not yet answer a
+// ListOffsets request for it.
+func topicServed(ctx context.Context, client *kafka.Client, topic string) error {
+	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
-		return fmt.Errorf("connecting to the Kafka controller: %w", err)
+		return err
 	}
-	defer cc.Close()
-	if err := cc.CreateTopics(missing...); err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("creating topics: %w", err)
+	var reqs []kafka.OffsetRequest
+	for _, t := range meta.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return t.Error
+		}
+		for _, p := range t.Partitions {
+			reqs = append(reqs, kafka.FirstOffsetOf(p.ID))
+		}
+	}
+	if len(reqs) == 0 {
+		return fmt.Errorf("no partitions in metadata")
+	}
+	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return err
+	}
+	if len(offs.Topics[topic]) < len(reqs) {
+		return fmt.Errorf("offsets of %d of %d partitions", len(offs.Topics[topic]), len(reqs))
+	}
+	for _, po := range offs.Topics[topic] {
+		if po.Error != nil {
+			return fmt.Errorf("partition %d: %w", po.Partition, po.Error)
+		}
 	}
 	return nil
 }

@@ -18,7 +18,29 @@ import (
 // Because the consumer commits an offset only after everything before it is stored
 // (RELIABILITY.md promise 8), a lag of 0 means every message produced so far is in
 // Postgres or in the dead-letter topic: the all-in-one's drain and the tests wait for it.
+//
+// Retriable Kafka errors (a coordinator or leader that is moving or still loading) are
+// retried for up to lagRetryFor within ctx.
 func GroupLag(ctx context.Context, brokers []string, group, topic string) (int64, error) {
+	deadline := time.Now().Add(lagRetryFor)
+	for {
+		lag, err := groupLag(ctx, brokers, group, topic)
+		var kerr kafka.Error
+		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() || time.Now().After(deadline) {
+			return lag, err
+		}
+		select {
+		case <-ctx.Done():
+			return lag, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// lagRetryFor bounds GroupLag's retries of retriable errors.
+const lagRetryFor = 10 * time.Second
+
+func groupLag(ctx context.Context, brokers []string, group, topic string) (int64, error) {
 	if len(brokers) == 0 {
 		return 0, errors.New("no Kafka brokers configured")
 	}
