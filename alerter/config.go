@@ -22,6 +22,9 @@ type Config struct {
 
 	// GroupID is the alerter's own consumer group [pulseboard-alerter].
 	GroupID string `env:"ALERTER_GROUP" envDefault:"pulseboard-alerter"`
+	// SessionTimeout: how long a dead alerter's partitions wait before another replica
+	// gets them (as CONSUMER_SESSION_TIMEOUT) [10s].
+	SessionTimeout time.Duration `env:"ALERTER_SESSION_TIMEOUT" envDefault:"10s"`
 	// StoredGroup is the consumer group that stores events in PostgreSQL (the
 	// consumer's CONSUMER_GROUP) [pulseboard-consumer]. Thresholds are counted in
 	// PostgreSQL, so before evaluating a batch the alerter waits until that group has

@@ -31,6 +31,8 @@ func (s *Service) consumeLoop(ctx context.Context) error {
 		MinBytes: 1,
 		MaxBytes: s.cfg.FetchMaxBytes,
 		MaxWait:  s.cfg.FetchMaxWait,
+
+		SessionTimeout: s.cfg.SessionTimeout,
 	})
 	if err != nil {
 		return err

@@ -32,6 +32,11 @@ type Config struct {
 	// GroupID is the Kafka consumer group [pulseboard-consumer]. Every consumer of one
 	// deployment uses the same group; partitions are shared among them.
 	GroupID string `env:"CONSUMER_GROUP" envDefault:"pulseboard-consumer"`
+	// SessionTimeout: when a consumer dies without leaving the group (kill -9, a lost
+	// machine), its partitions wait this long before another consumer gets them; a
+	// shorter one moves them sooner but evicts consumers on long pauses. Brokers accept
+	// 6s to 30m by default [10s].
+	SessionTimeout time.Duration `env:"CONSUMER_SESSION_TIMEOUT" envDefault:"10s"`
 	// BatchSize closes a batch at this many messages [5000].
 	BatchSize int `env:"CONSUMER_BATCH_SIZE" envDefault:"5000"`
 	// BatchWait closes a batch this long after its first message arrived at most [100ms];
@@ -243,6 +248,8 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		MinBytes: 1,
 		MaxBytes: s.cfg.FetchMaxBytes,
 		MaxWait:  s.cfg.FetchMaxWait,
+
+		SessionTimeout: s.cfg.SessionTimeout,
 	})
 	if err != nil {
 		return err
