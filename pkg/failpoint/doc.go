@@ -30,7 +30,8 @@
 // Each service documents its failpoints where it calls Hit. The consumer's are
 // consumer/after-fetch, consumer/mid-copy, consumer/before-db-commit,
 // consumer/after-db-commit and consumer/after-offset-commit, plus the switch
-// consumer/unsafe-commit-before-store; the ingestor's is ingestor/after-produce-ack; the
+// consumer/unsafe-commit-before-store; the ingestor's is ingestor/after-produce-ack, plus
+// the switch ingestor/unsafe-acks-1 (acks=1 instead of all in-sync replicas); the
 // alerter's are alerter/before-smtp, alerter/after-smtp-before-record,
 // alerter/digest-after-create, alerter/retention-after-detach and
 // alerter/retention-after-drop.

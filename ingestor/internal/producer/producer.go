@@ -103,6 +103,7 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 	if w.BatchSize <= 0 || w.BatchBytes <= 0 || w.MaxAttempts <= 0 || w.WriteTimeout <= 0 || w.Balancer == nil {
 		return nil, errors.New("producer: the writer options must set BatchSize, BatchBytes, MaxAttempts and WriteTimeout")
 	}
+	w.RequiredAcks = unsafeAcks(w.RequiredAcks)
 	p.w = w
 	p.topic = w.Topic
 	p.batchSize, p.batchBytes = w.BatchSize, w.BatchBytes
