@@ -1,5 +1,7 @@
-# PulseBoard. `make run` starts the all-in-one; `make test` runs every module's tests
-# against real PostgreSQL, Redis and the Kafka protocol. See README.md.
+# PulseBoard. `make run` starts the all-in-one; `make test` installs or starts the services
+# the tests need (scripts/test-services.sh), runs every module's tests against real
+# PostgreSQL, Redis and the embedded Kafka-protocol broker, then the Kafka-facing tests
+# again against real Apache Kafka brokers of each tested version. See README.md.
 SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin
@@ -7,7 +9,16 @@ MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard chaos
 # Packages are tested in parallel processes; each test gets its own database.
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build run test test-short bench bench-go chaos fuzz fuzz-short lint fmt vet staticcheck tidy clean
+# The real-broker tier: module=packages (comma-separated) that talk to Kafka, run again
+# with PULSEBOARD_TEST_KAFKA=<version>, i.e. against a real Apache Kafka broker
+# (pkg/testenv/realkafka: a KRaft JVM process from Maven Central's jars, shared by a test
+# binary's tests). KAFKA_VERSIONS are the newest 4.x release and the 3.9 line
+# (realkafka.Latest and realkafka.V3).
+KAFKA_VERSIONS  ?= 4.4.0 3.9.2
+REALKAFKA_TESTS := pkg=./kafkax ingestor=.,./internal/producer consumer=.,./cmd/consumer,./internal/deadletter \
+	alerter=.,./cmd/alerter cmd/pulseboard=.
+
+.PHONY: all build run test test-services test-embedded test-real-kafka test-short bench bench-go chaos fuzz fuzz-short lint fmt vet staticcheck tidy clean
 
 all: build
 
@@ -22,12 +33,26 @@ build:
 run: build
 	./$(BIN)/pulseboard run
 
+test: test-services test-embedded test-real-kafka
+
+# Installs (when missing) and starts (when stopped) PostgreSQL, Redis, kcat, promtool,
+# Java and Maven; .ci/run uses the same script.
+test-services:
+	@./scripts/test-services.sh
+
 # go test ./... does not cross module boundaries in a workspace: loop over the modules.
-test:
+test-embedded:
 	@set -e; for m in $(MODULES); do \
 		echo "== $$m"; \
 		(cd $$m && $(GO) test $(TESTFLAGS) ./...); \
 	done
+
+test-real-kafka:
+	@set -e; for v in $(KAFKA_VERSIONS); do for spec in $(REALKAFKA_TESTS); do \
+		m=$${spec%%=*}; pkgs=$$(echo "$${spec#*=}" | tr , ' '); \
+		echo "== $$m on Apache Kafka $$v"; \
+		(cd $$m && PULSEBOARD_TEST_KAFKA=$$v $(GO) test $(TESTFLAGS) $$pkgs); \
+	done; done
 
 # Micro-benchmarks (go test -bench) plus the end-to-end load against the all-in-one.
 bench: build bench-go

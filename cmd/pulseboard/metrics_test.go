@@ -273,7 +273,7 @@ func TestMetricsAfterRealTraffic(t *testing.T) {
 	post("/ingest/batch", limited.APIKey, batchOf(10, "event", "limited"), http.StatusAccepted)
 	post("/ingest/batch", limited.APIKey, batchOf(10, "event", "limited"), http.StatusTooManyRequests)
 	// A poison message produced straight to the topic: dead-lettered by the consumer.
-	w, err := kafkax.NewWriter([]string{in.kafka}, "pulseboard.events", kafkax.DefaultWriterOptions())
+	w, err := kafkax.NewWriter(strings.Split(in.kafka, ","), in.kk.topic, kafkax.DefaultWriterOptions())
 	require.NoError(t, err)
 	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Key: []byte(in.project), Value: []byte(`{"not":"an event"`)}))
 	require.NoError(t, w.Close())

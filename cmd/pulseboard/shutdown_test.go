@@ -38,6 +38,7 @@ type stack struct {
 	t       *testing.T
 	env     []string
 	brokers string
+	kk      testKafka
 	pool    *pgxpool.Pool
 	apiKey  string
 	project string
@@ -53,15 +54,23 @@ func newStack(t *testing.T) *stack {
 		"KAFKA_EMBEDDED_PORT="+strconv.Itoa(kafkaPort), "INGEST_RATE_LIMIT=0",
 		"ADMIN_HOST=127.0.0.1",
 	)
-	broker := startProc(t, "broker", binary, s.env, "broker")
-	require.Eventually(t, func() bool { return strings.Contains(broker.logs.String(), "broker listening") },
-		30*time.Second, 20*time.Millisecond, "broker logs:\n%s", broker.logs.String())
+	s.kk = kafkaFor(t)
+	if s.kk.real {
+		s.brokers = s.kk.brokers
+		s.env = append(s.env, s.kk.env()...)
+	} else {
+		broker := startProc(t, "broker", binary, s.env, "broker")
+		require.Eventually(t, func() bool { return strings.Contains(broker.logs.String(), "broker listening") },
+			30*time.Second, 20*time.Millisecond, "broker logs:\n%s", broker.logs.String())
+	}
 	seed := exec.Command(binary, "seed")
 	seed.Env = s.env
 	out, err := seed.Output()
 	require.NoError(t, err)
 	s.apiKey, s.project = jsonField(t, out, "project", "apiKey"), jsonField(t, out, "project", "id")
-	s.env = append(s.env, "KAFKA_BROKERS="+s.brokers)
+	if !s.kk.real {
+		s.env = append(s.env, "KAFKA_BROKERS="+s.brokers)
+	}
 	return s
 }
 
@@ -219,7 +228,7 @@ func (s *stack) lag(group string) int64 {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	lag, err := kafkax.GroupLag(ctx, []string{s.brokers}, group, "pulseboard.events")
+	lag, err := kafkax.GroupLag(ctx, strings.Split(s.brokers, ","), s.kk.groupName(group), s.kk.topic)
 	if err != nil {
 		return -1
 	}
