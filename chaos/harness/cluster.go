@@ -20,6 +20,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
+	"github.com/pulseboard/pulseboard/pkg/testenv/realkafka"
 )
 
 // ConsumerGroup is the consumer group of the standalone consumers (CONSUMER_GROUP's
@@ -39,6 +40,12 @@ type Options struct {
 	// fresh one on the shared test server: F11 runs a PostgreSQL of its own
 	// (Postgres.DB).
 	DB func(testing.TB) (string, *pgxpool.Pool)
+	// Kafka, when set, is the version of a real Apache Kafka cluster of KafkaNodes
+	// combined controller+broker nodes [3] that replaces the embedded broker
+	// (pkg/testenv/realkafka): topics with replication factor 3 and
+	// min.insync.replicas=2 when it has three nodes, unclean leader election off.
+	Kafka      string
+	KafkaNodes int
 }
 
 // Project is a project the load can send events to.
@@ -58,13 +65,18 @@ type Cluster struct {
 	DatabaseURL string
 	Pool        *pgxpool.Pool
 	Redis       *Redis
-	// Broker is the broker process; Brokers its address (host:port, fixed across
-	// restarts).
-	Broker   *Proc
-	Brokers  string
-	Topic    string
-	DLQTopic string
-	Projects []Project
+	// Broker is the embedded broker's process (nil on a real Kafka cluster); Brokers the
+	// bootstrap list (host:port,…, fixed across restarts) and BrokerList its entries.
+	Broker     *Proc
+	Brokers    string
+	BrokerList []string
+	// Kafka is the real cluster (nil with the embedded broker); KafkaProcs its nodes'
+	// processes, node id i at index i-1.
+	Kafka      *realkafka.Cluster
+	KafkaProcs []*Proc
+	Topic      string
+	DLQTopic   string
+	Projects   []Project
 
 	env []string
 
@@ -91,8 +103,14 @@ func NewCluster(t testing.TB, o Options) *Cluster {
 	c.Redis = StartRedis(t)
 	c.addProc(c.Redis.Proc)
 
-	brokerPort := Port(t)
-	c.Brokers = Addr(brokerPort)
+	brokerPort := 0
+	if o.Kafka != "" {
+		c.prepareRealKafka(o)
+	} else {
+		brokerPort = Port(t)
+		c.Brokers = Addr(brokerPort)
+		c.BrokerList = []string{c.Brokers}
+	}
 	c.env = append(os.Environ(),
 		"DATABASE_URL="+c.DatabaseURL,
 		"REDIS_URL="+c.Redis.URL,
@@ -106,21 +124,11 @@ func NewCluster(t testing.TB, o Options) *Cluster {
 		"PULSEBOARD_FAILPOINTS=",
 	)
 	c.env = append(c.env, o.Env...)
-	c.Broker = StartProc(t, ProcSpec{
-		Name: "broker",
-		Bin:  Bin(t, "pulseboard"),
-		Args: []string{"broker"},
-		Env: append(append([]string{}, c.env...),
-			"KAFKA_EMBEDDED_PORT="+strconv.Itoa(brokerPort),
-			"PULSEBOARD_BROKER_DATA_DIR="+t.TempDir()),
-		Ready: func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			return kafkax.Ping(ctx, []string{c.Brokers}) == nil
-		},
-	})
-	c.addProc(c.Broker)
-	c.Broker.WaitReady(60 * time.Second)
+	if o.Kafka != "" {
+		c.startRealKafka(o)
+	} else {
+		c.startEmbeddedBroker(brokerPort)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -136,6 +144,26 @@ func NewCluster(t testing.TB, o Options) *Cluster {
 		c.Projects = append(c.Projects, Project{ID: p.ID, APIKey: p.APIKey})
 	}
 	return c
+}
+
+// startEmbeddedBroker starts `pulseboard broker`, persisted in a data directory, on port.
+func (c *Cluster) startEmbeddedBroker(brokerPort int) {
+	t := c.t
+	c.Broker = StartProc(t, ProcSpec{
+		Name: "broker",
+		Bin:  Bin(t, "pulseboard"),
+		Args: []string{"broker"},
+		Env: append(append([]string{}, c.env...),
+			"KAFKA_EMBEDDED_PORT="+strconv.Itoa(brokerPort),
+			"PULSEBOARD_BROKER_DATA_DIR="+t.TempDir()),
+		Ready: func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return kafkax.Ping(ctx, c.BrokerList) == nil
+		},
+	})
+	c.addProc(c.Broker)
+	c.Broker.WaitReady(60 * time.Second)
 }
 
 // Env returns the environment every service of the cluster gets, plus extra.
@@ -278,7 +306,7 @@ func (c *Cluster) StartAPI(env ...string) *Service {
 	})
 }
 
-// KillBroker kills the broker with SIGKILL. Its data directory stays: StartBroker brings
+// KillBroker kills the embedded broker with SIGKILL. Its data directory stays: StartBroker brings
 // it back with every acknowledged message.
 func (c *Cluster) KillBroker() { c.Broker.Kill() }
 
@@ -293,7 +321,7 @@ func (c *Cluster) StartBroker() {
 func (c *Cluster) Lag() (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return kafkax.GroupLag(ctx, []string{c.Brokers}, ConsumerGroup, c.Topic)
+	return kafkax.GroupLag(ctx, c.BrokerList, ConsumerGroup, c.Topic)
 }
 
 // WaitLag0 waits until the consumer group's lag is 0 and returns how long that took;
@@ -317,7 +345,7 @@ func (c *Cluster) WaitLag0(timeout time.Duration) time.Duration {
 // Produce writes messages straight to the events topic with acks=all, bypassing the
 // ingestor (poison messages, F19).
 func (c *Cluster) Produce(ctx context.Context, msgs ...kafka.Message) error {
-	w, err := kafkax.NewWriter([]string{c.Brokers}, c.Topic, kafkax.DefaultWriterOptions())
+	w, err := kafkax.NewWriter(c.BrokerList, c.Topic, kafkax.DefaultWriterOptions())
 	if err != nil {
 		return err
 	}
@@ -329,7 +357,7 @@ func (c *Cluster) Produce(ctx context.Context, msgs ...kafka.Message) error {
 // messages arrived or the timeout passed.
 func (c *Cluster) ReadDLQ(n int, timeout time.Duration) ([]kafka.Message, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: []string{c.Brokers}, Topic: c.DLQTopic, GroupID: "chaos-dlq-reader-" + randomHex(4),
+		Brokers: c.BrokerList, Topic: c.DLQTopic, GroupID: "chaos-dlq-reader-" + randomHex(4),
 		StartOffset: kafka.FirstOffset, MaxBytes: 16 << 20, MaxWait: 200 * time.Millisecond,
 	})
 	defer r.Close()

@@ -17,7 +17,7 @@ const AlerterGroup = "pulseboard-alerter"
 
 func (c *Cluster) kafkaClient() (*kafka.Client, func()) {
 	transport := &kafka.Transport{DialTimeout: 3 * time.Second, MetadataTTL: time.Second}
-	return &kafka.Client{Addr: kafka.TCP(c.Brokers), Transport: transport, Timeout: 10 * time.Second},
+	return &kafka.Client{Addr: kafka.TCP(c.BrokerList...), Transport: transport, Timeout: 10 * time.Second},
 		transport.CloseIdleConnections
 }
 
@@ -129,7 +129,7 @@ func (c *Cluster) RewindGroup(group string, n int64) (before, after map[int]int6
 func (c *Cluster) GroupLagOf(group string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return kafkax.GroupLag(ctx, []string{c.Brokers}, group, c.Topic)
+	return kafkax.GroupLag(ctx, c.BrokerList, group, c.Topic)
 }
 
 // WaitGroupLag0 waits until group has committed everything in the events topic.

@@ -65,6 +65,7 @@ type Load struct {
 
 	mu       sync.Mutex
 	probes   ProbeStats
+	answers  []ProbeAnswer
 	flood    map[int]int // flood answers by status
 	healed   time.Time   // when the last fault healed (MarkHealed)
 	firstAck time.Time   // first probe 2xx after healed
@@ -180,6 +181,7 @@ func (l *Load) probe() {
 		retryAfter := hdr.Get("Retry-After") != ""
 		l.recordSingle(p.ID, id, status)
 		l.mu.Lock()
+		l.answers = append(l.answers, ProbeAnswer{Sent: start, Took: took, Status: status, RetryAfter: retryAfter})
 		l.probes.Requests++
 		if err != nil {
 			l.probes.TransportErrors++
@@ -412,4 +414,49 @@ func (l *Load) Stats() LoadStats {
 		Acked: l.acked.Load(), Rejected: l.rejected.Load(), Failed: l.failed.Load(),
 		Probes: l.Probes(), Flood: l.FloodAnswers(),
 	}
+}
+
+// ProbeAnswer is one probe request: when it was sent, how long its answer took, and the
+// status (0 after a transport error).
+type ProbeAnswer struct {
+	Sent       time.Time
+	Took       time.Duration
+	Status     int
+	RetryAfter bool
+}
+
+// ProbeAnswers returns the probe's requests sent in [from, to) (to zero: up to now).
+func (l *Load) ProbeAnswers(from, to time.Time) []ProbeAnswer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []ProbeAnswer
+	for _, a := range l.answers {
+		if !a.Sent.Before(from) && (to.IsZero() || a.Sent.Before(to)) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// UnavailableWindow is the time from the first probe sent at or after from that was not
+// answered 2xx to the first 2xx answer sent after it (the 503 window a client saw), and
+// the number of probes in it; 0 when every probe since from was answered 2xx.
+func (l *Load) UnavailableWindow(from time.Time) (time.Duration, int) {
+	var start time.Time
+	n := 0
+	for _, a := range l.ProbeAnswers(from, time.Time{}) {
+		ok := a.Status >= 200 && a.Status < 300
+		switch {
+		case !ok && start.IsZero():
+			start, n = a.Sent, 1
+		case !ok:
+			n++
+		case ok && !start.IsZero():
+			return a.Sent.Add(a.Took).Sub(start), n
+		}
+	}
+	if start.IsZero() {
+		return 0, 0
+	}
+	return time.Since(start), n
 }

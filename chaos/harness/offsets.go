@@ -55,7 +55,7 @@ func (w *OffsetWatcher) run() {
 	defer close(w.done)
 	transport := &kafka.Transport{DialTimeout: time.Second, MetadataTTL: time.Second}
 	defer transport.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(w.c.Brokers), Transport: transport, Timeout: 2 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(w.c.BrokerList...), Transport: transport, Timeout: 2 * time.Second}
 	var partitions []int
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()

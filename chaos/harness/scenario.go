@@ -212,7 +212,7 @@ func (s *Scenario) record() {
 func (c *Cluster) catchUpFrom(from time.Time, timeout time.Duration) (time.Duration, bool) {
 	transport := &kafka.Transport{DialTimeout: time.Second, MetadataTTL: time.Second}
 	defer transport.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(c.Brokers), Transport: transport, Timeout: 3 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(c.BrokerList...), Transport: transport, Timeout: 3 * time.Second}
 	deadline := from.Add(timeout)
 	var ends map[int]int64
 	for ends == nil && time.Now().Before(deadline) {
