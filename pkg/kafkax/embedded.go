@@ -1,10 +1,13 @@
 package kafkax
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -40,6 +43,10 @@ type EmbeddedOptions struct {
 // for its last write, and the broker's heap was twice its data).
 const segmentBytes = 15 << 20
 
+// maxMessageBytes is the embedded broker's message.max.bytes (and its topics'
+// max.message.bytes): above the producer's 4 MiB batches.
+const maxMessageBytes = 8 << 20
+
 // StartEmbedded starts a single-broker cluster on 127.0.0.1.
 func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	if o.Partitions < 1 {
@@ -58,7 +65,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		}),
 		kfake.SeedTopics(int32(o.Partitions), o.Topics...),
 		kfake.DefaultNumPartitions(o.Partitions),
-		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(8 << 20), "log.segment.bytes": strconv.Itoa(segmentBytes)}),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(maxMessageBytes), "log.segment.bytes": strconv.Itoa(segmentBytes)}),
 	}
 	if o.DataDir != "" {
 		opts = append(opts, kfake.DataDir(o.DataDir))
@@ -67,7 +74,41 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting the embedded Kafka broker on 127.0.0.1:%d: %w", o.Port, err)
 	}
-	return &Embedded{cluster: c}, nil
+	e := &Embedded{cluster: c}
+	if err := e.setTopicMaxMessageBytes(o.Topics); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// setTopicMaxMessageBytes states the topics' max.message.bytes explicitly: kfake enforces
+// its broker-wide message.max.bytes but describes topics with Kafka's 1 MiB default, and
+// the producer sizes its batches by what the topic describes.
+func (e *Embedded) setTopicMaxMessageBytes(topics []string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	transport := &kafka.Transport{DialTimeout: 3 * time.Second}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(e.Addrs()...), Transport: transport, Timeout: 10 * time.Second}
+	var res []kafka.AlterConfigRequestResource
+	for _, t := range topics {
+		res = append(res, kafka.AlterConfigRequestResource{ResourceType: kafka.ResourceTypeTopic, ResourceName: t,
+			Configs: []kafka.AlterConfigRequestConfig{{Name: "max.message.bytes", Value: strconv.Itoa(maxMessageBytes)}}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := client.AlterConfigs(ctx, &kafka.AlterConfigsRequest{Resources: res})
+	if err != nil {
+		return fmt.Errorf("embedded broker: setting max.message.bytes: %w", err)
+	}
+	for r, err := range resp.Errors {
+		if err != nil {
+			return fmt.Errorf("embedded broker: setting max.message.bytes of %s: %w", r.Name, err)
+		}
+	}
+	return nil
 }
 
 // Addrs are the bootstrap addresses.

@@ -172,3 +172,41 @@ func readAll(t *testing.T, kc *kafkatest.Cluster) []kafka.Message {
 	}
 	return all
 }
+
+// TestBatchesFitTheTopicsMessageLimit: concurrent requests for one partition that add up
+// to several MiB are written as record batches the broker accepts. A real Kafka broker
+// refuses a batch over the topic's max.message.bytes (1 MiB by default) with
+// MESSAGE_TOO_LARGE, for good; the writer is tuned for 4 MiB batches, so the producer
+// must cap them by the topic's limit (the real-broker tier runs this against Kafka's
+// defaults; the embedded broker allows 8 MiB).
+func TestBatchesFitTheTopicsMessageLimit(t *testing.T) {
+	t.Parallel()
+	p, kc := newTestProducer(t, Options{})
+	require.LessOrEqual(t, p.batchBytes, int64(kafkax.DefaultWriterOptions().BatchBytes))
+	if kc.Embedded != nil { // 8 MiB allowed: the limit was read, and the writer's 4 MiB stands
+		require.Equal(t, int64(kafkax.DefaultWriterOptions().BatchBytes), p.batchBytes)
+	}
+	value := make([]byte, 60<<10) // the largest events the ingestor accepts are 64 KiB
+	const requests, perRequest = 16, 8
+	var wg sync.WaitGroup
+	errs := make(chan error, requests)
+	for i := range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msgs := make([]kafka.Message, perRequest)
+			for j := range msgs {
+				msgs[j] = kafka.Message{Key: []byte("one-partition"), Value: append([]byte(fmt.Sprintf("%d-%d:", i, j)), value...)}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			errs <- p.Produce(ctx, msgs, nil)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Len(t, readAll(t, kc), requests*perRequest)
+}

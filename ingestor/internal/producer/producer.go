@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,6 +108,13 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 	p.w = w
 	p.topic = w.Topic
 	p.batchSize, p.batchBytes = w.BatchSize, w.BatchBytes
+	// A record batch larger than the topic's max.message.bytes is refused for good
+	// (MESSAGE_TOO_LARGE); where the limit cannot be read, assume Kafka's default.
+	limit, err := topicMaxMessageBytes(o.Brokers, o.Topic, o.Timeout)
+	if err != nil || limit <= 0 {
+		limit = defaultMaxMessageBytes
+	}
+	p.batchBytes = fitBatchBytes(p.batchBytes, p.batchSize, limit)
 	p.maxRequestBytes = max(defaultMaxRequestBytes, p.batchBytes)
 	p.writeTimeout, p.maxAttempts = w.WriteTimeout, w.MaxAttempts
 	p.backoffMin, p.backoffMax = max(w.WriteBackoffMin, time.Millisecond), max(w.WriteBackoffMax, w.WriteBackoffMin)
@@ -139,6 +147,10 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 		Name: "pulseboard_ingest_inflight_bytes_limit",
 		Help: "The in-flight byte budget; past it ingest answers 503.",
 	}, func() float64 { return float64(p.maxBytes) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pulseboard_ingest_batch_bytes_limit",
+		Help: "The largest record batch the producer builds: its writer setting, capped to fit the topic's max.message.bytes.",
+	}, func() float64 { return float64(p.batchBytes) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pulseboard_ingest_writer_required_acks",
 		Help: "The producer's RequiredAcks (-1 = all in-sync replicas); anything else breaks durability.",
@@ -290,4 +302,55 @@ func (c *coarseDeadlines) after(now time.Time, d time.Duration) <-chan struct{} 
 		close(ch)
 	})
 	return ch
+}
+
+// recordBatchOverhead bounds what a record batch adds to its records' keys, values and
+// headers: the batch header (61 bytes) and, per record, its length, attributes,
+// timestamp and offset deltas, key, value and header lengths (varints, 32 bytes at most
+// for the record sizes PulseBoard writes).
+const (
+	batchHeaderBytes  = 61
+	recordHeaderBytes = 32
+	// defaultMaxMessageBytes is Kafka's default message.max.bytes.
+	defaultMaxMessageBytes = 1048588
+)
+
+// fitBatchBytes caps the bytes of keys, values and headers a batch may hold so that the
+// encoded record batch stays within the topic's max.message.bytes: a real broker refuses
+// a larger batch with MESSAGE_TOO_LARGE, which is final (Kafka's default is 1 MiB, less
+// than the 4 MiB batches the writer is tuned for). A single event larger than that is
+// still sent alone and refused by the broker.
+func fitBatchBytes(batchBytes int64, batchSize int, limit int64) int64 {
+	fit := limit - batchHeaderBytes - int64(batchSize)*recordHeaderBytes
+	if fit < limit/2 { // many tiny records: cap by half the limit rather than nothing
+		fit = limit / 2
+	}
+	return min(batchBytes, fit)
+}
+
+// topicMaxMessageBytes reads the topic's max.message.bytes (the broker default unless the
+// topic overrides it).
+func topicMaxMessageBytes(brokers []string, topic string, timeout time.Duration) (int64, error) {
+	transport := &kafka.Transport{DialTimeout: 3 * time.Second}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport, Timeout: timeout}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"max.message.bytes"},
+	}}})
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			return 0, r.Error
+		}
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName == "max.message.bytes" {
+				return strconv.ParseInt(e.ConfigValue, 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("topic %s: no max.message.bytes in the answer", topic)
 }
