@@ -41,6 +41,7 @@ import (
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/testenv/realkafka"
 )
 
 // Components that run as their own container, and the admin port each defaults to.
@@ -103,7 +104,7 @@ func readBy(t *testing.T) map[string]map[string]bool {
 	return out
 }
 
-// imageRepo strips the registry-free tag: "apache/kafka:3.8.1" → "apache/kafka".
+// imageRepo strips the registry-free tag: "apache/kafka:4.4.0" → "apache/kafka".
 func imageRepo(image string) string {
 	repo, _, _ := strings.Cut(image, "@")
 	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
@@ -401,6 +402,8 @@ func TestComposeFileParsesAndIsComplete(t *testing.T) {
 	// The dependencies the issue names.
 	kafka := svc("kafka")
 	require.Equal(t, "apache/kafka", imageRepo(kafka.Image))
+	require.Equal(t, "apache/kafka:"+realkafka.Latest, kafka.Image, "the pinned Kafka is the one the real-broker tier tests")
+	require.Equal(t, kafka.Image, svc("kafka-init").Image)
 	require.Contains(t, *kafka.Environment["KAFKA_PROCESS_ROLES"], "controller", "Kafka runs in KRaft mode")
 	require.Equal(t, "false", *kafka.Environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"],
 		"topics come from kafka-init with 12 partitions, never auto-created with one")
