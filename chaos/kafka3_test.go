@@ -184,7 +184,9 @@ func TestKR3RollingRestart(t *testing.T) {
 	for id := 1; id <= 3; id++ {
 		node := c.KafkaNode(id)
 		took, err := node.Term(2 * time.Minute)
-		if err != nil {
+		// A JVM ends by SIGTERM with status 143 once its shutdown hooks (Kafka's
+		// controlled shutdown) have run.
+		if err != nil && !strings.Contains(err.Error(), "exit status 143") {
 			s.Fail("node %d: %v", id, err)
 		}
 		node.Start()
