@@ -13,8 +13,18 @@ One run measures, on this machine and in this order:
      lag sampled every second (is it growing?), a live SSE subscriber (ingest -> delivered)
      and Postgres polling (ingest -> stored); if the lag grows, lower rates are probed to find
      the sustained maximum;
-  5. latency at 50 % of the sustained maximum;
-  6. (full mode) the WebSocket fan-out benchmark of api/internal/live with 10,000 clients,
+  5. latency at 50 % of the sustained maximum; then (when step 6 runs) the all-in-one's own
+     ingest ceilings, step 2's single-event 64-connection and batch-100 16-connection
+     scenarios unthrottled with its consumer storing alongside, and the drain of what they
+     left in the broker;
+  6. (BENCH_REAL_KAFKA, on by default) steps 4-5 again on a real Apache Kafka broker: a
+     1-node KRaft JVM (pkg/testenv/realkafka, built to bin/realkafka by this script) and the
+     all-in-one pointed at it with KAFKA_BROKERS, its own fresh database, after steps 4-5's
+     database is dropped and Postgres is quiet. It runs at the rates steps 4-5 settled on (no
+     rate search), after a warm-up of the JVM at the sustained rate, so the report sets the
+     embedded broker's figures and Apache Kafka's side by side with their ratio. The JVM is
+     stopped whatever happens;
+  7. (full mode) the WebSocket fan-out benchmark of api/internal/live with 10,000 clients,
      20 events, once the bench's databases are dropped and Postgres is quiet.
 
 Every run records per process: CPU (cores used, from /proc/PID/stat) and peak RSS (sampled
@@ -26,7 +36,11 @@ Environment: BENCH_SHORT=1 (CI: 2-5 s scenarios, no rate search, no fan-out),
 BENCH_DURATION (scenario length of steps 1-2, default 10s), BENCH_SUSTAIN (default 60s),
 BENCH_OUT, BENCH_DATABASE_URL (a server URL; the script creates its own databases),
 BENCH_PROJECTS (default 8: the load goes round-robin over that many projects, hence partitions),
-BENCH_PORT_BASE (default 3200; ports BASE..BASE+99 are used).
+BENCH_PORT_BASE (default 3200; ports BASE..BASE+99 are used),
+BENCH_REAL_KAFKA (default 1; 0 skips step 6 and the all-in-one ingest ceilings of step 5),
+BENCH_KAFKA_VERSION (Apache Kafka version of step 6, default 4.4.0 = realkafka.Latest; the
+first run of a version resolves its jars from Maven Central, later runs use the ~/.m2 cache;
+needs java and mvn), BENCH_KAFKA_HEAP_MB (the broker JVM's maximum heap, default 512).
 """
 
 import json
@@ -73,6 +87,9 @@ PORTS = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The all-in-one steps send like an SDK: events batch in the client for up to LINGER.
 LINGER = "5ms"
+REAL_KAFKA = os.environ.get("BENCH_REAL_KAFKA", "1") != "0"
+KAFKA_VERSION = os.environ.get("BENCH_KAFKA_VERSION", "4.4.0").strip() or "4.4.0"
+KAFKA_HEAP_MB = int(os.environ.get("BENCH_KAFKA_HEAP_MB", "512"))
 WORK = tempfile.mkdtemp(prefix="pulseboard-bench-")
 
 
@@ -102,16 +119,17 @@ class Proc:
         self.logf = open(self.log_path, "wb")
         self.p = subprocess.Popen(args, env={**os.environ, **(env or {})},
                                   stdout=stdout or self.logf, stderr=self.logf, cwd=ROOT)
+        self.pid = self.p.pid
         self.peak_rss = 0
         self.cpu_mark = self.cpu()
 
     def cpu(self):
         """CPU seconds (user + system) used so far, or None once the process is gone."""
-        return proc_cpu(self.p.pid)[1]
+        return proc_cpu(self.pid)[1]
 
     def status(self, key):
         try:
-            with open(f"/proc/{self.p.pid}/status") as f:
+            with open(f"/proc/{self.pid}/status") as f:
                 for line in f:
                     if line.startswith(key + ":"):
                         return int(line.split()[1]) * 1024
@@ -150,6 +168,26 @@ class Proc:
             return b"".join(f.readlines()[-n:]).decode(errors="replace")
 
 
+class Attached(Proc):
+    """A process another one started (the Kafka JVM, realkafka's child), sampled like a Proc;
+    its starter stops it."""
+
+    def __init__(self, name, pid):
+        self.name, self.pid, self.p = name, pid, None
+        self.log_path = None
+        self.peak_rss = 0
+        self.cpu_mark = self.cpu()
+
+    def alive(self):
+        return self.cpu() is not None
+
+    def stop(self, timeout=90):
+        pass
+
+    def tail(self, n=40):
+        return ""
+
+
 class Sampler:
     """Samples VmRSS of the running processes every 200 ms (peak RSS per window)."""
 
@@ -168,8 +206,8 @@ SAMPLER = Sampler()
 PROCS = []
 
 
-def start(name, args, env=None):
-    p = Proc(name, args, env)
+def start(name, args, env=None, stdout=None):
+    p = Proc(name, args, env, stdout)
     PROCS.append(p)
     SAMPLER.procs.append(p)
     return p
@@ -422,6 +460,15 @@ def step_noop(report):
     return r["requestsPerSecond"]
 
 
+# Step 2's unthrottled ingest scenarios; the all-in-one's ingest ceilings (steps 5 and 6)
+# are the first two.
+INGEST_SCENARIOS = [("single-64conns", ["-mode", "single", "-connections", "64"]),
+                    ("batch100-16conns", ["-mode", "batch", "-batch", "100", "-connections", "16"]),
+                    ("batch100-64conns", ["-mode", "batch", "-batch", "100", "-connections", "64"]),
+                    ("batch100-gzip-16conns", ["-mode", "batch", "-batch", "100", "-gzip", "-connections", "16"])]
+AIO_INGEST_SCENARIOS = INGEST_SCENARIOS[:2]
+
+
 def step_ingestor_alone(report, noop_rps, db, env, key):
     log("== 2. ingestor and broker alone")
     broker = start("broker", [os.path.join(BIN, "pulseboard"), "broker"], env)
@@ -430,10 +477,7 @@ def step_ingestor_alone(report, noop_rps, db, env, key):
     wait_http(f"http://127.0.0.1:{PORTS['admin_ingestor']}/readyz", "ingestor", ing)
     url = f"http://127.0.0.1:{PORTS['ingest']}"
     rows = []
-    for name, extra in [("single-64conns", ["-mode", "single", "-connections", "64"]),
-                        ("batch100-16conns", ["-mode", "batch", "-batch", "100", "-connections", "16"]),
-                        ("batch100-64conns", ["-mode", "batch", "-batch", "100", "-connections", "64"]),
-                        ("batch100-gzip-16conns", ["-mode", "batch", "-batch", "100", "-gzip", "-connections", "16"])]:
+    for name, extra in INGEST_SCENARIOS:
         r = loadgen("ingest-" + name, url, key, extra, DURATION, procs=[ing, broker],
                     profile=(PORTS["admin_ingestor"], os.path.join(BIN, "ingestor")))
         line(r, noop_rps)
@@ -477,8 +521,10 @@ def step_store_ceiling(report, broker, db, env, acked):
     return rate
 
 
-def lag_probe(url, key, rate, duration, name, env, live, db):
-    """Batch load at `rate` events/s on the all-in-one while sampling the consumer lag."""
+def lag_probe(url, key, rate, duration, name, live, db, procs, profile=False):
+    """Batch load at `rate` events/s on the all-in-one while sampling the consumer lag; the
+    resource use of `procs` (the all-in-one, and the broker when it is its own process) is
+    measured over the run."""
     lags = []
     stop_ev = threading.Event()
 
@@ -497,8 +543,8 @@ def lag_probe(url, key, rate, duration, name, env, live, db):
     # (whose fsyncs can stall commits).
     ck0, hist0 = checkpoints(db), store_buckets(metrics(PORTS["admin_all"]))
     extra = ["-mode", "batch", "-batch", "100", "-connections", "16", "-linger", LINGER, "-rate", str(int(rate))] + live + ["-db", db, "-db-sample", "0.01"]
-    r = loadgen(name, url, key, extra, duration, procs=[ALLINONE[0]],
-                profile=(PORTS["admin_all"], os.path.join(BIN, "pulseboard")) if name == "sustained" else None)
+    r = loadgen(name, url, key, extra, duration, procs=procs,
+                profile=(PORTS["admin_all"], os.path.join(BIN, "pulseboard")) if profile else None)
     stop_ev.set()
     th.join()
     ck1 = checkpoints(db)
@@ -519,25 +565,110 @@ def lag_probe(url, key, rate, duration, name, env, live, db):
     return r
 
 
-ALLINONE = []
+def ledger(name):
+    """The ledger file loadgen() gives scenario `name`."""
+    return os.path.join(WORK, f"ledger-{name}.jsonl")
+
+
+def start_allinone(env, name="all-in-one"):
+    """Starts `pulseboard run` on the bench's ports and waits until it is ready."""
+    aio = start(name, [os.path.join(BIN, "pulseboard"), "run"],
+                {**env, "ADMIN_PORT": str(PORTS["admin_all"]), "PORT": str(PORTS["api"])})
+    wait_http(f"http://127.0.0.1:{PORTS['admin_all']}/readyz", name, aio)
+    return aio
+
+
+class AllInOne:
+    """What the all-in-one scenarios of steps 4-6 share: the running all-in-one (and the
+    processes measured with it), its database, the seeded projects' keys and the live SSE
+    subscriber's arguments, a prefix for the scenario names, and the ledgers written so far."""
+
+    def __init__(self, procs, db, seedout, prefix=""):
+        self.procs, self.db, self.prefix, self.ledgers = procs, db, prefix, []
+        self.acked = 0  # events acknowledged by this all-in-one so far
+        self.url = f"http://127.0.0.1:{PORTS['ingest']}"
+        self.key = keys(seedout)
+        self.live = ["-live-url", f"http://127.0.0.1:{PORTS['api']}", "-live-email", seedout["user"]["email"],
+                     "-live-password", seedout["password"], "-live-project", seedout["project"]["id"], "-live-protocol", "sse"]
+
+    def probe(self, rate, duration, name, profile=False):
+        name = self.prefix + name
+        self.ledgers.append(ledger(name))
+        r = lag_probe(self.url, self.key, rate, duration, name, self.live, self.db, self.procs, profile=profile)
+        self.acked += r["eventsAccepted"]
+        return r
+
+    def sustained(self, rate, ceiling=None):
+        """Step 4's sustained run at `rate`, then the wait for the lag and the alerter."""
+        r = self.probe(rate, SUSTAIN, "sustained", profile=True)
+        line(r)
+        vs = f" ({100 * r['eventsPerSecond'] / ceiling:.0f} % of the store ceiling)" if ceiling else ""
+        log(f"sustained {SUSTAIN:.0f}s at {rate:.0f} ev/s: achieved {r['eventsPerSecond']:.0f} ev/s{vs}; "
+            f"lag max {r['lag']['maxMessages']}, end {r['lag']['endMessages']}, slope {r['lag']['slopePerSecondSecondHalf']}/s; "
+            f"steady={r['lagSteady']}")
+        wait_lag_zero()
+        # The alerter reads the same topic in its own group. Measuring latency while it
+        # catches up measures its catch-up (it shares the process, the broker and the cores).
+        behind, caught = wait_alerter()
+        log(f"alerter: {behind} messages behind the consumer when the sustained run ended; caught up after {caught} s")
+        return r, behind, caught
+
+    def latency(self, half):
+        """Step 5's latency run at `half` events/s."""
+        h = self.probe(half, min(SUSTAIN, 30), "latency-at-50pct")
+        line(h)
+        log(f"at {half:.0f} ev/s: ingest request p99 {h['requestLatencyMs']['p99']:.2f} ms (event from its scheduled time, "
+            f"client batching included: {h['latencyMs']['p99']:.2f} ms); "
+            f"delivered p99 {h.get('e2eDeliveredMs', {}).get('p99')} ms; stored p99 {h.get('e2eStoredMs', {}).get('p99')} ms")
+        wait_lag_zero()
+        return h
+
+    def ingest_ceilings(self):
+        """Step 2's single and batch-100 scenarios, unthrottled, on the all-in-one (its
+        consumer storing alongside), then the drain of the backlog they leave: how fast the
+        consumer stores it once the load has stopped (the store rate reading from this
+        broker), from its rows-stored counter, as step 3 does."""
+        t0, rows = time.time(), []
+        for name, extra in AIO_INGEST_SCENARIOS:
+            name = self.prefix + "aio-ingest-" + name
+            self.ledgers.append(ledger(name))
+            r = loadgen(name, self.url, self.key, extra, DURATION, procs=self.procs)
+            line(r)
+            rows.append(r)
+            self.acked += r["eventsAccepted"]
+        samples = []  # (t, rows stored)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            try:
+                samples.append((time.time(), metric_sum(metrics(PORTS["admin_all"]), "pulseboard_consumer_rows_stored_total") or 0))
+            except OSError:
+                pass
+            if samples and samples[-1][1] >= self.acked:
+                break
+            if not self.procs[0].alive():
+                raise SystemExit(f"bench: {self.procs[0].name} exited:\n{self.procs[0].tail()}")
+            time.sleep(0.25)
+        first, last = samples[0], samples[-1]
+        rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else None
+        drain = {"backlog": int(self.acked - first[1]), "seconds": round(last[0] - first[0], 1),
+                 "eventsPerSecond": round(rate) if rate else None, "drained": last[1] >= self.acked}
+        log(f"backlog of {drain['backlog']} events stored in {drain['seconds']} s after the load stopped"
+            f" ({drain['eventsPerSecond']} events/s)" + ("" if drain["drained"] else " (NOT drained: gave up)"))
+        wait_lag_zero()  # and committed
+        drain["stepSeconds"] = round(time.time() - t0, 1)
+        return rows, drain
 
 
 def step_sustained(report, ceiling, db, env, seedout):
     log("== 4. sustained end to end on the all-in-one (batch ingest -> stored), lag sampled every second")
-    aio = start("all-in-one", [os.path.join(BIN, "pulseboard"), "run"],
-                {**env, "ADMIN_PORT": str(PORTS["admin_all"]), "PORT": str(PORTS["api"])})
-    ALLINONE.append(aio)
-    wait_http(f"http://127.0.0.1:{PORTS['admin_all']}/readyz", "all-in-one", aio)
-    url = f"http://127.0.0.1:{PORTS['ingest']}"
-    key = keys(seedout)
-    live = ["-live-url", f"http://127.0.0.1:{PORTS['api']}", "-live-email", seedout["user"]["email"],
-            "-live-password", seedout["password"], "-live-project", seedout["project"]["id"], "-live-protocol", "sse"]
+    aio = start_allinone(env)
+    a = AllInOne([aio], db, seedout)
     target = 0.8 * ceiling
     rate, probes = target, []
     if not SHORT:
         # Probe downwards until the lag holds (20 s each, at most 5 probes).
         for _ in range(5):
-            r = lag_probe(url, key, rate, 20, f"probe-{int(rate)}", env, live, db)
+            r = a.probe(rate, 20, f"probe-{int(rate)}")
             probes.append({"rate": int(rate), "eventsPerSecond": r["eventsPerSecond"], "lagSteady": r["lagSteady"],
                            "lag": r["lag"]["endMessages"], "slope": r["lag"]["slopePerSecondSecondHalf"]})
             log(f"probe {rate:.0f} ev/s: achieved {r['eventsPerSecond']:.0f}, lag end {r['lag']['endMessages']}, "
@@ -546,31 +677,129 @@ def step_sustained(report, ceiling, db, env, seedout):
                 break
             rate *= 0.85
             wait_lag_zero()
-    r = lag_probe(url, key, rate, SUSTAIN, "sustained", env, live, db)
-    line(r)
-    log(f"sustained {SUSTAIN:.0f}s at {rate:.0f} ev/s: achieved {r['eventsPerSecond']:.0f} ev/s "
-        f"({100 * r['eventsPerSecond'] / ceiling:.0f} % of the store ceiling); lag max {r['lag']['maxMessages']}, "
-        f"end {r['lag']['endMessages']}, slope {r['lag']['slopePerSecondSecondHalf']}/s; steady={r['lagSteady']}")
+    r, behind, caught = a.sustained(rate, ceiling)
     report["sustained"] = {"targetRate": round(target), "rate": round(rate), "probes": probes, "run": r,
-                           "vsStoreCeiling": round(r["eventsPerSecond"] / ceiling, 3) if ceiling else None}
-    wait_lag_zero()
-    # The alerter reads the same topic in its own group. Measuring latency while it
-    # catches up measures its catch-up (it shares the process, the broker and the cores).
-    behind, caught = wait_alerter()
-    report["sustained"]["alerterBehindAfter"] = behind
-    report["sustained"]["alerterCatchUpSeconds"] = caught
-    log(f"alerter: {behind} messages behind the consumer when the sustained run ended; caught up after {caught} s")
+                           "vsStoreCeiling": round(r["eventsPerSecond"] / ceiling, 3) if ceiling else None,
+                           "alerterBehindAfter": behind, "alerterCatchUpSeconds": caught}
 
     log("== 5. latency at 50 % of the sustained maximum")
-    half = 0.5 * (r["eventsPerSecond"] if r["lagSteady"] else rate)
-    h = lag_probe(url, key, half, min(SUSTAIN, 30), "latency-at-50pct", env, live, db)
-    line(h)
-    log(f"at {half:.0f} ev/s: ingest request p99 {h['requestLatencyMs']['p99']:.2f} ms (event from its scheduled time, "
-        f"client batching included: {h['latencyMs']['p99']:.2f} ms); "
-        f"delivered p99 {h.get('e2eDeliveredMs', {}).get('p99')} ms; stored p99 {h.get('e2eStoredMs', {}).get('p99')} ms")
-    report["latencyAtHalf"] = h
-    wait_lag_zero()
-    return aio
+    report["latencyAtHalf"] = a.latency(0.5 * (r["eventsPerSecond"] if r["lagSteady"] else rate))
+    if REAL_KAFKA:
+        log("== 5b. the all-in-one's ingest ceilings (unthrottled, its consumer storing alongside), for step 6")
+        report["allInOneIngest"], report["allInOneDrain"] = a.ingest_ceilings()
+        log(f"step 5b took {report['allInOneDrain']['stepSeconds']} s")
+    return aio, a.ledgers
+
+
+def build_realkafka():
+    """Builds pkg/testenv/realkafka's command to bin/realkafka (incremental: a no-op when
+    nothing changed), so signals reach it directly rather than through `go run`."""
+    path = os.path.join(BIN, "realkafka")
+    p = subprocess.run(["go", "build", "-o", path, "./testenv/realkafka/cmd/realkafka"], cwd=os.path.join(ROOT, "pkg"),
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"bench: building bin/realkafka failed:\n{p.stderr}")
+    return path
+
+
+def start_realkafka():
+    """Starts a 1-node Apache Kafka (bin/realkafka) without waiting for it; see wait_realkafka."""
+    out = os.path.join(WORK, "realkafka.stdout")
+    f = open(out, "wb")
+    try:
+        k = start("realkafka", [build_realkafka(), "-nodes", "1", "-version", KAFKA_VERSION, "-heap-mb", str(KAFKA_HEAP_MB)],
+                  stdout=f)
+    finally:
+        f.close()  # the child has its own copy
+    k.stdout_path, k.started = out, time.time()
+    return k
+
+
+def wait_realkafka(k, timeout=900):
+    """Waits for realkafka's first line (the bootstrap list, printed once the broker is in
+    its metadata); returns it and the broker JVM (realkafka's child) as an Attached process.
+    The first run of a version resolves its jars with Maven, hence the long timeout."""
+    deadline = k.started + timeout
+    while time.time() < deadline:
+        with open(k.stdout_path) as f:
+            first = f.readline()
+        if first.endswith("\n") and first.strip():
+            break
+        if not k.alive():
+            raise SystemExit(f"bench: realkafka (Apache Kafka {KAFKA_VERSION}) exited before it was ready "
+                             f"(BENCH_REAL_KAFKA=0 skips step 6):\n{k.tail()}")
+        time.sleep(0.1)
+    else:
+        raise SystemExit(f"bench: Apache Kafka {KAFKA_VERSION} not ready after {timeout} s:\n{k.tail()}")
+    jvm = None
+    for _ in range(50):
+        kids = []
+        for t in os.listdir(f"/proc/{k.pid}/task"):  # any thread of the Go process may have spawned it
+            try:
+                with open(f"/proc/{k.pid}/task/{t}/children") as f:
+                    kids += f.read().split()
+            except OSError:
+                pass
+        if kids:
+            jvm = Attached("kafka", int(kids[0]))
+            break
+        time.sleep(0.1)
+    if jvm is None:
+        raise SystemExit("bench: realkafka is ready but its JVM was not found")
+    return first.strip(), jvm
+
+
+def step_real_kafka(report, e2e_db):
+    """Step 6: steps 4-5 (and 5b) again, on the all-in-one pointed at a real Apache Kafka
+    broker, at the rates steps 4-5 used."""
+    log(f"== 6. the all-in-one on Apache Kafka {KAFKA_VERSION} (realkafka, 1 node): steps 4-5 again at the same rates")
+    t0 = time.time()
+    kafka, jvm = start_realkafka(), None  # the JVM starts while Postgres settles
+    try:
+        # The same conditions as step 4: the previous step's database is checked, drop it
+        # and let Postgres settle (shorter in short mode, to keep CI's run short).
+        psql(db_url("postgres"), f"DROP DATABASE IF EXISTS {e2e_db} WITH (FORCE)")
+        quiet = wait_postgres_quiet(30 if SHORT else 120)
+        brokers, jvm = wait_realkafka(kafka)
+        ready = round(time.time() - kafka.started, 1)
+        log(f"Apache Kafka {KAFKA_VERSION} at {brokers} (ready after {ready} s, JVM pid {jvm.pid}); Postgres quiet after {quiet} s")
+        SAMPLER.procs.append(jvm)
+        db = fresh_db("pulseboard_bench_kafka")
+        env = {**BASE_ENV, "DATABASE_URL": db, "KAFKA_BROKERS": brokers,
+               "INGEST_PORT": str(PORTS["ingest"]), "PORT": str(PORTS["api"])}
+        seedout = seed(db, env, PROJECTS)
+        aio = start_allinone(env, "all-in-one-kafka")
+        a = AllInOne([aio, jvm], db, seedout, prefix="kafka-")
+        rate, half = report["sustained"]["rate"], report["latencyAtHalf"]["scheduledRate"]
+        rk = report["realKafka"] = {"version": KAFKA_VERSION, "nodes": 1, "heapMB": KAFKA_HEAP_MB, "brokers": brokers,
+                                    "readySeconds": ready, "postgresQuietBeforeSeconds": quiet}
+        try:
+            # A JVM starts interpreted: warm it up (and the all-in-one's connections) at the
+            # sustained rate first, so the figures are of the broker, not of its JIT.
+            warm = 3.0 if SHORT else 15.0
+            log(f"warm-up: {warm:.0f} s at {rate} ev/s")
+            w = a.probe(rate, warm, "warmup")
+            wait_lag_zero()
+            rk["warmup"] = {"seconds": warm, "rate": rate, "eventsPerSecond": round(w["eventsPerSecond"]),
+                            "lagSteady": w["lagSteady"], "e2eStoredMs": w.get("e2eStoredMs")}
+            r, behind, caught = a.sustained(rate)
+            rk["sustained"] = {"rate": rate, "run": r, "alerterBehindAfter": behind, "alerterCatchUpSeconds": caught}
+            rk["latencyAtHalf"] = a.latency(half)
+            log(f"== 6b. the all-in-one's ingest ceilings on Apache Kafka {KAFKA_VERSION}")
+            rk["ingest"], rk["drain"] = a.ingest_ceilings()
+            rk["kafkaHwmMiB"] = round(jvm.status("VmHWM") / 2**20, 1)
+        finally:
+            stop(aio)
+        report["verify"][f"all-in-one on Apache Kafka {KAFKA_VERSION}"] = verify(db, a.ledgers)
+        rk["stepSeconds"] = round(time.time() - t0, 1)
+        log(f"step 6 took {rk['stepSeconds']} s (JVM start and stop, ledger check included)")
+    finally:
+        stop(kafka)  # realkafka kills the JVM and removes its data directory
+        if jvm is not None:
+            if jvm in SAMPLER.procs:
+                SAMPLER.procs.remove(jvm)
+            if jvm.alive():  # realkafka was killed before it could
+                os.kill(jvm.pid, signal.SIGKILL)
 
 
 def alerter_behind():
@@ -594,15 +823,17 @@ def wait_alerter(timeout=600):
 
 
 def wait_lag_zero(timeout=300):
+    """Waits until the all-in-one's consumer lag is 0; False if it was not within timeout s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             lag = metric_sum(metrics(PORTS["admin_all"]), "pulseboard_consumer_lag_messages")
             if lag is not None and lag == 0:
-                return
+                return True
         except OSError:
             pass
         time.sleep(0.5)
+    return False
 
 
 def wait_postgres_quiet(limit=120):
@@ -618,10 +849,10 @@ def wait_postgres_quiet(limit=120):
 
 
 def step_fanout(report):
-    log("== 6. WebSocket fan-out, 10,000 clients (api/internal/live BenchmarkFanOut)")
+    log("== 7. WebSocket fan-out, 10,000 clients (api/internal/live BenchmarkFanOut)")
     # The fan-out shares the cores with nothing else of the bench: the earlier steps'
     # databases are dropped (their checks are done) and Postgres is let settle first.
-    for name in ("pulseboard_bench_alone", "pulseboard_bench_e2e"):
+    for name in ("pulseboard_bench_alone", "pulseboard_bench_e2e", "pulseboard_bench_kafka"):
         psql(db_url("postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     waited = wait_postgres_quiet()
     log(f"Postgres quiet after {waited} s")
@@ -686,6 +917,75 @@ def goals(report):
     return rows
 
 
+def broker_comparison(report):
+    """Step 6 beside steps 4-5 (the same all-in-one, the same rates): rows of {measure,
+    embedded, kafka, ratio = kafka / embedded, better: which direction is better}."""
+    rk = report["realKafka"]
+    rows = []
+
+    def add(measure, e, k, better):
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        rows.append({"measure": measure, "embedded": e, "kafka": k, "better": better,
+                     "ratio": round(k / e, 2) if num(e) and num(k) and e > 0 and k >= 0 else None})
+
+    def pct(r, k, q):
+        return (r.get(k) or {}).get(q)
+
+    def res(r, name, what="cores"):
+        return (r["resources"].get(name) or {}).get(what)
+
+    emb = {r["scenario"].removeprefix("aio-ingest-"): r for r in report.get("allInOneIngest", [])}
+    kaf = {r["scenario"].removeprefix("kafka-aio-ingest-"): r for r in rk.get("ingest", [])}
+    for n, label in [("single-64conns", "single /ingest, 64 connections"), ("batch100-16conns", "batches of 100, 16 connections")]:
+        e, k = emb.get(n) or {}, kaf.get(n) or {}
+        add(f"{label}: events/s", e.get("eventsPerSecond"), k.get("eventsPerSecond"), "higher")
+        add(f"{label}: request p50 ms", pct(e, "latencyMs", "p50"), pct(k, "latencyMs", "p50"), "lower")
+        add(f"{label}: request p99 ms", pct(e, "latencyMs", "p99"), pct(k, "latencyMs", "p99"), "lower")
+    add("backlog the ingest ceilings left: stored by the consumer after the load, events/s",
+        (report.get("allInOneDrain") or {}).get("eventsPerSecond"), (rk.get("drain") or {}).get("eventsPerSecond"), "higher")
+    e, k = report["sustained"]["run"], rk["sustained"]["run"]
+    label = f"sustained {SUSTAIN:.0f} s at {rk['sustained']['rate']} ev/s"
+    add(f"{label}: achieved events/s", e["eventsPerSecond"], k["eventsPerSecond"], "higher")
+    add(f"{label}: ingest request p99 ms", pct(e, "requestLatencyMs", "p99"), pct(k, "requestLatencyMs", "p99"), "lower")
+    for key, what in [("e2eStoredMs", "ingest → stored"), ("e2eDeliveredMs", "ingest → delivered (SSE)")]:
+        for q in ("p50", "p99"):
+            add(f"{label}: {what} {q} ms", pct(e, key, q), pct(k, key, q), "lower")
+    add(f"{label}: consumer lag max, messages", e["lag"]["maxMessages"], k["lag"]["maxMessages"], "lower")
+    add(f"{label}: consumer lag at end, messages", e["lag"]["endMessages"], k["lag"]["endMessages"], "lower")
+    add(f"{label}: lag slope, second half, messages/s", e["lag"]["slopePerSecondSecondHalf"], k["lag"]["slopePerSecondSecondHalf"], "lower")
+    add(f"{label}: lag steady", e["lagSteady"], k["lagSteady"], "yes")
+    add(f"{label}: alerter catch-up after the run, s", report["sustained"].get("alerterCatchUpSeconds"),
+        rk["sustained"].get("alerterCatchUpSeconds"), "lower")
+    ka = res(k, "all-in-one-kafka"), res(k, "kafka")
+    add(f"{label}: all-in-one cores (the embedded broker included)", res(e, "all-in-one"), ka[0], "lower")
+    add(f"{label}: broker JVM cores", None, ka[1], "lower")
+    add(f"{label}: all-in-one + broker cores", res(e, "all-in-one"),
+        round(ka[0] + ka[1], 2) if None not in ka else None, "lower")
+    add(f"{label}: Postgres cores", res(e, "postgres (all processes)"), res(k, "postgres (all processes)"), "-")
+    add(f"{label}: all-in-one peak RSS MiB", res(e, "all-in-one", "peakRssMiB"), res(k, "all-in-one-kafka", "peakRssMiB"), "lower")
+    add("broker JVM RSS, whole step (VmHWM) MiB", None, rk.get("kafkaHwmMiB"), "lower")
+    e, k = report["latencyAtHalf"], rk["latencyAtHalf"]
+    label = f"at {k.get('scheduledRate')} ev/s (50 %)"
+    add(f"{label}: achieved events/s", e["eventsPerSecond"], k["eventsPerSecond"], "higher")
+    add(f"{label}: ingest request p99 ms", pct(e, "requestLatencyMs", "p99"), pct(k, "requestLatencyMs", "p99"), "lower")
+    add(f"{label}: event from its scheduled time p99 ms", pct(e, "latencyMs", "p99"), pct(k, "latencyMs", "p99"), "lower")
+    for key, what in [("e2eStoredMs", "ingest → stored"), ("e2eDeliveredMs", "ingest → delivered (SSE)")]:
+        for q in ("p50", "p99"):
+            add(f"{label}: {what} {q} ms", pct(e, key, q), pct(k, key, q), "lower")
+    add(f"{label}: consumer lag max, messages", e["lag"]["maxMessages"], k["lag"]["maxMessages"], "lower")
+    return rows
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)) and abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.2f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+
+
 def stores_line(r):
     st, ck = r.get("stores"), r.get("postgresCheckpoints")
     if not st or not ck:
@@ -747,9 +1047,31 @@ def write_report(report, path):
         L += ["", f"The alerter (its own consumer group on the same topic) was {s['alerterBehindAfter']} messages behind the "
               f"storing consumer when the sustained run ended and caught up {s['alerterCatchUpSeconds']} s later; the latency "
               "step starts after that."]
+    rk = report.get("realKafka")
+    if rk and rk.get("comparison"):
+        v = rk["version"]
+        L += ["", f"## Embedded broker vs Apache Kafka {v}", "",
+              f"Steps 4-5 again, on the same all-in-one (`pulseboard run`) pointed with KAFKA_BROKERS at a real Apache Kafka {v} "
+              f"broker (1 KRaft node from pkg/testenv/realkafka, JVM heap ≤ {rk['heapMB']} MiB, ready {rk['readySeconds']} s after "
+              f"its start), with its own fresh database, at the rates of steps 4-5; step 4's database was dropped first and "
+              f"Postgres was quiet after {rk['postgresQuietBeforeSeconds']} s. The JVM was warmed up for "
+              f"{rk['warmup']['seconds']:.0f} s at the sustained rate first ({rk['warmup']['eventsPerSecond']} events/s achieved). "
+              "The ingest rows are step 2's scenarios on the all-in-one (its consumer storing alongside), unthrottled, "
+              f"{DURATION:.0f} s each. The embedded broker runs inside the all-in-one (its CPU is the all-in-one's); "
+              "Kafka is its own process on the same cores. The ratio is Apache Kafka / embedded.", "",
+              f"| measure | embedded broker | Apache Kafka {v} | Kafka / embedded |", "|---|---|---|---|"]
+        for c in rk["comparison"]:
+            ratio = f"{c['ratio']:.2f}×" if c["ratio"] is not None else "-"
+            L.append(f"| {c['measure']} | {fmt(c['embedded'])} | {fmt(c['kafka'])} | {ratio} |")
+        alone = {r["scenario"]: r["eventsPerSecond"] for r in report["ingestorAlone"]}
+        L += ["", f"For reference, the standalone ingestor on `pulseboard broker` (step 2, no consumer): single "
+              f"{fmt(alone.get('ingest-single-64conns'))} events/s, batches of 100 {fmt(alone.get('ingest-batch100-16conns'))} events/s."]
+        k = rk["sustained"]["run"]
+        L += ["", f"Kafka, sustained run: {stores_line(k)}; latency run: {stores_line(rk['latencyAtHalf'])}."]
     L += ["", "## Goals (issue 6)", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     L += [f"| {g} | {t} | {m} | {'yes' if ok else '**no**'} |" for g, t, m, ok in goals(report)]
-    profiles = [(r["scenario"], r["cpuProfileTop"]) for r in report["ingestorAlone"] + [s["run"]] if r.get("cpuProfileTop")]
+    runs = report["ingestorAlone"] + [s["run"]] + ([rk["sustained"]["run"]] if rk and rk.get("sustained") else [])
+    profiles = [(r["scenario"], r["cpuProfileTop"]) for r in runs if r.get("cpuProfileTop")]
     if profiles:
         L += ["", "## CPU profiles (what bounds each figure)", ""]
         for name, top in profiles:
@@ -781,6 +1103,9 @@ def main():
     report = {"started": stamp, "short": SHORT,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "loadavgBefore": [round(x, 2) for x in os.getloadavg()]}}
+    # A SIGTERM (CI's timeout, a killed make) unwinds like Ctrl-C, so the finally below
+    # stops every process, the Kafka JVM included.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         noop = step_noop(report)
 
@@ -803,15 +1128,18 @@ def main():
         env = {**BASE_ENV, "DATABASE_URL": e2e_db, "KAFKA_EMBEDDED_PORT": str(PORTS["kafka"]), "KAFKA_BROKERS": "",
                "INGEST_PORT": str(PORTS["ingest"]), "PORT": str(PORTS["api"])}
         seedout = seed(e2e_db, env, PROJECTS)
-        aio = step_sustained(report, ceiling, e2e_db, env, seedout)
+        aio, ledgers = step_sustained(report, ceiling, e2e_db, env, seedout)
         stop(aio)
-        ledgers = [os.path.join(WORK, f) for f in os.listdir(WORK) if f.startswith("ledger-") and not f.startswith("ledger-ingest-")]
         report["verify"]["all-in-one"] = verify(e2e_db, ledgers)
+
+        if REAL_KAFKA:
+            step_real_kafka(report, "pulseboard_bench_e2e")
+            report["realKafka"]["comparison"] = broker_comparison(report)
 
         if not SHORT:
             step_fanout(report)
     finally:
-        for p in PROCS:
+        for p in reversed(PROCS):  # the all-in-one before the broker it uses
             p.stop()
     report["machine"]["loadavgAfter"] = [round(x, 2) for x in os.getloadavg()]
     path = os.path.join(OUT, "bench-" + stamp)
