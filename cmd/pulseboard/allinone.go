@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pulseboard/pulseboard/alerter"
 	"github.com/pulseboard/pulseboard/api"
+	"github.com/pulseboard/pulseboard/cmd/pulseboard/internal/embeddedpg"
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/migrations"
@@ -37,6 +40,13 @@ type allConfig struct {
 	Common
 	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
 	AdminPort int    `env:"ADMIN_PORT" envDefault:"9100"`
+	// CacheDir keeps what the all-in-one downloads and must not lose between runs: the
+	// embedded PostgreSQL's binaries and data, in <CacheDir>/postgres. Empty: the user
+	// cache directory's pulseboard/ (/var/cache/pulseboard for root).
+	CacheDir string `env:"PULSEBOARD_CACHE_DIR"`
+	// PostgresEmbeddedPort is where the embedded PostgreSQL listens (127.0.0.1) when
+	// DATABASE_URL is unset and nothing answers at the default address; 0 = any free port.
+	PostgresEmbeddedPort int `env:"POSTGRES_EMBEDDED_PORT" envDefault:"5432"`
 	// DrainTimeout bounds how long shutdown waits for the consumer to store everything the
 	// embedded broker acknowledged before the broker (and its memory) goes away.
 	DrainTimeout time.Duration `env:"PULSEBOARD_DRAIN_TIMEOUT" envDefault:"60s"`
@@ -57,9 +67,67 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 func prepareDatabase(ctx context.Context, databaseURL string, logger *slog.Logger) error {
 	if err := pgstore.EnsureDatabase(ctx, databaseURL); err != nil {
 		return fmt.Errorf("%w\n\nPulseBoard needs PostgreSQL. Start one with `docker compose up -d postgres`, "+
-			"or point DATABASE_URL at a server (currently %s)", err, config.MaskURL(databaseURL))
+			"or point DATABASE_URL at a server (currently %s); `pulseboard run` starts an embedded one "+
+			"when DATABASE_URL is unset and nothing answers at the default address", err, config.MaskURL(databaseURL))
 	}
 	return migrations.Up(ctx, databaseURL, logger)
+}
+
+// allInOneDatabase picks the all-in-one's PostgreSQL, as redisx.Open does for Redis:
+// DATABASE_URL when set (if it does not answer, that is an error later, never a
+// fallback); unset, the default address if anything answers there, else an embedded
+// PostgreSQL started here, whose data persists under PULSEBOARD_CACHE_DIR. stop stops it
+// (call it once nothing uses the database any more); it is a no-op otherwise.
+func allInOneDatabase(ctx context.Context, env config.Env, cfg allConfig, logger *slog.Logger) (databaseURL string, stop func(), err error) {
+	noop := func() {}
+	if env.Get("DATABASE_URL") != "" {
+		logger.Info("using PostgreSQL at DATABASE_URL", "database", config.MaskURL(cfg.DatabaseURL))
+		return cfg.DatabaseURL, noop, nil
+	}
+	if cfg.PostgresEmbeddedPort < 0 || cfg.PostgresEmbeddedPort > 65535 {
+		return "", nil, fmt.Errorf("configuration: POSTGRES_EMBEDDED_PORT must be a port number, got %d", cfg.PostgresEmbeddedPort)
+	}
+	pc, err := pgconn.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return "", nil, fmt.Errorf("parsing the default DATABASE_URL: %w", err)
+	}
+	addr := net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+	dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	conn, dialErr := new(net.Dialer).DialContext(dialCtx, "tcp", addr)
+	cancel()
+	if dialErr == nil {
+		_ = conn.Close()
+		logger.Info("DATABASE_URL is not set: using the PostgreSQL that answers at the default address",
+			"database", config.MaskURL(cfg.DatabaseURL))
+		return cfg.DatabaseURL, noop, nil
+	}
+	dir, err := embeddedpg.DefaultDir(cfg.CacheDir)
+	if err != nil {
+		return "", nil, err
+	}
+	logger.Info("no PostgreSQL answers at the default address: starting an embedded PostgreSQL "+
+		"(downloaded from Maven Central on first use)", "tried", addr, "dir", dir)
+	began := time.Now()
+	srv, err := embeddedpg.Start(embeddedpg.Options{Dir: dir, Port: cfg.PostgresEmbeddedPort, Logger: logger.With("component", "postgres")})
+	if err != nil {
+		return "", nil, fmt.Errorf("%w\n\n(set DATABASE_URL to use a PostgreSQL of your own; "+
+			"POSTGRES_EMBEDDED_PORT=0 lets the embedded one take any free port)", err)
+	}
+	databaseURL = srv.URL(pc.Database)
+	attrs := []any{"database", databaseURL, "version", string(embeddedpg.Version), "data_dir", srv.DataDir(),
+		"took", time.Since(began).Round(time.Millisecond).String()}
+	if as := srv.RunsAs(); as != "" {
+		attrs = append(attrs, "runs_as", as) // root: PostgreSQL refuses to run as root
+	}
+	logger.Warn("DATABASE_URL is not set and no PostgreSQL answers at the default address: using an embedded PostgreSQL "+
+		"(development only; its data persists in data_dir)", attrs...)
+	return databaseURL, sync.OnceFunc(func() {
+		if err := srv.Stop(); err != nil {
+			logger.Error("stopping the embedded PostgreSQL", "err", err)
+			return
+		}
+		logger.Info("embedded PostgreSQL stopped")
+	}), nil
 }
 
 func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
@@ -72,10 +140,15 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	logger = logger.With("service", "pulseboard")
-	if err := prepareDatabase(ctx, cfg.DatabaseURL, logger); err != nil {
+	databaseURL, stopPostgres, err := allInOneDatabase(ctx, env, cfg, logger)
+	if err != nil {
 		return err
 	}
-	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard", MaxConns: 16})
+	defer stopPostgres() // on early returns; deferred first, so it runs after the pool closed
+	if err := prepareDatabase(ctx, databaseURL, logger); err != nil {
+		return err
+	}
+	pool, err := pgstore.Open(ctx, databaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard", MaxConns: 16})
 	if err != nil {
 		return err
 	}
@@ -232,6 +305,8 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err := g.Wait(); cause == nil && err != nil {
 		cause = err
 	}
+	pool.Close() // before an embedded PostgreSQL stops
+	stopPostgres()
 	logger.Info("pulseboard stopped")
 	return cause
 }
