@@ -44,6 +44,33 @@ func kafkaCluster(t *testing.T, env ...string) (*harness.Cluster, *harness.Servi
 	return c, ing
 }
 
+// kafkaScenario starts a 3-node cluster with an ingestor and one consumer, the scenario
+// and its load, and waits until the load is being acknowledged.
+func kafkaScenario(t *testing.T, id, title string, ingestorEnv ...string) (*harness.Cluster, *harness.Scenario, *harness.Load) {
+	t.Helper()
+	c, ing := kafkaCluster(t, ingestorEnv...)
+	s := harness.NewScenario(t, c, id, title+" (Kafka "+kafkaVersion()+")")
+	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
+	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
+		s.Fail("no load acknowledged before the fault")
+	}
+	return c, s, l
+}
+
+// progress fails the scenario unless the load gets another two seconds' worth of events
+// acknowledged within two minutes.
+func progress(s *harness.Scenario, l *harness.Load, when string) {
+	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
+		s.Fail("the load made no progress %s", when)
+	}
+}
+
+// restartNode starts a stopped node again and waits until its broker serves.
+func restartNode(c *harness.Cluster, id int) {
+	c.KafkaNode(id).Start()
+	c.KafkaNode(id).WaitReady(2 * time.Minute)
+}
+
 // waitLeadersMoved waits until none of parts is led by node (or without a leader) and
 // returns how long that took.
 func waitLeadersMoved(t *testing.T, c *harness.Cluster, node int, parts []int, timeout time.Duration) (time.Duration, bool) {
@@ -77,12 +104,7 @@ func noteWindow(s *harness.Scenario, l *harness.Load, key string, from time.Time
 // under load, and started again 15 s later. Leadership moves to an in-sync follower,
 // ingest goes on after a short 503 window, and nothing acknowledged is lost.
 func TestKR1KillBusiestLeader(t *testing.T) {
-	c, ing := kafkaCluster(t)
-	s := harness.NewScenario(t, c, "KR1", "kill -9 the leader of the busiest partitions under load (Kafka "+kafkaVersion()+", 3 brokers)")
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-		s.Fail("no load acknowledged before the fault")
-	}
+	c, s, l := kafkaScenario(t, "KR1", "kill -9 the leader of the busiest partitions under load")
 	leader, parts := c.BusiestLeader()
 	s.Note("killed", "node %d, leader of partitions %v", leader, parts)
 	killed := time.Now()
@@ -96,12 +118,9 @@ func TestKR1KillBusiestLeader(t *testing.T) {
 	if _, ok := l.WaitIngestRecovered(time.Minute); !ok {
 		s.Fail("ingest did not answer 2xx within a minute of the leader's death")
 	}
-	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
-		s.Fail("the load made no progress on two brokers")
-	}
+	progress(s, l, "on two brokers")
 	time.Sleep(time.Until(killed.Add(15 * time.Second)))
-	c.KafkaNode(leader).Start()
-	c.KafkaNode(leader).WaitReady(2 * time.Minute)
+	restartNode(c, leader)
 	s.Note("back in sync after restart", "%.1f s", c.WaitFullyReplicated(2*time.Minute).Seconds())
 	noteWindow(s, l, "503 window after the kill", killed)
 	s.Verify(3 * time.Minute)
@@ -114,12 +133,7 @@ func TestKR1KillBusiestLeader(t *testing.T) {
 // both are back, the ledger is clean.
 func TestKR2KillTwoOfThree(t *testing.T) {
 	harness.Long(t, "KR2", "two of three brokers killed")
-	c, ing := kafkaCluster(t)
-	s := harness.NewScenario(t, c, "KR2", "kill -9 two of three brokers under load, then bring them back one by one (Kafka "+kafkaVersion()+")")
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-		s.Fail("no load acknowledged before the fault")
-	}
+	c, s, l := kafkaScenario(t, "KR2", "kill -9 two of three brokers under load, then bring them back one by one")
 	leader, _ := c.BusiestLeader()
 	other := leader%3 + 1
 	c.KafkaNode(leader).Kill()
@@ -161,8 +175,7 @@ func TestKR2KillTwoOfThree(t *testing.T) {
 	} else {
 		s.Fail("ingest did not recover within 2 minutes of a broker's return")
 	}
-	c.KafkaNode(other).Start()
-	c.KafkaNode(other).WaitReady(2 * time.Minute)
+	restartNode(c, other)
 	s.Note("fully replicated after both returned", "%.1f s", c.WaitFullyReplicated(3*time.Minute).Seconds())
 	noteWindow(s, l, "503 window", down)
 	s.Verify(3 * time.Minute)
@@ -173,12 +186,7 @@ func TestKR2KillTwoOfThree(t *testing.T) {
 // Ingest and the consumer go on throughout.
 func TestKR3RollingRestart(t *testing.T) {
 	harness.Long(t, "KR3", "rolling restart of three brokers")
-	c, ing := kafkaCluster(t)
-	s := harness.NewScenario(t, c, "KR3", "rolling restart (SIGTERM, start, wait in sync) of all three brokers under load (Kafka "+kafkaVersion()+")")
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-		s.Fail("no load acknowledged before the fault")
-	}
+	c, s, l := kafkaScenario(t, "KR3", "rolling restart (SIGTERM, start, wait in sync) of all three brokers under load")
 	start := time.Now()
 	var steps []string
 	for id := 1; id <= 3; id++ {
@@ -196,9 +204,7 @@ func TestKR3RollingRestart(t *testing.T) {
 	}
 	s.Note("restarts", "%s", strings.Join(steps, "; "))
 	s.Healed()
-	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
-		s.Fail("the load made no progress after the rolling restart")
-	}
+	progress(s, l, "after the rolling restart")
 	noteWindow(s, l, "503 window during the restarts", start)
 	s.Verify(3 * time.Minute)
 }
@@ -209,12 +215,7 @@ func TestKR3RollingRestart(t *testing.T) {
 // nothing is lost or stored twice.
 func TestKR4KillGroupCoordinator(t *testing.T) {
 	harness.Long(t, "KR4", "group coordinator killed")
-	c, ing := kafkaCluster(t)
-	s := harness.NewScenario(t, c, "KR4", "kill -9 the consumer group's coordinator while the consumer commits (Kafka "+kafkaVersion()+")")
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-		s.Fail("no load acknowledged before the fault")
-	}
+	c, s, l := kafkaScenario(t, "KR4", "kill -9 the consumer group's coordinator while the consumer commits")
 	c.WaitLag0(time.Minute) // the consumer is committing
 	coord, err := c.Coordinator(harness.ConsumerGroup)
 	if err != nil {
@@ -236,12 +237,9 @@ func TestKR4KillGroupCoordinator(t *testing.T) {
 	if moved == 0 {
 		s.Fail("the group's coordinator did not move within a minute")
 	}
-	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
-		s.Fail("the load made no progress")
-	}
+	progress(s, l, "after the fault")
 	time.Sleep(time.Until(killed.Add(15 * time.Second)))
-	c.KafkaNode(coord).Start()
-	c.KafkaNode(coord).WaitReady(2 * time.Minute)
+	restartNode(c, coord)
 	c.WaitFullyReplicated(2 * time.Minute)
 	s.Verify(3 * time.Minute)
 }
@@ -252,12 +250,7 @@ func TestKR4KillGroupCoordinator(t *testing.T) {
 // the report gives the measured time.
 func TestKR5ConsumersScaleAndOneKilled(t *testing.T) {
 	harness.Long(t, "KR5", "consumers 1 → 3 → 1, one killed")
-	c, ing := kafkaCluster(t)
-	s := harness.NewScenario(t, c, "KR5", "consumers scaled 1 → 3 → 1 under load, one killed -9 (Kafka "+kafkaVersion()+", CONSUMER_SESSION_TIMEOUT 10s)")
-	l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-	if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-		s.Fail("no load acknowledged before the fault")
-	}
+	c, s, l := kafkaScenario(t, "KR5", "consumers scaled 1 → 3 → 1 under load, one killed -9, CONSUMER_SESSION_TIMEOUT 10s")
 	second, third := c.StartConsumer(), c.StartConsumer()
 	c.WaitLag0(2 * time.Minute)
 	time.Sleep(5 * time.Second) // committing as three
@@ -266,17 +259,13 @@ func TestKR5ConsumersScaleAndOneKilled(t *testing.T) {
 	// The time until the group has committed, on every partition, what the topic held
 	// at the kill: the killed member's partitions wait for its session to expire.
 	s.Healed()
-	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
-		s.Fail("the load made no progress")
-	}
+	progress(s, l, "after the fault")
 	c.WaitLag0(2 * time.Minute)
 	s.Note("killed consumer's partitions resumed after", "%.1f s (lag 0 again)", time.Since(killed).Seconds())
 	if _, err := second.Term(30 * time.Second); err != nil {
 		s.Fail("scaling down: %v", err)
 	}
-	if !l.WaitAcked(l.Acked()+2*kafkaRate, 2*time.Minute) {
-		s.Fail("the load made no progress on one consumer")
-	}
+	progress(s, l, "on one consumer")
 	s.Verify(3 * time.Minute)
 }
 
@@ -300,14 +289,9 @@ func TestKR6FrozenFollowersLeaderKilled(t *testing.T) {
 			if unsafe {
 				env = append(env, "PULSEBOARD_FAILPOINTS=ingestor/unsafe-acks-1=on")
 			}
-			c, ing := kafkaCluster(t, env...)
-			s := harness.NewScenario(t, c, "KR6", title+" (Kafka "+kafkaVersion()+")")
+			c, s, l := kafkaScenario(t, "KR6", title, env...)
 			if unsafe {
 				s.ExpectLoss()
-			}
-			l := s.StartLoad(ing.URL, harness.LoadOptions{Rate: kafkaRate})
-			if !l.WaitAcked(2*kafkaRate, 2*time.Minute) {
-				s.Fail("no load acknowledged before the fault")
 			}
 			leader, parts := c.BusiestLeader()
 			var followers []int
