@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 	"github.com/pulseboard/pulseboard/pkg/testenv/realkafka"
 )
 
@@ -27,7 +28,7 @@ type Cluster struct {
 	Topic    string
 	DLQTopic string
 	// Embedded is the in-process broker (nil on a real cluster).
-	Embedded *kafkax.Embedded
+	Embedded *embedded.Broker
 	// Real is the real broker of the real-broker tier (nil otherwise).
 	Real *realkafka.Cluster
 }
@@ -35,18 +36,6 @@ type Cluster struct {
 // RealVersion is the Kafka version of the real-broker tier this test binary runs in, ""
 // when it runs against the embedded broker or an external cluster.
 func RealVersion() string { return strings.TrimSpace(os.Getenv("PULSEBOARD_TEST_KAFKA")) }
-
-// Mode describes where New's clusters are: "embedded", "kafka <version>" or "external".
-func Mode() string {
-	switch {
-	case os.Getenv("KAFKA_BROKERS") != "":
-		return "external"
-	case RealVersion() != "":
-		return "kafka " + RealVersion()
-	default:
-		return "embedded"
-	}
-}
 
 // SharedBrokers returns the brokers of a real or external cluster and true, or nil and
 // false when tests run against per-test embedded brokers.
@@ -59,15 +48,6 @@ func SharedBrokers(t testing.TB) ([]string, bool) {
 		return realkafka.Shared(t, v).Brokers(), true
 	}
 	return nil, false
-}
-
-// RequireEmbedded skips a test that drives the embedded broker itself (its listener, its
-// memory) when the tier runs against a real broker; the embedded tier runs it.
-func RequireEmbedded(t testing.TB) {
-	t.Helper()
-	if Mode() != "embedded" {
-		t.Skipf("needs the embedded broker's fault hooks; this tier runs against %s", Mode())
-	}
 }
 
 // New returns a cluster with the events and dead-letter topics created.
@@ -87,7 +67,7 @@ func New(t testing.TB, partitions int) *Cluster {
 		return c
 	}
 	c := &Cluster{Topic: "pulseboard.events", DLQTopic: "pulseboard.events.dlq"}
-	e, err := kafkax.StartEmbedded(kafkax.EmbeddedOptions{Port: 0, Topics: []string{c.Topic, c.DLQTopic}, Partitions: partitions})
+	e, err := embedded.Start(embedded.Options{Port: 0, Topics: []string{c.Topic, c.DLQTopic}, Partitions: partitions})
 	if err != nil {
 		t.Fatalf("kafkatest: %v", err)
 	}
