@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulseboard/pulseboard/ingestor"
-	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 	"github.com/pulseboard/pulseboard/pkg/testenv/kafkatest"
 )
 
@@ -50,7 +50,7 @@ func newGatedCluster(t *testing.T) (*kafkatest.Cluster, *brokerGate) {
 	t.Helper()
 	g := &brokerGate{conns: map[*gatedConn]struct{}{}, wake: make(chan struct{})}
 	kc := &kafkatest.Cluster{Topic: "pulseboard.events", DLQTopic: "pulseboard.events.dlq"}
-	e, err := kafkax.StartEmbedded(kafkax.EmbeddedOptions{
+	e, err := embedded.Start(embedded.Options{
 		Topics: []string{kc.Topic, kc.DLQTopic}, Partitions: testPartitions,
 		WrapListener: func(ln net.Listener) net.Listener { g.Listener = ln; return g },
 	})

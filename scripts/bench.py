@@ -445,7 +445,7 @@ def fresh_db(name):
 # The steps.
 
 BASE_ENV = {"LOG_LEVEL": "warn", "INGEST_RATE_LIMIT": "0", "PULSEBOARD_ENV": "development",
-            "INGEST_HOST": "127.0.0.1", "ADMIN_HOST": "127.0.0.1"}
+            "INGEST_HOST": "127.0.0.1", "ADMIN_HOST": "127.0.0.1", "ADMIN_PPROF": "true"}
 
 
 def step_noop(report):

@@ -21,9 +21,10 @@ import (
 	"github.com/pulseboard/pulseboard/migrations"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	kafkaembedded "github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
-	"github.com/pulseboard/pulseboard/pkg/redisx"
+	redisembedded "github.com/pulseboard/pulseboard/pkg/redisx/embedded"
 )
 
 // Common is the configuration every command shares (exported: caarlos0/env skips unexported embedded structs).
@@ -40,6 +41,8 @@ type allConfig struct {
 	Common
 	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
 	AdminPort int    `env:"ADMIN_PORT" envDefault:"9100"`
+	// AdminPprof also serves /debug/pprof/ on the admin port (off: 404).
+	AdminPprof bool `env:"ADMIN_PPROF" envDefault:"false"`
 	// CacheDir keeps what the all-in-one downloads and must not lose between runs: the
 	// embedded PostgreSQL's binaries and data, in <CacheDir>/postgres. Empty: the user
 	// cache directory's pulseboard/ (/var/cache/pulseboard for root).
@@ -73,7 +76,7 @@ func prepareDatabase(ctx context.Context, databaseURL string, logger *slog.Logge
 	return migrations.Up(ctx, databaseURL, logger)
 }
 
-// allInOneDatabase picks the all-in-one's PostgreSQL, as redisx.Open does for Redis:
+// allInOneDatabase picks the all-in-one's PostgreSQL, as redisembedded.OpenOrStart does for Redis:
 // DATABASE_URL when set (if it does not answer, that is an error later, never a
 // fallback); unset, the default address if anything answers there, else an embedded
 // PostgreSQL started here, whose data persists under PULSEBOARD_CACHE_DIR. stop stops it
@@ -153,16 +156,16 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	rdb, closeRedis, err := redisx.Open(ctx, cfg.RedisURL, true, logger)
+	rdb, closeRedis, err := redisembedded.OpenOrStart(ctx, cfg.RedisURL, logger)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
 
 	brokers := cfg.Kafka.Brokers
-	var embedded *kafkax.Embedded
+	var embedded *kafkaembedded.Broker
 	if len(brokers) == 0 {
-		embedded, err = kafkax.StartEmbedded(kafkax.EmbeddedOptions{
+		embedded, err = kafkaembedded.Start(kafkaembedded.Options{
 			Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic}, Partitions: cfg.Kafka.Partitions,
 		})
 		if err != nil {
@@ -239,7 +242,9 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 
 	var g errgroup.Group
 	failed := make(chan error, 5)
-	g.Go(func() error { return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready), logger) })
+	g.Go(func() error {
+		return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready, obs.AdminOptions{Pprof: cfg.AdminPprof}), logger)
+	})
 	ingestDone := make(chan struct{})
 	consumeDone := make(chan struct{})
 	g.Go(func() error {
@@ -369,7 +374,7 @@ func runBroker(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e, err := kafkax.StartEmbedded(kafkax.EmbeddedOptions{
+	e, err := kafkaembedded.Start(kafkaembedded.Options{
 		Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic},
 		Partitions: cfg.Kafka.Partitions, DataDir: cfg.DataDir,
 	})

@@ -447,6 +447,21 @@ func TestComposeFileParsesAndIsComplete(t *testing.T) {
 		validateEnv(t, "docker-compose.yml "+name, comp, env)
 		require.Greater(t, time.Duration(*s.StopGracePeriod), shutdownBound(t, comp, env), "%s: stop_grace_period", name)
 	}
+	// Exposure: the binaries keep their admin port on 127.0.0.1 unless told otherwise, so
+	// every long-running PulseBoard container says ADMIN_HOST explicitly (the one-shot
+	// migrate has no admin port), and none turns pprof on.
+	for _, name := range sortedNames(p.Services) {
+		s := p.Services[name]
+		if composeComponent(s) == "" {
+			continue
+		}
+		if !slices.Equal(s.Command, composetypes.ShellCommand{"migrate"}) {
+			host := s.Environment["ADMIN_HOST"]
+			assert(t, host != nil && *host != "", "docker-compose.yml: %s must set ADMIN_HOST explicitly (the binaries default to 127.0.0.1)", name)
+		}
+		pprof := s.Environment["ADMIN_PPROF"]
+		assert(t, pprof == nil || *pprof != "true", "docker-compose.yml: %s turns pprof on (ADMIN_PPROF)", name)
+	}
 	consumerSvc := svc("consumer")
 	require.Empty(t, consumerSvc.ContainerName, "--scale consumer=N needs no fixed container name")
 	require.Empty(t, consumerSvc.Ports, "--scale consumer=N needs no published port")
@@ -805,6 +820,19 @@ func TestKubernetesManifestsParseAndAreComplete(t *testing.T) {
 		grace := time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
 		require.Greater(t, grace, shutdownBound(t, comp, env), "%s: terminationGracePeriodSeconds", where)
 		require.Equal(t, fmt.Sprint(adminPorts[comp]), d.Spec.Template.Annotations["prometheus.io/port"], where)
+	}
+
+	// Exposure: every container of every Deployment says ADMIN_HOST explicitly (the
+	// binaries default to 127.0.0.1, which the kubelet's probes and Prometheus cannot
+	// reach), and none turns pprof on.
+	for _, name := range sortedNames(o.deployments) {
+		for _, c := range o.deployments[name].Spec.Template.Spec.Containers {
+			where := "Deployment " + name + " container " + c.Name
+			env := envOf(where, c)
+			host, ok := env["ADMIN_HOST"]
+			assert(t, ok && host != "", "%s must set ADMIN_HOST explicitly (the binaries default to 127.0.0.1)", where)
+			assert(t, env["ADMIN_PPROF"] != "true", "%s turns pprof on (ADMIN_PPROF)", where)
+		}
 	}
 
 	// A Service per public port, selecting the Deployment's pods and a named port.

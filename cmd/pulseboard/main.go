@@ -36,8 +36,8 @@ func main() {
 }
 
 // cpuProfile writes a CPU profile of the whole command to path, when set. The services
-// serve /debug/pprof on their admin port; the broker and the load generator have none,
-// and the benchmark needs to see where their cycles go too.
+// serve /debug/pprof on their admin port (with ADMIN_PPROF=true); the broker and the load
+// generator have none, and the benchmark needs to see where their cycles go too.
 func cpuProfile(path string) (stop func(), err error) {
 	if path == "" {
 		return func() {}, nil

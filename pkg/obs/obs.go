@@ -1,7 +1,7 @@
 // Package obs is what every PulseBoard service exposes to operators: JSON logs (log/slog),
 // one Prometheus registry per process with the Go and process collectors, and the admin
-// HTTP server (/healthz, /readyz, /metrics, /debug/pprof) on its own port, never on a
-// public listener.
+// HTTP server (/healthz, /readyz, /metrics, and /debug/pprof when enabled) on its own
+// port, never on a public listener.
 package obs
 
 import (
@@ -96,8 +96,16 @@ func (r *Readiness) Check(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// AdminHandler serves /healthz, /readyz, /metrics and /debug/pprof/.
-func AdminHandler(reg *prometheus.Registry, ready *Readiness) http.Handler {
+// AdminOptions configure the admin server beyond its address.
+type AdminOptions struct {
+	// Pprof serves the runtime profiles under /debug/pprof/ (ADMIN_PPROF). Off, which is
+	// every binary's default, those paths answer 404: the index discloses the command
+	// line, and a CPU profile or trace costs the process for as long as the caller asks.
+	Pprof bool
+}
+
+// AdminHandler serves /healthz, /readyz, /metrics and, with opts.Pprof, /debug/pprof/.
+func AdminHandler(reg *prometheus.Registry, ready *Readiness, opts AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -116,11 +124,13 @@ func AdminHandler(reg *prometheus.Registry, ready *Readiness) http.Handler {
 		_, _ = io.WriteString(w, `{"status":"ready"}`)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: false}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -1,5 +1,6 @@
 // Package redisx holds PulseBoard's Redis conventions (channel and key names) and opens
-// clients, falling back to an embedded Redis-protocol server in development only.
+// clients. The all-in-one's fallback to an embedded Redis-protocol server is in
+// pkg/redisx/embedded, which the standalone services do not link.
 package redisx
 
 import (
@@ -8,14 +9,14 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pulseboard/pulseboard/pkg/apikey"
 )
 
-// DefaultLocalURL is tried when REDIS_URL is unset.
+// DefaultLocalURL is what the services connect to when REDIS_URL is unset (the
+// all-in-one tries it, then falls back to an embedded server: pkg/redisx/embedded).
 const DefaultLocalURL = "redis://localhost:6379"
 
 // EventsChannel is where the consumer publishes a project's newly stored events.
@@ -27,43 +28,6 @@ const KeyInvalidationChannel = "pulseboard:apikeys:invalidate"
 
 // APIKeyCacheKey is the Redis key caching the resolution of an API key hash.
 func APIKeyCacheKey(h apikey.Hash) string { return "pulseboard:apikey:" + h.String() }
-
-// Open connects to redisURL. With allowFallback (all-in-one mode and REDIS_URL unset) it
-// tries DefaultLocalURL and, if nothing answers there, starts an embedded server. An
-// explicitly configured URL that does not answer is an error, never a silent fallback.
-// The returned close function closes the client and any embedded server.
-func Open(ctx context.Context, redisURL string, allowFallback bool, logger *slog.Logger) (*redis.Client, func(), error) {
-	explicit := redisURL != ""
-	if !explicit {
-		if !allowFallback {
-			return nil, nil, fmt.Errorf("REDIS_URL is not set")
-		}
-		redisURL = DefaultLocalURL
-	}
-	opts, err := redis.ParseURL(redisURL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("parsing REDIS_URL: %w", err)
-	}
-	client := redis.NewClient(opts)
-	pingCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err = client.Ping(pingCtx).Err()
-	cancel()
-	if err == nil {
-		return client, func() { _ = client.Close() }, nil
-	}
-	_ = client.Close()
-	if explicit {
-		return nil, nil, fmt.Errorf("connecting to Redis at %s: %w", opts.Addr, err)
-	}
-	mr, merr := miniredis.Run()
-	if merr != nil {
-		return nil, nil, fmt.Errorf("no Redis at %s (%v) and the embedded server failed: %w", opts.Addr, err, merr)
-	}
-	logger.Warn("no Redis at the default address; using an embedded in-memory Redis (development only)",
-		"tried", opts.Addr, "embedded", mr.Addr())
-	client = redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	return client, func() { _ = client.Close(); mr.Close() }, nil
-}
 
 // Connect returns a client for redisURL (explicit, no fallback) without requiring Redis
 // to answer: if it does not answer within 2 s, that is logged with meanwhile (what the

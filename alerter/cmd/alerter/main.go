@@ -1,7 +1,8 @@
 // Command alerter runs one PulseBoard alerter replica on its own: error-threshold alerts
 // by email from its own consumer group, the daily digest and retention, with /healthz,
-// /readyz, /metrics and /debug/pprof on ADMIN_PORT (default 9103). Configuration comes
-// from the environment (and .env); see alerter.Config and ARCHITECTURE.md.
+// /readyz, /metrics (and /debug/pprof with ADMIN_PPROF=true) on ADMIN_PORT (default
+// 9103, on 127.0.0.1 unless ADMIN_HOST says otherwise). Configuration comes from the
+// environment (and .env); see alerter.Config and ARCHITECTURE.md.
 package main
 
 import (
@@ -40,10 +41,13 @@ func main() {
 type processConfig struct {
 	// DatabaseURL [postgres://postgres@localhost:5432/pulseboard?sslmode=disable].
 	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
-	// AdminHost and AdminPort serve /healthz, /readyz, /metrics, /debug/pprof
-	// [127.0.0.1, 9103]; port 0 = any.
+	// AdminHost and AdminPort serve /healthz, /readyz, /metrics [127.0.0.1, 9103]; port
+	// 0 = any. Only local by default (containers set ADMIN_HOST=0.0.0.0 for Prometheus
+	// and the probes).
 	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
 	AdminPort int    `env:"ADMIN_PORT" envDefault:"9103"`
+	// AdminPprof also serves /debug/pprof/ on the admin port [false: 404].
+	AdminPprof bool `env:"ADMIN_PPROF" envDefault:"false"`
 	// LogLevel: debug, info, warn, error [info].
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// DBMaxConns bounds the pool: evaluation, resolution, delivery (one connection held
@@ -118,5 +122,5 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
 	// so /metrics and /readyz stay observable while the last batch finishes.
-	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), reg, ready, logger, svc.Run)
+	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), obs.AdminOptions{Pprof: pcfg.AdminPprof}, reg, ready, logger, svc.Run)
 }

@@ -36,7 +36,8 @@ func TestRunValidatesConfiguration(t *testing.T) {
 }
 
 // The standalone binary, in-process: it serves the api and the admin endpoints, warns
-// about the generated development secret, and stops cleanly on cancellation.
+// about the generated development secret, and stops cleanly on cancellation. ADMIN_HOST
+// and ADMIN_PPROF are left unset: the admin port is on 127.0.0.1 only, without pprof.
 func TestRunServesAndStops(t *testing.T) {
 	t.Parallel()
 	dbURL, _ := pgtest.NewDB(t)
@@ -47,7 +48,7 @@ func TestRunServesAndStops(t *testing.T) {
 	go func() {
 		done <- run(ctx, config.Env{
 			"DATABASE_URL": dbURL, "REDIS_URL": redistest.URL(t),
-			"HOST": "127.0.0.1", "PORT": "0", "ADMIN_HOST": "127.0.0.1", "ADMIN_PORT": "0", "API_BCRYPT_COST": "4",
+			"HOST": "127.0.0.1", "PORT": "0", "ADMIN_PORT": "0", "API_BCRYPT_COST": "4",
 		}, logw)
 		_ = logw.Close()
 	}()
@@ -85,6 +86,7 @@ func TestRunServesAndStops(t *testing.T) {
 		}
 	}
 	require.True(t, warned, "the development secret warning comes before listening")
+	require.True(t, strings.HasPrefix(adminAddr, "127.0.0.1:"), "by default the admin port is local only; it listens on %s", adminAddr)
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -106,6 +108,10 @@ func TestRunServesAndStops(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode, "metrics are never on the public listener (B87)")
+	resp, err = hc.Get("http://" + adminAddr + "/debug/pprof/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "pprof is off unless ADMIN_PPROF=true")
 
 	cancel()
 	select {

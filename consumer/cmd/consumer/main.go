@@ -1,7 +1,8 @@
 // Command consumer runs one PulseBoard consumer group member on its own: Kafka →
-// PostgreSQL (exactly once) → Redis live feed, with /healthz, /readyz, /metrics and
-// /debug/pprof on ADMIN_PORT (default 9102). Configuration comes from the environment
-// (and .env); see consumer.Config and ARCHITECTURE.md.
+// PostgreSQL (exactly once) → Redis live feed, with /healthz, /readyz, /metrics (and
+// /debug/pprof with ADMIN_PPROF=true) on ADMIN_PORT (default 9102, on 127.0.0.1 unless
+// ADMIN_HOST says otherwise). Configuration comes from the environment (and .env); see
+// consumer.Config and ARCHITECTURE.md.
 package main
 
 import (
@@ -44,10 +45,13 @@ type processConfig struct {
 	// RedisURL [redis://localhost:6379]. There is no embedded fallback here: a
 	// consumer publishing to a private in-process Redis would feed no live stream.
 	RedisURL string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
-	// AdminHost and AdminPort serve /healthz, /readyz, /metrics, /debug/pprof [all
-	// interfaces, 9102]; port 0 = any. Set ADMIN_HOST=127.0.0.1 to keep them local.
-	AdminHost string `env:"ADMIN_HOST"`
+	// AdminHost and AdminPort serve /healthz, /readyz, /metrics [127.0.0.1, 9102]; port
+	// 0 = any. Only local by default (containers set ADMIN_HOST=0.0.0.0 for Prometheus
+	// and the probes).
+	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
 	AdminPort int    `env:"ADMIN_PORT" envDefault:"9102"`
+	// AdminPprof also serves /debug/pprof/ on the admin port [false: 404].
+	AdminPprof bool `env:"ADMIN_PPROF" envDefault:"false"`
 	// LogLevel: debug, info, warn, error [info].
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// DBMaxConns bounds the pool; the consumer uses one connection at a time, the rest
@@ -136,5 +140,5 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
 	// so /metrics and /readyz stay observable while the last batch finishes.
-	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), reg, ready, logger, svc.Run)
+	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), obs.AdminOptions{Pprof: pcfg.AdminPprof}, reg, ready, logger, svc.Run)
 }

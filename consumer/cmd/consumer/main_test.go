@@ -62,6 +62,7 @@ func TestRunServesAndConsumes(t *testing.T) {
 			"KAFKA_DLQ_TOPIC":     kc.DLQTopic,
 			"ADMIN_HOST":          "127.0.0.1",
 			"ADMIN_PORT":          "0",
+			"ADMIN_PPROF":         "true",
 			"CONSUMER_BATCH_WAIT": "10ms",
 		}, logw)
 		_ = logw.Close()
@@ -96,7 +97,8 @@ func TestRunServesAndConsumes(t *testing.T) {
 		for range lines { // keep draining the logs
 		}
 	}()
-	// ADMIN_HOST is honoured: the admin port (pprof included) stays off other interfaces.
+	// ADMIN_HOST is honoured: the admin port (pprof, enabled here, included) stays off
+	// other interfaces.
 	require.True(t, strings.HasPrefix(admin, "127.0.0.1:"), "admin listens on %s", admin)
 
 	get := func(path string) (int, string) {
@@ -109,6 +111,8 @@ func TestRunServesAndConsumes(t *testing.T) {
 	}
 	status, _ := get("/readyz")
 	require.Equal(t, http.StatusOK, status)
+	status, _ = get("/debug/pprof/cmdline")
+	require.Equal(t, http.StatusOK, status, "ADMIN_PPROF=true serves /debug/pprof/")
 
 	w, err := kafkax.NewWriter(kc.Brokers, kc.Topic, kafkax.DefaultWriterOptions())
 	require.NoError(t, err)

@@ -37,9 +37,13 @@ type mainConfig struct {
 	Ingestor    ingestor.Config
 	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/pulseboard?sslmode=disable"`
 	RedisURL    string `env:"REDIS_URL" envDefault:"redis://localhost:6379"`
-	AdminHost   string `env:"ADMIN_HOST" envDefault:"0.0.0.0"`
-	AdminPort   int    `env:"ADMIN_PORT" envDefault:"9101"`
-	LogLevel    string `env:"LOG_LEVEL" envDefault:"info"`
+	// AdminHost and AdminPort serve /healthz, /readyz, /metrics [127.0.0.1, 9101]: only
+	// local by default (containers set ADMIN_HOST=0.0.0.0 for Prometheus and the probes).
+	AdminHost string `env:"ADMIN_HOST" envDefault:"127.0.0.1"`
+	AdminPort int    `env:"ADMIN_PORT" envDefault:"9101"`
+	// AdminPprof also serves /debug/pprof/ on the admin port [false: 404].
+	AdminPprof bool   `env:"ADMIN_PPROF" envDefault:"false"`
+	LogLevel   string `env:"LOG_LEVEL" envDefault:"info"`
 }
 
 func run(ctx context.Context, env config.Env, stdout io.Writer) error {
@@ -81,5 +85,5 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain.
-	return obs.RunService(ctx, net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)), reg, ready, logger, svc.Run)
+	return obs.RunService(ctx, net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)), obs.AdminOptions{Pprof: cfg.AdminPprof}, reg, ready, logger, svc.Run)
 }

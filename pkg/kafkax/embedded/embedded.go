@@ -1,4 +1,9 @@
-package kafkax
+// Package embedded is the in-process Kafka-protocol broker (franz-go's kfake) of the
+// all-in-one (`pulseboard run`, `pulseboard broker`) and of the tests. It lives apart from
+// pkg/kafkax so that the standalone services, which only talk to a real cluster, never
+// link kfake (cmd/pulseboard/exposure_test.go checks with `go list -deps`): import it
+// only from cmd/pulseboard and from tests.
+package embedded
 
 import (
 	"context"
@@ -11,16 +16,16 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// Embedded is an in-process Kafka-protocol broker (franz-go's kfake). It speaks the real
+// Broker is an in-process Kafka-protocol broker (franz-go's kfake). It speaks the real
 // protocol on TCP, so kafka-go, kcat and any other Kafka tool work against it, but it
 // keeps everything in memory unless DataDir is set: the all-in-one drains it before
 // stopping.
-type Embedded struct {
+type Broker struct {
 	cluster *kfake.Cluster
 }
 
-// EmbeddedOptions configure the embedded broker.
-type EmbeddedOptions struct {
+// Options configure the embedded broker.
+type Options struct {
 	// Port to listen on (127.0.0.1); 0 picks a free port.
 	Port int
 	// Topics are created at start with Partitions partitions each.
@@ -47,8 +52,8 @@ const segmentBytes = 15 << 20
 // max.message.bytes): above the producer's 4 MiB batches.
 const maxMessageBytes = 8 << 20
 
-// StartEmbedded starts a single-broker cluster on 127.0.0.1.
-func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
+// Start starts a single-broker cluster on 127.0.0.1.
+func Start(o Options) (*Broker, error) {
 	if o.Partitions < 1 {
 		o.Partitions = 1
 	}
@@ -74,7 +79,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting the embedded Kafka broker on 127.0.0.1:%d: %w", o.Port, err)
 	}
-	e := &Embedded{cluster: c}
+	e := &Broker{cluster: c}
 	if err := e.setTopicMaxMessageBytes(o.Topics); err != nil {
 		c.Close()
 		return nil, err
@@ -85,7 +90,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 // setTopicMaxMessageBytes states the topics' max.message.bytes explicitly: kfake enforces
 // its broker-wide message.max.bytes but describes topics with Kafka's 1 MiB default, and
 // the producer sizes its batches by what the topic describes.
-func (e *Embedded) setTopicMaxMessageBytes(topics []string) error {
+func (e *Broker) setTopicMaxMessageBytes(topics []string) error {
 	if len(topics) == 0 {
 		return nil
 	}
@@ -112,7 +117,7 @@ func (e *Embedded) setTopicMaxMessageBytes(topics []string) error {
 }
 
 // Addrs are the bootstrap addresses.
-func (e *Embedded) Addrs() []string { return e.cluster.ListenAddrs() }
+func (e *Broker) Addrs() []string { return e.cluster.ListenAddrs() }
 
 // Close stops the broker; anything not persisted is gone.
-func (e *Embedded) Close() { e.cluster.Close() }
+func (e *Broker) Close() { e.cluster.Close() }
