@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -510,4 +511,32 @@ func (p *Proc) SetEnv(vars ...string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.spec.Env = append(append([]string{}, p.spec.Env...), vars...)
+}
+
+// LabelValues returns the values of label among the series of metric that the process
+// exports now (for example the partitions a consumer has read, from
+// pulseboard_consumer_lag_messages{partition="…"}).
+func (p *Proc) LabelValues(metric, label string) []string {
+	if p.spec.AdminURL == "" {
+		return nil
+	}
+	m, err := scrape(p.spec.AdminURL)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	prefix := metric + "{"
+	for series := range m {
+		rest, ok := strings.CutPrefix(series, prefix)
+		if !ok {
+			continue
+		}
+		for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
+			if v, ok := strings.CutPrefix(kv, label+"=\""); ok {
+				out = append(out, strings.TrimSuffix(v, "\""))
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -224,3 +224,12 @@ func (c *Cluster) WaitFullyReplicated(timeout time.Duration) time.Duration {
 	c.t.Fatalf("harness: the events topic was not fully replicated within %s (%s)", timeout, last)
 	return 0
 }
+
+// EndOffsets returns the events topic's end offset of each partition.
+func (c *Cluster) EndOffsets() map[int]int64 {
+	client, done := c.kafkaClient()
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return endOffsets(ctx, client, c.Topic)
+}
