@@ -204,10 +204,13 @@ func (s *Service) stats(w http.ResponseWriter, r *http.Request, p authn.Principa
 	if !end.After(start) {
 		return invalid("querystring/until must be later than querystring/since")
 	}
-	n := int((end.Sub(start) + iv.width - 1) / iv.width)
-	if n > maxBuckets {
+	// Compared before any arithmetic: Sub saturates at ~292 years (since=0001-01-01) and
+	// adding a bucket to that wrapped around to a negative count (a 500).
+	span := end.Sub(start)
+	if span > maxBuckets*iv.width {
 		return invalid("the range holds more than " + strconv.Itoa(maxBuckets) + " buckets of " + name + "; narrow since/until or use a wider interval")
 	}
+	n := int((span + iv.width - 1) / iv.width)
 	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
 		return err
 	}

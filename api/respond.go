@@ -205,8 +205,9 @@ type fields struct {
 }
 
 // decodeObject reads a JSON object body: at most MaxBodyBytes (413), application/json
-// when not empty (415), exactly one JSON value (trailing data is INVALID_JSON), and an
-// object (VALIDATION_FAILED "body must be object").
+// when not empty (415), exactly one JSON value (trailing data is INVALID_JSON), no object
+// in it with a duplicate key (INVALID_JSON, the ingestor's rule: event.CheckUniqueKeys),
+// and an object (VALIDATION_FAILED "body must be object").
 func (s *Service) decodeObject(w http.ResponseWriter, r *http.Request) (fields, error) {
 	f := fields{path: "body"}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
@@ -226,6 +227,11 @@ func (s *Service) decodeObject(w http.ResponseWriter, r *http.Request) (fields, 
 			return f, invalid("body must be object")
 		}
 		return f, newError(httperr.InvalidJSON, "body is not valid JSON")
+	}
+	// encoding/json keeps the last of duplicate keys; the ingestor refuses them, and so
+	// does every endpoint (one meaning for every reader of a body).
+	if derr := event.CheckUniqueKeys(body, "body"); derr != nil {
+		return f, newError(httperr.InvalidJSON, derr.Message)
 	}
 	if f.m == nil { // null
 		return f, invalid("body must be object")

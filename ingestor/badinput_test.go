@@ -92,7 +92,9 @@ func TestIngestBadInput(t *testing.T) {
 		{name: "context nested 33 deep", body: with(map[string]any{"context": nested(33)}), status: 400, code: "VALIDATION_FAILED"},
 		{name: "payload nested 100000 deep", body: raw(`{"apiKey":"` + key + `","type":"event","name":"x","payload":{"a":` +
 			strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}}`), status: 400},
-		{name: "number outside numeric", body: raw(`{"apiKey":"` + key + `","type":"event","name":"x","payload":{"n":1e999999}}`), status: 400},
+		{name: "number outside numeric", body: raw(`{"apiKey":"` + key + `","type":"event","name":"x","payload":{"n":1e999999}}`), status: 400, code: "VALIDATION_FAILED"},
+		{name: "number beyond a double", body: raw(`{"apiKey":"` + key + `","type":"event","name":"x","payload":{"n":1e1000}}`), status: 400, code: "VALIDATION_FAILED"},
+		{name: "duplicate key", body: raw(`{"apiKey":"` + key + `","type":"event","name":"x","payload":{"n":1,"n":2}}`), status: 400, code: "INVALID_JSON"},
 		// Timestamps: the old backend answered 500 (B29).
 		{name: "timestamp yesterday", body: with(map[string]any{"timestamp": "yesterday"}), status: 400, code: "INVALID_TIMESTAMP"},
 		{name: "timestamp 2026-13-45", body: with(map[string]any{"timestamp": "2026-13-45"}), status: 400, code: "INVALID_TIMESTAMP"},

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
@@ -25,6 +27,11 @@ func appendEvent(b []byte, ev *Event, apiKey string) ([]byte, error) {
 		// of the client is what a load generator on the same machine takes from the server.
 		if len(payload) == 0 || payload[0] != '{' || fastjson.ValidateBytes(payload) != nil {
 			return nil, fmt.Errorf("%w: RawPayload must be a JSON object", ErrInvalidEvent)
+		}
+		// The server refuses a whole batch holding a duplicate key (400 INVALID_JSON):
+		// refuse the one event here instead.
+		if err := event.CheckUniqueKeys(payload, "RawPayload"); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrInvalidEvent, err.Message)
 		}
 	case ev.Payload == nil:
 		payload = []byte("{}")

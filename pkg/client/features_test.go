@@ -67,9 +67,11 @@ func TestRawPayload(t *testing.T) {
 	require.Len(t, r.evs, 1)
 	assert.Equal(t, map[string]any{"pre": "encoded", "n": []any{1.0, 2.0}}, r.evs[0]["payload"])
 
-	for _, bad := range []string{`[1]`, `"s"`, `{"open":`, `   `} {
+	for _, bad := range []string{`[1]`, `"s"`, `{"open":`, `   `, `{"a":1,"a":2}`, `{"a":{"b":1,"\u0062":2}}`} {
 		assert.ErrorIs(t, c.Enqueue(Event{Type: TypeEvent, Name: "raw", RawPayload: json.RawMessage(bad)}), ErrInvalidEvent, bad)
 	}
+	err := c.Enqueue(Event{Type: TypeEvent, Name: "raw", RawPayload: json.RawMessage(`{"a":{"b":1,"b":2}}`)})
+	assert.EqualError(t, err, `pulseboard client: invalid event: RawPayload/a must NOT have duplicate keys ("b" appears more than once)`)
 	assert.Equal(t, uint64(1), c.Stats().Enqueued)
 }
 

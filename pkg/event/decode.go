@@ -39,7 +39,15 @@ type Decoder struct {
 	context []byte
 	elems   [][]byte // SplitBatch's answer, reused
 	names   map[string]string
+	growth  int // NumberGrowth of the last event built
 }
+
+// NumberGrowth is how many bytes longer the payload and context of the event last
+// returned by Build or BuildRaw get once stored: PostgreSQL writes jsonb numbers out in
+// positional notation (1e300 is read back as 301 digits; see numbers.go). The ingestor
+// bounds the event's encoding plus this by Limits.MaxEventBytes, so that what the api
+// reads back is as bounded as what was accepted.
+func (d *Decoder) NumberGrowth() int { return d.growth }
 
 // maxNames bounds the names a Decoder keeps (see name).
 const maxNames = 512
@@ -64,17 +72,27 @@ func (d *Decoder) name(b []byte) string {
 // NewDecoder returns a Decoder with the given limits.
 func NewDecoder(l Limits) *Decoder { return &Decoder{Limits: l} }
 
-// Parse sanitises body (see Sanitize), checks its JSON syntax strictly and parses it. The
-// returned value is valid until the next call to Parse or Build. The bool reports whether
-// sanitising replaced anything.
+// Parse sanitises body (see Sanitize), checks its JSON syntax strictly, refuses an object
+// with a duplicate key (keys.go) and parses it. The returned value is valid until the
+// next call to Parse or Build. The bool reports whether sanitising replaced anything.
 func (d *Decoder) Parse(body []byte) (*fastjson.Value, bool, *Error) {
+	return d.parse(body, "body", true)
+}
+
+// ParseAs is Parse for a document that messages call root ("events/3": an NDJSON line).
+func (d *Decoder) ParseAs(body []byte, root string) (*fastjson.Value, bool, *Error) {
+	return d.parse(body, root, true)
+}
+
+// parse is Parse; unique is false for Kafka messages (DecodeMessage).
+func (d *Decoder) parse(body []byte, root string, unique bool) (*fastjson.Value, bool, *Error) {
 	// fastjson is lenient (it accepts NaN, Inf, malformed numbers and escapes), so a
 	// strict scanner that accepts exactly what json.Valid accepts decides what is JSON. It
 	// bounds nesting iteratively, so deep input cannot overflow a stack, and it tells
 	// whether Sanitize would change anything, so clean input is not copied. Sanitising
 	// never changes whether a document is valid (see scanner), so checking the raw bytes
 	// decides as checking the sanitised ones would.
-	valid, dirty := d.scanner.scan(body)
+	valid, dirty := d.scanner.scan(body, unique)
 	changed := false
 	src := body
 	if dirty || !valid { // for invalid input, only so that changed means what it always did
@@ -82,13 +100,21 @@ func (d *Decoder) Parse(body []byte) (*fastjson.Value, bool, *Error) {
 		src = d.clean
 	}
 	if !valid {
-		return nil, changed, &Error{Code: CodeInvalidJSON, Message: "body is not valid JSON"}
+		return nil, changed, &Error{Code: CodeInvalidJSON, Message: root + " is not valid JSON"}
+	}
+	if unique && d.scanner.keyDirty {
+		// Sanitising can make two keys equal ("\xff" and "\xfe" both become U+FFFD):
+		// look again at what is parsed.
+		d.scanner.scan(src, true)
+	}
+	if d.scanner.hasDup {
+		return nil, changed, &Error{Code: CodeInvalidJSON, Message: d.scanner.dup.message(root)}
 	}
 	// fastjson copies src, so the returned value never aliases body.
 	v, err := d.parser.ParseBytes(src)
 	if err != nil {
 		// Valid JSON that fastjson refuses: nesting beyond its fixed maximum.
-		return nil, changed, invalid("body must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")
+		return nil, changed, invalid(root + " must NOT be nested deeper than " + itoa(d.Limits.MaxDepth) + " levels")
 	}
 	return v, changed, nil
 }
@@ -110,6 +136,7 @@ func APIKey(v *fastjson.Value) (string, bool) {
 // the next call; encode it with AppendJSON before that.
 func (d *Decoder) Build(v *fastjson.Value, path string, projectID uuid.UUID, now time.Time) (Event, *Error) {
 	ev := Event{ProjectID: projectID, ReceivedAt: now.UTC().Truncate(Precision)}
+	d.growth = 0
 	if v.Type() != fastjson.TypeObject {
 		return ev, invalid(path + " must be object")
 	}
@@ -131,7 +158,7 @@ func (d *Decoder) Build(v *fastjson.Value, path string, projectID uuid.UUID, now
 			id = f
 		}
 	})
-	if err := d.fill(&ev, path, typ, name, payload, ts, ctx); err != nil {
+	if err := d.fill(&ev, path, typ, name, payload, ts, ctx, true); err != nil {
 		return ev, err
 	}
 	if id != nil && id.Type() != fastjson.TypeNull {
@@ -153,8 +180,9 @@ func (d *Decoder) Build(v *fastjson.Value, path string, projectID uuid.UUID, now
 	return ev, nil
 }
 
-// fill validates the fields shared by client input and Kafka messages.
-func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fastjson.Value) *Error {
+// fill validates the fields shared by client input and Kafka messages. client selects the
+// client's rule for numbers (numbers.go).
+func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fastjson.Value, client bool) *Error {
 	switch {
 	case typ == nil:
 		return invalid(path + " must have required property 'type'")
@@ -189,7 +217,7 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 		return invalid(path + "/payload must be object")
 	}
 	var err *Error
-	if d.payload, err = d.appendValue(d.payload[:0], payload, 1, path+"/payload"); err != nil {
+	if d.payload, err = d.canonical(d.payload[:0], payload, path+"/payload", client); err != nil {
 		return err
 	}
 	ev.Payload = d.payload
@@ -199,7 +227,7 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 		if ctx.Type() != fastjson.TypeObject {
 			return invalid(path + "/context must be object")
 		}
-		if d.context, err = d.appendValue(d.context[:0], ctx, 1, path+"/context"); err != nil {
+		if d.context, err = d.canonical(d.context[:0], ctx, path+"/context", client); err != nil {
 			return err
 		}
 		ev.Context = d.context
@@ -219,9 +247,23 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 	return nil
 }
 
-// appendValue re-encodes v canonically, enforcing the depth limit and that every number
-// is one PostgreSQL's numeric type accepts.
-func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path string) ([]byte, *Error) {
+// errNumber is appendValue's answer for a refused client number; canonical words it.
+var errNumber = &Error{Code: CodeValidationFailed}
+
+// canonical is appendValue for a payload or context object named path.
+func (d *Decoder) canonical(dst []byte, v *fastjson.Value, path string, client bool) ([]byte, *Error) {
+	dst, err := d.appendValue(dst, v, 1, path, client)
+	if err == errNumber {
+		msg, _ := badNumber(v, path)
+		err = invalid(msg)
+	}
+	return dst, err
+}
+
+// appendValue re-encodes v canonically, enforcing the depth limit and the rule for
+// numbers: a client's must be doubles (clientNumber, which adds to d.growth), a Kafka
+// message's only storable by PostgreSQL's numeric type (storableNumber).
+func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path string, client bool) ([]byte, *Error) {
 	switch v.Type() {
 	case fastjson.TypeObject, fastjson.TypeArray:
 		if depth > d.Limits.MaxDepth {
@@ -244,7 +286,7 @@ func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path str
 			first = false
 			dst = appendString(dst, k)
 			dst = append(dst, ':')
-			dst, err = d.appendValue(dst, f, depth+1, path)
+			dst, err = d.appendValue(dst, f, depth+1, path, client)
 		})
 		return append(dst, '}'), err
 	case fastjson.TypeArray:
@@ -254,7 +296,7 @@ func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path str
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			if dst, err = d.appendValue(dst, f, depth+1, path); err != nil {
+			if dst, err = d.appendValue(dst, f, depth+1, path, client); err != nil {
 				return dst, err
 			}
 		}
@@ -265,38 +307,19 @@ func (d *Decoder) appendValue(dst []byte, v *fastjson.Value, depth int, path str
 	case fastjson.TypeNumber:
 		start := len(dst)
 		dst = v.MarshalTo(dst)
-		if !storableNumber(dst[start:]) {
+		if client {
+			growth, verdict := clientNumber(dst[start:])
+			if verdict != numberOK {
+				return dst, errNumber
+			}
+			d.growth += growth
+		} else if !storableNumber(dst[start:]) {
 			return dst, invalid(path + " contains a number outside the storable range")
 		}
 		return dst, nil
 	default: // true, false, null
 		return v.MarshalTo(dst), nil
 	}
-}
-
-// storableNumber reports whether a JSON number (already syntax-checked) fits PostgreSQL's
-// numeric, which jsonb uses: bounded length and a decimal exponent within ±1000.
-func storableNumber(n []byte) bool {
-	if len(n) > 128 {
-		return false
-	}
-	for i, c := range n {
-		if c != 'e' && c != 'E' {
-			continue
-		}
-		exp := 0
-		for _, c := range n[i+1:] {
-			if c == '-' || c == '+' {
-				continue
-			}
-			exp = exp*10 + int(c-'0')
-			if exp > 1000 {
-				return false
-			}
-		}
-		return true
-	}
-	return true
 }
 
 func parseUUID(v *fastjson.Value) (uuid.UUID, bool) {
@@ -346,7 +369,10 @@ func ParseTime(s string) (time.Time, bool) {
 // client input is lenient: anything that would have needed sanitising, any missing server
 // field and anything over the limits is an error, because a message that fails here did
 // not come from a correct ingestor and must go to the dead-letter topic, not to Postgres.
-// The returned Event owns its memory.
+// Numbers and duplicate keys are the exception: they are held only to what PostgreSQL
+// stores (numbers within storableNumber; the last of duplicate keys wins, as in jsonb),
+// not to the client's stricter rules, so that what any ingestor accepted, an older one
+// included, is stored (RELIABILITY.md promise 4). The returned Event owns its memory.
 func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
 	var ev Event
 	if len(value) > d.Limits.MaxEventBytes {
@@ -362,7 +388,7 @@ func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
 // decodeMessageParsed is DecodeMessage through Parse, for any message.
 func (d *Decoder) decodeMessageParsed(value []byte) (Event, error) {
 	var ev Event
-	v, changed, perr := d.Parse(value)
+	v, changed, perr := d.parse(value, "body", false)
 	if perr != nil {
 		return ev, perr
 	}
@@ -417,7 +443,7 @@ func (d *Decoder) decodeMessageParsed(value []byte) (Event, error) {
 	if ev.ReceivedAt, ok = ParseTime(string(rb)); !ok {
 		return ev, &Error{Code: CodeInvalidTimestamp, Message: "message/receivedAt must be an ISO-8601 date-time"}
 	}
-	if err := d.fill(&ev, "message", typ, name, payload, ts, ctx); err != nil {
+	if err := d.fill(&ev, "message", typ, name, payload, ts, ctx, false); err != nil {
 		return ev, err
 	}
 	ev.Payload = append([]byte(nil), ev.Payload...)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,10 +167,17 @@ func checkBuild(t *testing.T, d *Decoder, v *fastjson.Value, cleanMember []byte)
 	checkEvent(t, ev)
 	require.Equal(t, testProject, ev.ProjectID)
 	require.True(t, testNow.Truncate(Precision).Equal(ev.ReceivedAt))
+	growth := checkClientNumbers(t, ev.Payload)
+	if ev.Context != nil {
+		growth += checkClientNumbers(t, ev.Context)
+	}
+	require.Equal(t, growth, d.NumberGrowth(), "NumberGrowth")
 	enc := ev.AppendJSON(nil)
 	checkEncoding(t, enc)
 
-	// The event means what the client sent (last duplicate key wins in both decoders).
+	// The event means what the client sent (Parse refused duplicate keys, whose meaning
+	// differs between decoders).
+	require.False(t, referenceDuplicate(cleanMember), "a duplicate key was accepted: %s", cleanMember)
 	var fields map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(cleanMember, &fields))
 	var name string
@@ -284,6 +292,32 @@ func checkStorableObject(t *testing.T, b []byte) {
 		}
 	}
 	require.LessOrEqual(t, maxDepth, DefaultMaxDepth)
+}
+
+// checkClientNumbers checks that every number of a client's payload or context is a
+// finite double, zero only when written as zero, and returns how much longer PostgreSQL
+// writes them out (positional).
+func checkClientNumbers(t *testing.T, b []byte) (growth int) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return growth
+		}
+		require.NoError(t, err)
+		n, ok := tok.(json.Number)
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(string(n), 64)
+		require.NoError(t, err, "number %s", n)
+		require.False(t, math.IsInf(f, 0), "number %s", n)
+		mant, _, _ := strings.Cut(strings.ToLower(string(n)), "e")
+		require.True(t, f != 0 || strings.Trim(mant, "-0.") == "", "number %s reads as 0", n)
+		growth += max(0, len(positional(string(n)))-len(n))
+	}
 }
 
 // checkEncoding checks a canonical event encoding: valid JSON, valid UTF-8, no NUL escape

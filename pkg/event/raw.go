@@ -34,8 +34,9 @@ const rawMaxBodyDepth = 256
 // alias body and d; they are valid until the next SplitBatch. ok is false for every
 // other body: use Parse.
 func (d *Decoder) SplitBatch(body []byte) (elems [][]byte, ok bool) {
-	// The scan marks where each element ends, so splitting needs no second walk.
-	if valid, dirty := d.scanner.scanMarked(body); !valid || dirty || d.scanner.deepest >= rawMaxBodyDepth {
+	// The scan marks where each element ends, so splitting needs no second walk. A
+	// duplicate key is Parse's to report.
+	if valid, dirty := d.scanner.scanMarked(body, true); !valid || dirty || d.scanner.hasDup || d.scanner.deepest >= rawMaxBodyDepth {
 		return nil, false
 	}
 	i := skipSpace(body, 0)
@@ -53,8 +54,11 @@ func (d *Decoder) SplitBatch(body []byte) (elems [][]byte, ok bool) {
 
 // SplitObject returns the event object that is body when the raw path can take it (as
 // SplitBatch, for a single object).
-func (d *Decoder) SplitObject(body []byte) ([]byte, bool) {
-	if valid, dirty := d.scanner.scanMarked(body); !valid || dirty || d.scanner.deepest >= rawMaxBodyDepth {
+func (d *Decoder) SplitObject(body []byte) ([]byte, bool) { return d.splitObject(body, true) }
+
+// splitObject is SplitObject; unique is false for Kafka messages (decodeMessageRaw).
+func (d *Decoder) splitObject(body []byte, unique bool) ([]byte, bool) {
+	if valid, dirty := d.scanner.scanMarked(body, unique); !valid || dirty || d.scanner.hasDup || d.scanner.deepest >= rawMaxBodyDepth {
 		return nil, false
 	}
 	// A valid document is one value between optional whitespace.
@@ -81,12 +85,13 @@ func (d *Decoder) ParseElement(elem []byte) (*fastjson.Value, *Error) {
 // Context alias d's buffers, as with Build.
 func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte, hasKey, ok bool) {
 	ev.ReceivedAt = now.UTC().Truncate(Precision)
+	d.growth = 0
 	if len(elem) < 2 || elem[0] != '{' {
 		return ev, nil, false, false
 	}
 	var typ, name, payload, ts, ctx, id []byte
 	keySeen := false
-	f := d.members(elem)
+	f := d.members(elem, true)
 	for {
 		k, v, more, ok := f.next()
 		if !ok {
@@ -95,7 +100,9 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		if !more {
 			break
 		}
-		switch string(k) { // Build's Visit: the last occurrence wins
+		// The scan refused duplicate keys; were there any, these would pick the same
+		// occurrences as Build's Visit (the last) and APIKey's Get (the first).
+		switch string(k) {
 		case "type":
 			typ = v
 		case "name":
@@ -194,15 +201,19 @@ func (d *Decoder) rawName(v []byte) (string, bool) {
 }
 
 // rawMembers walks the members of an object in canonical form (see canonicalEnd for
-// "payload" and "context", which are checked while their end is found).
+// "payload" and "context", which are checked while their end is found; client selects
+// the client's rule for their numbers).
 type rawMembers struct {
-	d    *Decoder
-	obj  []byte
-	i    int
-	done bool
+	d      *Decoder
+	obj    []byte
+	i      int
+	done   bool
+	client bool
 }
 
-func (d *Decoder) members(obj []byte) rawMembers { return rawMembers{d: d, obj: obj, i: 1} }
+func (d *Decoder) members(obj []byte, client bool) rawMembers {
+	return rawMembers{d: d, obj: obj, i: 1, client: client}
+}
 
 // next returns the next member: more is false after the last one. ok is false when obj
 // is not an object in canonical form (whitespace, an escaped key, a payload or context
@@ -233,7 +244,7 @@ func (m *rawMembers) next() (k, v []byte, more, ok bool) {
 			end = i + len("null")
 			break
 		}
-		if end, ok = m.d.canonicalEnd(obj, i); !ok {
+		if end, ok = m.d.canonicalEnd(obj, i, m.client); !ok {
 			return nil, nil, false, false
 		}
 	default:
@@ -258,12 +269,12 @@ func (m *rawMembers) next() (k, v []byte, more, ok bool) {
 // ingestor writes (AppendJSON): when ok, ev is exactly what DecodeMessage returns. When
 // !ok, DecodeMessage parses the message and decides (FuzzDecodeMessageRaw checks this).
 func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
-	obj, ok := d.SplitObject(value)
+	obj, ok := d.splitObject(value, false)
 	if !ok {
 		return ev, false
 	}
 	var id, project, typ, name, payload, ts, ctx, recv []byte
-	m := d.members(obj)
+	m := d.members(obj, false)
 	for {
 		k, v, more, ok := m.next()
 		if !ok {
@@ -331,9 +342,10 @@ func plainString(b []byte, i int) ([]byte, bool) {
 // canonicalEnd returns the end of the object that starts at b[i] when it is already in
 // the form appendValue gives it, within the limits Build enforces: no whitespace between
 // tokens, no escape in any string, nesting within Limits.MaxDepth (the object itself is
-// depth 1) and every number storable. ok is false otherwise, or when b[i] is not '{'. b
-// is valid JSON.
-func (d *Decoder) canonicalEnd(b []byte, i int) (end int, ok bool) {
+// depth 1) and every number within appendValue's rule (client's: a double, whose growth
+// is added to d.growth; otherwise storable). ok is false otherwise, or when b[i] is not
+// '{'. b is valid JSON.
+func (d *Decoder) canonicalEnd(b []byte, i int, client bool) (end int, ok bool) {
 	if i >= len(b) || b[i] != '{' {
 		return i, false
 	}
@@ -369,7 +381,13 @@ func (d *Decoder) canonicalEnd(b []byte, i int) (end int, ok bool) {
 			for j < len(b) && numberByte[b[j]] {
 				j++
 			}
-			if !storableNumber(b[i:j]) {
+			if client {
+				growth, verdict := clientNumber(b[i:j])
+				if verdict != numberOK {
+					return i, false
+				}
+				d.growth += growth
+			} else if !storableNumber(b[i:j]) {
 				return i, false
 			}
 			i = j

@@ -38,6 +38,10 @@ var rawSeeds = []string{
 	"[{\"type\":\"event\",\"name\":\"\xff\",\"payload\":{}}]",
 	`[{"type":"event","name":"` + strings.Repeat("é", 200) + `","payload":{}}]`,
 	`[{"type":"event","name":"` + strings.Repeat("é", 201) + `","payload":{}}]`,
+	`[{"type":"event","name":"a","payload":{"a":1e308,"b":[-1.5e-300,0e-20,12.5e1]},"context":{"c":1e20}}]`,
+	`[{"type":"event","name":"a","payload":{"a":1e-400}}]`,
+	`[{"type":"event","name":"a","payload":{"a":[{"b":1,"c":2,"b":3}]}}]`,
+	`[{"apiKey":7,"type":"event","name":"a","payload":{}}]`,
 }
 
 func FuzzRawPath(f *testing.F) {
@@ -97,8 +101,10 @@ func compareRaw(t *testing.T, slow, fast *Decoder, v *fastjson.Value, elem []byt
 		require.Equal(t, v.String(), pv.String(), "ParseElement parses the element as Parse did")
 		return false
 	}
+	growth := fast.NumberGrowth()
 	want, werr := slow.Build(v, "body", uuid.Nil, now)
 	require.Nil(t, werr, "BuildRaw took an event Build refuses: %s", elem)
+	require.Equal(t, slow.NumberGrowth(), growth, "NumberGrowth")
 	wantKey, wantHas := APIKey(v)
 	require.Equal(t, wantHas, hasKey, "apiKey presence")
 	require.Equal(t, wantKey, string(key), "apiKey")
@@ -145,10 +151,14 @@ func TestRawPathDeclines(t *testing.T) {
 		split           bool
 	}{
 		{"nulls", rawSeeds[2], 1, 0, true},
-		{"duplicate keys: the last wins", rawSeeds[3], 1, 0, true},
-		{"apiKey: the first wins", rawSeeds[4], 1, 0, true},
-		{"a non-string apiKey is none", rawSeeds[5], 1, 0, true},
-		{"unstorable number", rawSeeds[6], 0, 1, true},
+		{"duplicate keys: Parse refuses them", rawSeeds[3], 0, 0, false},
+		{"duplicate apiKey: Parse refuses it", rawSeeds[4], 0, 0, false},
+		{"duplicate apiKey of another type: Parse refuses it", rawSeeds[5], 0, 0, false},
+		{"number beyond a double", rawSeeds[6], 0, 1, true},
+		{"numbers that grow once stored", rawSeeds[25], 1, 0, true},
+		{"number that reads as 0", rawSeeds[26], 0, 1, true},
+		{"duplicate key deep in the payload", rawSeeds[27], 0, 0, false},
+		{"a non-string apiKey is none", rawSeeds[28], 1, 0, true},
 		{"escape in the payload", rawSeeds[7], 0, 1, true},
 		{"unicode escape", rawSeeds[8], 0, 1, true},
 		{"escaped key", rawSeeds[9], 0, 1, true},

@@ -36,30 +36,65 @@ type scanner struct {
 	// elements of a root array), and the deepest nesting seen.
 	marks   []int
 	deepest int
+	// Filled by a scan with unique set (keys.go): whether a valid document has an object
+	// with a duplicate key, and where.
+	hasDup bool
+	dup    duplicate
+	uniq   uniqueKeys
+	// keyDirty: a key needs sanitising, which may make it equal to another one (so
+	// the sanitised document must be looked at again).
+	keyDirty bool
 }
 
-// scan reports whether b is valid JSON and, if it is, whether it needs sanitising.
-func (s *scanner) scan(b []byte) (valid, dirty bool) {
+// scan reports whether b is valid JSON and, if it is, whether it needs sanitising. With
+// unique, it also looks for an object with a duplicate key (s.dup); valid still means
+// only that b is JSON.
+func (s *scanner) scan(b []byte, unique bool) (valid, dirty bool) {
 	sc := scan{stack: s.stack[:0]}
+	s.start(&sc, b, unique)
 	valid, dirty = sc.json(b)
 	s.stack = sc.stack
+	s.finish(&sc, valid)
 	return valid, dirty
 }
 
 // scanMarked is scan that also fills marks and deepest (SplitBatch).
-func (s *scanner) scanMarked(b []byte) (valid, dirty bool) {
+func (s *scanner) scanMarked(b []byte, unique bool) (valid, dirty bool) {
 	sc := scan{stack: s.stack[:0], marks: s.marks[:0], mark: true}
+	s.start(&sc, b, unique)
 	valid, dirty = sc.json(b)
 	s.stack, s.marks, s.deepest = sc.stack, sc.marks, sc.deepest
+	s.finish(&sc, valid)
 	return valid, dirty
+}
+
+func (s *scanner) start(sc *scan, b []byte, unique bool) {
+	s.hasDup, s.dup, s.keyDirty = false, duplicate{}, false
+	if unique {
+		s.uniq.reset(b)
+		sc.uniq = &s.uniq
+	}
+}
+
+func (s *scanner) finish(sc *scan, valid bool) {
+	if sc.uniq == nil {
+		return
+	}
+	sc.uniq.src = nil // keep nothing of the input
+	// A syntax error decides before a duplicate key.
+	if valid {
+		s.hasDup, s.dup, s.keyDirty = sc.uniq.found, sc.uniq.dup, sc.keyDirty
+	}
 }
 
 // scan is the state of one scan; its slices are the scanner's, returned for reuse.
 type scan struct {
-	stack   []byte
-	marks   []int
-	deepest int
-	mark    bool
+	stack    []byte
+	marks    []int
+	deepest  int
+	mark     bool
+	uniq     *uniqueKeys // nil: duplicate keys are not looked for
+	keyDirty bool
 }
 
 // json checks b (see scanner).
@@ -80,9 +115,15 @@ value:
 		if sc.mark && len(stack) > sc.deepest {
 			sc.deepest = len(stack)
 		}
+		if sc.uniq != nil {
+			sc.uniq.open()
+		}
 		i = skipSpace(b, i+1)
 		if i < len(b) && b[i] == c+2 { // '}' is '{'+2 and ']' is '['+2
 			stack = stack[:len(stack)-1]
+			if sc.uniq != nil {
+				sc.uniq.close(false, stack)
+			}
 			i++
 			goto end
 		}
@@ -91,7 +132,7 @@ value:
 		}
 		goto value
 	case c == '"':
-		if i, ok = scanString(b, i+1, &dirty); !ok {
+		if i, ok = scanString(b, i+1, &dirty, nil); !ok {
 			return false, false
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
@@ -130,12 +171,18 @@ end:
 		if top == '{' {
 			goto key
 		}
+		if sc.uniq != nil {
+			sc.uniq.next()
+		}
 		goto value
 	case top + 2: // the matching closer
 	default:
 		return false, false
 	}
 	stack = stack[:len(stack)-1]
+	if sc.uniq != nil {
+		sc.uniq.close(b[i] == '}', stack)
+	}
 	i++
 	goto end
 key:
@@ -143,8 +190,19 @@ key:
 	if i >= len(b) || b[i] != '"' {
 		return false, false
 	}
-	if i, ok = scanString(b, i+1, &dirty); !ok {
-		return false, false
+	if sc.uniq == nil {
+		if i, ok = scanString(b, i+1, &dirty, nil); !ok {
+			return false, false
+		}
+	} else {
+		start, escaped, keyDirty := i+1, false, false
+		if i, ok = scanString(b, start, &keyDirty, &escaped); !ok {
+			return false, false
+		}
+		if keyDirty {
+			dirty, sc.keyDirty = true, true
+		}
+		sc.uniq.key(b[start:i-1], start, escaped, stack[:len(stack)-1])
 	}
 	i = skipSpace(b, i)
 	if i >= len(b) || b[i] != ':' {
@@ -167,8 +225,9 @@ func skipSpace(b []byte, i int) int {
 }
 
 // scanString checks a string whose opening quote precedes b[i] and returns the index
-// after its closing quote. It sets *dirty when Sanitize would replace something in it.
-func scanString(b []byte, i int, dirty *bool) (int, bool) {
+// after its closing quote. It sets *dirty when Sanitize would replace something in it,
+// and *escaped (unless nil) when it has an escape.
+func scanString(b []byte, i int, dirty, escaped *bool) (int, bool) {
 	for {
 		for i+8 <= len(b) && !needsAttention(binary.LittleEndian.Uint64(b[i:])) {
 			i += 8
@@ -186,6 +245,9 @@ func scanString(b []byte, i int, dirty *bool) (int, bool) {
 			n, ok := scanEscape(b[i:], dirty)
 			if !ok {
 				return i, false
+			}
+			if escaped != nil {
+				*escaped = true
 			}
 			i += n
 		case c < 0x20:

@@ -13,10 +13,16 @@ import (
 
 // referenceParse is Parse as it was before the single-pass scanner: sanitise into a copy,
 // json.Valid on the copy, then fastjson. The scanner must decide exactly as this does.
+//
+// Duplicate keys are refused since; referenceDuplicate finds them independently, and
+// errDuplicateRef stands for Parse's message, which names where.
 func referenceParse(p *fastjson.Parser, limits Limits, body []byte) (*fastjson.Value, bool, *Error) {
 	clean, changed := Sanitize(nil, body)
 	if !json.Valid(clean) {
 		return nil, changed, &Error{Code: CodeInvalidJSON, Message: "body is not valid JSON"}
+	}
+	if referenceDuplicate(clean) {
+		return nil, changed, errDuplicateRef
 	}
 	v, err := p.ParseBytes(clean)
 	if err != nil {
@@ -34,6 +40,15 @@ func checkParseAgainstReference(t *testing.T, in []byte) {
 	d := NewDecoder(DefaultLimits())
 	gotV, gotChanged, gotErr := d.Parse(in)
 	require.Equal(t, string(orig), string(in), "Parse modified its input")
+	if wantErr == errDuplicateRef {
+		require.NotNil(t, gotErr, "input %q has a duplicate key", in)
+		require.Equal(t, CodeInvalidJSON, gotErr.Code, "input %q", in)
+		require.Contains(t, gotErr.Message, " must NOT have duplicate keys (", "input %q", in)
+		require.Equal(t, gotErr, CheckUniqueKeys(in, "body"), "CheckUniqueKeys decides as Parse")
+		wantErr = gotErr
+	} else if json.Valid(in) {
+		require.Nil(t, CheckUniqueKeys(in, "body"), "input %q", in)
+	}
 	require.Equal(t, wantErr, gotErr, "input %q", in)
 	require.Equal(t, wantChanged, gotChanged, "changed, input %q", in)
 	if wantErr != nil {
@@ -44,12 +59,61 @@ func checkParseAgainstReference(t *testing.T, in []byte) {
 	// The scanner's own verdicts: valid exactly when json.Valid says so, and clean only
 	// when Sanitize would copy the input verbatim.
 	var s scanner
-	valid, dirty := s.scan(in)
+	valid, dirty := s.scan(in, false)
 	require.Equal(t, json.Valid(in), valid, "input %q", in)
 	if valid && !dirty {
 		out, changed := Sanitize(nil, in)
 		require.False(t, changed, "input %q", in)
 		require.Equal(t, string(in), string(out))
+	}
+}
+
+var errDuplicateRef = &Error{Code: CodeInvalidJSON, Message: "a duplicate key"}
+
+// referenceDuplicate reports whether an object of the valid JSON document b has a key
+// twice, keys decoded by encoding/json.
+func referenceDuplicate(b []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	type level struct {
+		keys    map[string]bool // nil for an array
+		wantKey bool
+	}
+	var stack []*level
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false // io.EOF: b is valid
+		}
+		var top *level
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.keys != nil && top.wantKey {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			k := tok.(string)
+			if top.keys[k] {
+				return true
+			}
+			top.keys[k] = true
+			top.wantKey = false
+			continue
+		}
+		if top != nil && top.keys != nil {
+			top.wantKey = true // this token is a member's value
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{':
+				stack = append(stack, &level{keys: map[string]bool{}, wantKey: true})
+			case '[':
+				stack = append(stack, &level{})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+		}
 	}
 }
 
@@ -87,6 +151,12 @@ func scanCases() []string {
 		strings.Repeat("[", 300) + strings.Repeat("]", 300),
 		strings.Repeat("[", 301) + strings.Repeat("]", 301),
 		strings.Repeat(`{"a":`, 40) + `1` + strings.Repeat(`}`, 40),
+		// Duplicate keys, also once decoded or sanitised.
+		`{"a":1,"a":2}`, `{"a":1,"b":2,"a":3}`, `{"a":1,"\u0061":2}`, `{"\u00e9":1,"é":2}`, `{"a":1,"a":2`,
+		`{"\ud800":1,"\udc00":2}`, `{"\u0000":1,"\ufffd":2}`, "{\"\xff\":1,\"\xfe\":2}", `{"a\/":1,"a/":2}`,
+		`{"a":{"b":1},"b":{"b":1}}`, `[{"a":1},{"a":1}]`, `{"a":[{"x":1,"y":{"x":1}},{"x":1,"x":1}]}`,
+		`{"k1":1,"k2":1,"k3":1,"k4":1,"k5":1,"k6":1,"k7":1,"k8":1,"k9":1,"k10":1,"k11":1,"k12":1,"k13":1,"k14":1,"k15":1,"k16":1,"k17":1,"k1":1}`,
+		`{"k1":1,"k2":1,"k3":1,"k4":1,"k5":1,"k6":1,"k7":1,"k8":1,"k9":1,"k10":1,"k11":1,"k12":1,"k13":1,"k14":1,"k15":1,"k16":1,"k17":1,"k18":1}`,
 	}
 }
 
@@ -115,7 +185,7 @@ func TestScanNesting(t *testing.T) {
 				in = []byte(strings.Repeat(open, n) + strings.Repeat(closer, n))
 			}
 			var s scanner
-			valid, _ := s.scan(in)
+			valid, _ := s.scan(in, false)
 			require.Equal(t, json.Valid(in), valid, "%d levels of %s", n, open)
 			require.Equal(t, n <= maxNesting, valid, "%d levels of %s", n, open)
 			checkParseAgainstReference(t, in)
@@ -132,7 +202,7 @@ func TestScanShortInputs(t *testing.T) {
 	var in []byte
 	var walk func(depth int)
 	walk = func(depth int) {
-		valid, _ := s.scan(in)
+		valid, _ := s.scan(in, false)
 		require.Equal(t, json.Valid(in), valid, "input %q", in)
 		if depth == 3 {
 			return

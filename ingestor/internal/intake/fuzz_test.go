@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -386,6 +387,36 @@ func (fx *ingestFixture) checkAcked(t *testing.T, r ingestRequest, res ingestRes
 		if again := ev.AppendJSON(nil); !bytes.Equal(again, m.Value) {
 			fail("event %d does not re-encode to the same bytes:\n%s\n%s", i, m.Value, again)
 		}
+		if err := event.CheckUniqueKeys(m.Value, "message"); err != nil {
+			fail("event %d was accepted with a duplicate key: %s", i, err.Message)
+		}
+		for _, obj := range [][]byte{ev.Payload, ev.Context} {
+			if n, ok := notADouble(obj); !ok {
+				fail("event %d was accepted with the number %s, which is not a finite double", i, n)
+			}
+		}
+	}
+}
+
+// notADouble finds a number of the JSON document b that is not a finite double, or a
+// non-zero one that reads as 0.
+func notADouble(b []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", true
+		}
+		n, isNum := tok.(json.Number)
+		if !isNum {
+			continue
+		}
+		f, err := strconv.ParseFloat(string(n), 64)
+		mant, _, _ := strings.Cut(strings.ToLower(string(n)), "e")
+		if err != nil || math.IsInf(f, 0) || f == 0 && strings.Trim(mant, "-0.") != "" {
+			return string(n), false
+		}
 	}
 }
 
@@ -615,5 +646,12 @@ func ingestSeeds() []ingestSeed {
 		{single | ctJSON, 0, `{"apiKey":"` + fuzzKeyA + `","type":"event","name":"n","payload":{"a":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}`},
 		{single | ctJSON | prodFail, 0, evKey},
 		{single | ctNDJSON, 0, evKey},
+		// Duplicate keys (refused), numbers that are no doubles (refused) and numbers that
+		// grow once stored (refused past the per-event limit).
+		{single | ctJSON, 0, `{"apiKey":"` + fuzzKeyA + `","type":"event","name":"n","payload":{"a":1,"a":2}}`},
+		{batch | ctJSON | keyA, 0, `[` + ev + `,{"type":"event","type":"error","name":"n","payload":{}}]`},
+		{batch | ctNDJSON | keyA, 0, ev + "\n" + `{"type":"event","name":"n","payload":{"x":{"k":1,"k":1}}}` + "\n"},
+		{batch | ctJSON | keyA, 0, `[{"type":"event","name":"n","payload":{"a":1e1000,"b":-1e400,"c":1e-400,"d":1e308}}]`},
+		{batch | ctJSON | keyA, 0, `[{"type":"event","name":"n","payload":{"a":[` + strings.Repeat("1e308,", 8) + `1e308]}},` + ev + `]`},
 	}
 }

@@ -360,8 +360,8 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{}, &w.enc)
-	if len(value) > h.limits.Event.MaxEventBytes {
-		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, tooLargeMessage(h.limits.Event.MaxEventBytes), 1)
+	if msg, ok := h.sizeOK(len(value), d); !ok {
+		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
 		return
 	}
 	if !h.allow(ctx, routeSingle, proj, 1) {
@@ -492,8 +492,9 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	// add encodes a valid event of proj and records its result.
 	add := func(ev *event.Event, proj *pgstore.KeyProject) {
 		var value []byte
-		if arena, key, value = encodeEvent(arena, ev, key, &w.enc); len(value) > h.limits.Event.MaxEventBytes {
-			results = append(results, result{code: string(httperr.PayloadTooLarge), message: tooLargeMessage(h.limits.Event.MaxEventBytes)})
+		arena, key, value = encodeEvent(arena, ev, key, &w.enc)
+		if msg, ok := h.sizeOK(len(value), d); !ok {
+			results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
 			return
 		}
 		if headerProj == nil {
@@ -570,9 +571,9 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		for _, line := range lines {
-			v, _, perr := d.Parse(line)
+			v, _, perr := d.ParseAs(line, h.path(len(results)))
 			if perr != nil {
-				results = append(results, result{code: perr.Code, message: h.path(len(results)) + " is not valid JSON"})
+				results = append(results, result{code: perr.Code, message: perr.Message})
 				continue
 			}
 			one(v)
@@ -929,6 +930,21 @@ func splitLines(b []byte) [][]byte {
 
 func tooLargeMessage(n int) string {
 	return "event is larger than " + strconv.Itoa(n) + " bytes once encoded"
+}
+
+// sizeOK checks an event's encoded size, and that size with its numbers as PostgreSQL
+// writes them out (d.NumberGrowth: 1e300 is read back as 301 digits), against the
+// per-event limit, so that reading events back is as bounded as accepting them. d built
+// the event last.
+func (h *Handler) sizeOK(encoded int, d *event.Decoder) (string, bool) {
+	limit := h.limits.Event.MaxEventBytes
+	switch {
+	case encoded > limit:
+		return tooLargeMessage(limit), false
+	case encoded+d.NumberGrowth() > limit:
+		return "event is larger than " + strconv.Itoa(limit) + " bytes once stored: its numbers are read back written out in full (1e300 is 301 digits)", false
+	}
+	return "", true
 }
 
 func ceilSeconds(d time.Duration) int {
