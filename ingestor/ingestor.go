@@ -23,6 +23,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor/internal/keycache"
 	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
+	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
@@ -61,6 +62,13 @@ type Config struct {
 	// refills at UnknownKeyRate per second. 0 disables the limit.
 	UnknownKeyRate  float64 `env:"INGEST_UNKNOWN_KEY_RATE" envDefault:"1"`
 	UnknownKeyBurst int     `env:"INGEST_UNKNOWN_KEY_BURST" envDefault:"100"`
+	// TrustedProxies are the reverse proxies (comma-separated CIDRs or addresses) whose
+	// ClientIPHeader names the client the unknown-key guard keys on; from any other peer
+	// the header is ignored. Empty: trust no one, the guard keys on the TCP peer.
+	TrustedProxies string `env:"INGEST_TRUSTED_PROXIES" envDefault:""`
+	// ClientIPHeader is the header the trusted proxies write: X-Forwarded-For or
+	// Forwarded (RFC 7239). Only that one is read.
+	ClientIPHeader string `env:"INGEST_CLIENT_IP_HEADER" envDefault:"X-Forwarded-For"`
 	// DrainDelay keeps answering 503 (readiness false) before closing the listener, so a
 	// load balancer notices first. 0 in the all-in-one.
 	DrainDelay time.Duration `env:"INGEST_DRAIN_DELAY" envDefault:"0s"`
@@ -94,6 +102,12 @@ func (c Config) Validate() error {
 	}
 	if c.UnknownKeyRate < 0 || c.UnknownKeyBurst < 1 {
 		errs = append(errs, errors.New("INGEST_UNKNOWN_KEY_RATE must be >= 0 and INGEST_UNKNOWN_KEY_BURST >= 1"))
+	}
+	if _, err := clientip.ParseTrusted(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("INGEST_TRUSTED_PROXIES: %w", err))
+	}
+	if _, err := clientip.ParseHeader(c.ClientIPHeader); err != nil {
+		errs = append(errs, fmt.Errorf("INGEST_CLIENT_IP_HEADER: %w", err))
 	}
 	if c.MaxBatchEvents < 1 {
 		errs = append(errs, errors.New("INGEST_MAX_BATCH_EVENTS must be >= 1"))
@@ -154,6 +168,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	h := intake.New(limits, keys, prod, ratelimit.New(cfg.RateLimit, cfg.MaxBatchEvents), deps.Logger, deps.Registerer)
 	h.SetKeyGuard(ratelimit.NewKeyGuard(cfg.UnknownKeyRate, cfg.UnknownKeyBurst))
+	trusted, _ := clientip.ParseTrusted(cfg.TrustedProxies) // checked by Validate
+	header, _ := clientip.ParseHeader(cfg.ClientIPHeader)
+	h.SetClientIP(clientip.New(trusted, header))
 	s := &Service{cfg: cfg, deps: deps, handler: h, keys: keys, producer: prod}
 	s.server = &fasthttp.Server{
 		Handler:                      h.ServeFastHTTP,

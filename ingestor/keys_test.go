@@ -268,6 +268,12 @@ func TestRateLimit(t *testing.T) {
 func TestUnknownKeysPerAddress(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withConfig(func(c *ingestor.Config) { c.UnknownKeyRate, c.UnknownKeyBurst = 0.01, 5 }))
+	// The project's key is in use from this address (so the ingestor knows it is valid);
+	// cold is valid too but has not been used.
+	r, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(b.project.APIKey)), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusAccepted, r.status)
+	cold := b.newProject(t, "cold").APIKey
 	for i := range 5 {
 		unknown, err := apikey.Generate()
 		require.NoError(t, err)
@@ -276,9 +282,11 @@ func TestUnknownKeysPerAddress(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, r.status, "attempt %d", i)
 	}
 	before := b.keyQueries.Load()
-	// Spent: the next request from this address is refused before its key is looked up,
-	// even with a valid key (an enumerating client must not learn which keys are valid).
-	for _, key := range []string{"pb_live_anotherunknownkeyanotherunknown", b.project.APIKey} {
+	// Spent: the next request from this address is refused before its key is looked up
+	// unless the key is known valid (issue 16 item 5): an enumerating client learns nothing
+	// about the keys it guesses, a valid key in use is never refused for other clients'
+	// bad keys. A valid key not used recently is refused too (it is not looked up).
+	for _, key := range []string{"pb_live_anotherunknownkeyanotherunknown", cold} {
 		r, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(key)), nil)
 		require.NoError(t, err)
 		require.Equal(t, http.StatusTooManyRequests, r.status)
@@ -286,6 +294,9 @@ func TestUnknownKeysPerAddress(t *testing.T) {
 		require.NotEmpty(t, r.header.Get("Retry-After"))
 	}
 	require.Equal(t, before, b.keyQueries.Load(), "a blocked address causes no key lookup")
+	r, err = b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(b.project.APIKey)), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusAccepted, r.status, "a valid key in use is not refused")
 
 	// Another client address keeps working.
 	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{

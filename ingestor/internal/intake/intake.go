@@ -32,6 +32,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor/internal/keycache"
 	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
+	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
@@ -62,6 +63,12 @@ type KeyResolver interface {
 	Resolve(ctx context.Context, key string) (pgstore.KeyProject, error)
 }
 
+// knownKeys is implemented by a KeyResolver that can tell, without I/O, that a key
+// resolved to a project recently (keycache.Resolver.Known).
+type knownKeys interface {
+	Known(key string) bool
+}
+
 // Producer writes to Kafka and waits for acks (producer.Producer). It may keep the
 // messages' Key and Value after returning, never the msgs slice itself (the handler reuses
 // it). free, when not nil, is called once it holds none of them any more; it need not be
@@ -77,6 +84,8 @@ type Handler struct {
 	prod     Producer
 	limiter  *ratelimit.Limiter
 	guard    *ratelimit.KeyGuard // nil: no per-address limit on unknown keys
+	known    knownKeys           // nil: no key counts as known valid to the guard
+	clientIP *clientip.Resolver  // nil: the client is the TCP peer
 	logger   *slog.Logger
 	draining atomic.Bool
 	decoders sync.Pool // *event.Decoder
@@ -103,6 +112,7 @@ type work struct {
 // New returns a Handler and registers its metrics.
 func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, logger *slog.Logger, reg prometheus.Registerer) *Handler {
 	h := &Handler{limits: l, keys: keys, prod: prod, limiter: limiter, logger: logger, now: time.Now}
+	h.known, _ = keys.(knownKeys)
 	h.decoders.New = func() any { return event.NewDecoder(l.Event) }
 	h.work.New = func() any { return new(work) }
 	h.paths = make([]string, min(l.MaxBatchEvents, 10_000))
@@ -175,6 +185,10 @@ func (m *routeMetrics) observer() prometheus.Observer {
 // SetKeyGuard limits unknown-key attempts per client address (B34); nil disables it.
 func (h *Handler) SetKeyGuard(g *ratelimit.KeyGuard) { h.guard = g }
 
+// SetClientIP makes the guard key on the client address that trusted proxies report
+// (pkg/clientip) instead of the TCP peer's; nil trusts no proxy.
+func (h *Handler) SetClientIP(r *clientip.Resolver) { h.clientIP = r }
+
 // SetDraining makes every new request answer 503 and close its connection: the first
 // step of a graceful shutdown, before the listener closes.
 func (h *Handler) SetDraining() { h.draining.Store(true) }
@@ -234,13 +248,6 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		h.unavailable(ctx, route, "the ingestor is shutting down; retry", 1)
 		return
-	}
-	if h.guard != nil {
-		if wait, blocked := h.guard.Blocked(clientAddr(ctx), h.now()); blocked {
-			ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(wait))))
-			h.fail(ctx, route, httperr.RateLimited, "Too many requests with invalid API keys from this address; retry after the Retry-After delay", 1)
-			return
-		}
 	}
 	if route == routeSingle {
 		h.single(ctx)
@@ -473,9 +480,27 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	)
 	results := w.results[:0]
 	msgs := w.msgs[:0]
+	// The unknown-key guard (B34) for the events' own keys: the client address is found
+	// once, and a refused key refuses the whole request (guardWait >= 0), as a refused
+	// header key does.
+	var (
+		addr      netip.Addr
+		addrFound bool
+		guardWait = time.Duration(-1)
+	)
 	// project resolves the project of an event without a header key from its apiKey; on
 	// failure it records the event's result and returns nil.
 	project := func(key string) *pgstore.KeyProject {
+		if h.guard != nil && h.guard.Active() {
+			if !addrFound {
+				addr, addrFound = h.clientAddr(ctx), true
+			}
+			if wait, refused := h.keyRefused(addr, key); refused {
+				guardWait = max(guardWait, wait)
+				results = append(results, result{code: string(httperr.RateLimited), message: guardMessage})
+				return nil
+			}
+		}
 		p, err := h.keys.Resolve(context.Background(), key)
 		switch {
 		case errors.Is(err, keycache.ErrUnknownKey):
@@ -608,6 +633,10 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	doneDecoding() // what follows waits for the broker, not the CPU
+	if guardWait >= 0 {
+		h.guardRefused(ctx, routeBatch, guardWait, len(results))
+		return
+	}
 	if keyErr != nil {
 		h.logger.Warn("API key lookup failed", "err", keyErr)
 		h.unavailable(ctx, routeBatch, "API keys cannot be checked right now; retry", len(results))
@@ -743,6 +772,12 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 }
 
 func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.KeyProject, bool) {
+	if h.guard != nil && h.guard.Active() {
+		if wait, refused := h.keyRefused(h.clientAddr(ctx), key); refused {
+			h.guardRefused(ctx, route, wait, 1)
+			return pgstore.KeyProject{}, false
+		}
+	}
 	p, err := h.keys.Resolve(context.Background(), key)
 	switch {
 	case err == nil:
@@ -762,18 +797,59 @@ func (h *Handler) unknownKey(ctx *fasthttp.RequestCtx) {
 	if h.guard == nil {
 		return
 	}
-	addr := clientAddr(ctx)
+	addr := h.clientAddr(ctx)
 	if h.guard.Failed(addr, h.now()) {
 		// The key itself is never logged; the address is what an operator acts on.
-		h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429",
-			"client", addr.String())
+		h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429 to its keys not known valid",
+			"client", addr.String(), "peer", peerAddr(ctx).String())
 	}
 }
 
-// clientAddr is the TCP peer's address. X-Forwarded-For is not trusted: behind a proxy
-// the guard sees the proxy's address, so raise INGEST_UNKNOWN_KEY_BURST there or set
-// INGEST_UNKNOWN_KEY_RATE=0 and limit at the proxy.
-func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+// guardMessage answers a key the unknown-key guard refused.
+const guardMessage = "Too many requests with invalid API keys from this address; retry after the Retry-After delay"
+
+// keyRefused is the unknown-key guard's rule (B34, issue 16 item 5): a key presented from
+// addr is refused before any lookup when addr has used up its unknown-key attempts and the
+// key is not known valid, i.e. it did not resolve to a project recently (a local cache
+// entry, no I/O). So other clients' bad keys at the same address (a NAT, a proxy nobody
+// configured as trusted) never refuse a valid key in use, while a blocked address still
+// cannot have keys it guesses looked up: a guess passes only if it is a key somebody is
+// using, which with 190-bit keys is no guess at all. A valid key that this ingestor has
+// not seen in the last cache TTLs is still refused from a blocked address until its
+// bucket refills.
+func (h *Handler) keyRefused(addr netip.Addr, key string) (time.Duration, bool) {
+	wait, blocked := h.guard.Blocked(addr, h.now())
+	if !blocked || (h.known != nil && h.known.Known(key)) {
+		return 0, false
+	}
+	return wait, true
+}
+
+// guardRefused answers 429 for a key the guard refused.
+func (h *Handler) guardRefused(ctx *fasthttp.RequestCtx, route string, wait time.Duration, n int) {
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(wait))))
+	h.fail(ctx, route, httperr.RateLimited, guardMessage, n)
+}
+
+// clientAddr is the address the guard keys on: the TCP peer's, or, when the peer is a
+// trusted proxy (INGEST_TRUSTED_PROXIES), the client address its X-Forwarded-For or
+// Forwarded header reports (pkg/clientip: the right-most entry that is not a trusted
+// proxy; a malformed header gives the peer). From any other peer the header is ignored,
+// so a client cannot pick the address it is limited by.
+func (h *Handler) clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+	peer := peerAddr(ctx)
+	if !h.clientIP.Enabled() || !h.clientIP.Trusted(peer) {
+		return peer
+	}
+	var values []string
+	for _, v := range ctx.Request.Header.PeekAll(h.clientIP.Header().String()) {
+		values = append(values, string(v))
+	}
+	return h.clientIP.ClientAddr(peer, values)
+}
+
+// peerAddr is the TCP peer's address.
+func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
 		if a, ok := netip.AddrFromSlice(ta.IP); ok {
 			return a.Unmap()

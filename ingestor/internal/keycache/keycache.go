@@ -219,6 +219,18 @@ func (r *Resolver) setRedis(ctx context.Context, key, val string, ttl time.Durat
 	}
 }
 
+// Known reports whether key resolved to a project recently: its local entry is a hit,
+// fresh or past its TTL (Resolve would serve it stale). It does no I/O, so the unknown-key
+// guard can ask it for every request of a blocked address (ingest B34, issue 16 item 5).
+// A revoked key stops being known when its invalidation arrives or its entry is refreshed.
+func (r *Resolver) Known(key string) bool {
+	if !apikey.Plausible(key) {
+		return false
+	}
+	e, ok := r.local.Peek(apikey.HashOf(key))
+	return ok && e.found
+}
+
 // Invalidate drops a key hash from the local cache.
 func (r *Resolver) Invalidate(h apikey.Hash) { r.local.Remove(h) }
 

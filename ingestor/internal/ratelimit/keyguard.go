@@ -15,6 +15,11 @@ import (
 // empty is refused with 429 before any key lookup until it refills. A client with a valid
 // key never touches its bucket, so a mistyped key costs a real SDK nothing it would notice,
 // while guessing keys is held to the refill rate. Buckets live in a bounded LRU.
+//
+// The address is the client's as trusted proxies report it (pkg/clientip,
+// INGEST_TRUSTED_PROXIES), and a blocked address is refused only keys that are not known
+// valid (intake's keyRefused): other clients' bad keys from a shared address never refuse
+// a valid key in use (issue 16 item 5).
 type KeyGuard struct {
 	rate  rate.Limit
 	burst int
@@ -39,6 +44,10 @@ func NewKeyGuard(perSecond float64, burst int) *KeyGuard {
 	c, _ := lru.New[netip.Addr, *guarded](100_000)
 	return &KeyGuard{rate: rate.Limit(perSecond), burst: max(1, burst), addrs: c}
 }
+
+// Active reports whether any address has presented an unknown key yet; until then no
+// address is blocked and callers need not even find the client's address.
+func (g *KeyGuard) Active() bool { return g.tracking.Load() }
 
 // Blocked reports whether addr has used up its unknown-key attempts, and when it may try
 // again.
