@@ -108,8 +108,12 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// Hash before looking at the e-mail, so a taken address costs the same time.
-	hash, err := s.hasher.Hash(r.Context(), password)
+	if err := s.registerAllowed(r); err != nil {
+		return err
+	}
+	// Hash before looking at the e-mail, so a taken address costs the same time. On the
+	// registrations' own slots: a flood of them cannot take the logins' (issue 16 item 6).
+	hash, err := s.regHasher.Hash(r.Context(), password)
 	if err != nil {
 		return err
 	}
@@ -118,6 +122,24 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 		return err // ErrEmailTaken → 409 EMAIL_TAKEN (a documented, accepted enumeration risk: compat)
 	}
 	return s.startSession(w, r, u, http.StatusCreated)
+}
+
+// registerAllowed counts a registration attempt for the client address and for all
+// clients (fixed windows, counted atomically in Redis) and refuses it with 429 and
+// Retry-After beyond API_REGISTER_IP_LIMIT or API_REGISTER_GLOBAL_LIMIT.
+func (s *Service) registerAllowed(r *http.Request) error {
+	ctx := r.Context()
+	scope := "ip"
+	wait := s.throttle.Allow(ctx, "register:"+ipKey(s.clientIP(r)), s.cfg.RegisterIPLimit, s.cfg.RegisterWindow)
+	if wait == 0 {
+		scope = "global"
+		wait = s.throttle.Allow(ctx, "register:all", s.cfg.RegisterGlobalLimit, s.cfg.RegisterWindow)
+	}
+	if wait == 0 {
+		return nil
+	}
+	s.m.registerThrottled.WithLabelValues(scope).Inc()
+	return &apiError{code: httperr.RateLimited, msg: "Too many registrations; retry after the Retry-After delay", retryAfter: wait}
 }
 
 // Throttle keys. Accounts are keyed by a hash of the normalised e-mail, so Redis holds
@@ -162,9 +184,23 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	acct, ip := accountKey(email), ipKey(s.clientIP(r))
-	if err := s.throttled(ctx, acct, ip); err != nil {
+	// Checking the throttle and counting this attempt as a failure are one atomic step
+	// per key (throttle.Limiter.Begin): N concurrent guesses at an unlocked moment get
+	// at most the failures left before the lock, not N (issue 16 item 6).
+	attempts, err := s.beginLogin(ctx, acct, ip)
+	if err != nil {
 		return err
 	}
+	// The attempt is taken back unless it ends as a wrong password (or unknown e-mail):
+	// a storage or hashing-capacity error is not a guess.
+	failed := false
+	defer func() {
+		if !failed {
+			for _, a := range attempts {
+				s.throttle.Succeeded(context.WithoutCancel(ctx), a)
+			}
+		}
+	}()
 	u, err := s.store.UserByEmail(ctx, email)
 	var ok bool
 	switch {
@@ -180,8 +216,7 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if !ok {
-		s.throttle.Fail(ctx, acct, s.accountPolicy())
-		s.throttle.Fail(ctx, ip, s.ipPolicy())
+		failed = true
 		return errInvalidCredentials
 	}
 	s.throttle.Reset(ctx, acct)
@@ -195,23 +230,29 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 	return s.startSession(w, r, u, http.StatusOK)
 }
 
-// throttled refuses a login while the account or the IP is backing off (B59).
-func (s *Service) throttled(ctx context.Context, keys ...string) error {
-	var wait time.Duration
-	scope := ""
+// beginLogin admits a login attempt on every key (account, IP) or refuses it while any
+// of them is backing off (B59). An admitted attempt is already counted as a failure on
+// each key; a refusal takes back what it had counted.
+func (s *Service) beginLogin(ctx context.Context, keys ...string) ([]throttle.Attempt, error) {
+	policies := map[string]throttle.Policy{"acct": s.accountPolicy(), "ip": s.ipPolicy()}
+	attempts := make([]throttle.Attempt, 0, len(keys))
 	for _, k := range keys {
-		if d := s.throttle.Locked(ctx, k); d > wait {
-			wait, scope = d, strings.SplitN(k, ":", 2)[0]
+		scope := strings.SplitN(k, ":", 2)[0]
+		wait, a := s.throttle.Begin(ctx, k, policies[scope])
+		if wait == 0 {
+			attempts = append(attempts, a)
+			continue
 		}
+		for _, a := range attempts {
+			s.throttle.Succeeded(context.WithoutCancel(ctx), a)
+		}
+		if scope == "acct" {
+			scope = "account"
+		}
+		s.m.loginThrottled.WithLabelValues(scope).Inc()
+		return nil, &apiError{code: httperr.RateLimited, msg: "Too many failed sign-in attempts; retry after the Retry-After delay", retryAfter: wait}
 	}
-	if wait == 0 {
-		return nil
-	}
-	if scope == "acct" {
-		scope = "account"
-	}
-	s.m.loginThrottled.WithLabelValues(scope).Inc()
-	return &apiError{code: httperr.RateLimited, msg: "Too many failed sign-in attempts; retry after the Retry-After delay", retryAfter: wait}
+	return attempts, nil
 }
 
 // startSession issues an access token and a new refresh-token family and answers with
@@ -335,7 +376,10 @@ func (s *Service) refresh(w http.ResponseWriter, r *http.Request) error {
 }
 
 // logout: POST /auth/logout (compat): the session's token family is revoked, the cookie
-// cleared, and the answer is the bare JSON `true`.
+// cleared, and the answer is the bare JSON `true`. The session is the refresh cookie's
+// and, when a valid Bearer access token comes along, the one that token names (its sid):
+// a client that only holds the access token logs out too (issue 16 item 6). A token
+// that does not verify, or that names no session (the old backend's), revokes nothing.
 func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkOrigin(r); err != nil {
 		return err
@@ -346,6 +390,40 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	if raw, ok := authn.BearerToken(r); ok {
+		if c, err := s.tokens.Verify(raw); err == nil {
+			if uid, err := c.UserID(); err == nil && c.Session() != uuid.Nil {
+				if err := s.store.RevokeSession(r.Context(), uid, c.Session(), s.now()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	writeBody(w, http.StatusOK, []byte("true"))
+	return nil
+}
+
+// UserStreams is implemented by a LiveStreams that can close one user's open streams
+// at once (the live Hub does). Without it, "log out everywhere" still ends them, within
+// the live revocation check interval.
+type UserStreams interface {
+	CloseUser(userID uuid.UUID) int
+}
+
+// logoutAll: POST /auth/logout-all (issue 16 item 6): every session of the caller is
+// revoked (refresh tokens, and with them every access token naming one; older tokens by
+// tokens_valid_after), the cookie is cleared and the caller's live streams are closed.
+// The answer is the bare JSON `true`, like logout's.
+func (s *Service) logoutAll(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	if err := s.store.RevokeAllSessions(r.Context(), p.UserID, s.now()); err != nil {
+		return err
+	}
+	if us, ok := s.deps.Live.(UserStreams); ok {
+		if n := us.CloseUser(p.UserID); n > 0 {
+			s.logger.Info("log out everywhere closed live streams", "request_id", requestID(r.Context()), "user_id", p.UserID.String(), "streams", n)
+		}
+	}
+	s.clearRefreshCookie(w)
 	writeBody(w, http.StatusOK, []byte("true"))
 	return nil
 }

@@ -423,7 +423,9 @@ func TestLoginThrottlingPerIP(t *testing.T) {
 // B61: hashing concurrency is bounded; the excess gets 503 with Retry-After, not a queue.
 func TestPasswordHashingIsBounded(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withEnv("API_BCRYPT_COST", "8", "API_HASH_CONCURRENCY", "1", "API_HASH_WAIT", "1ms"))
+	// Every attempt counts against the account while it is in flight (the atomic
+	// throttle), so 12 at once would reach the lock; this test is about hashing slots.
+	b := setup(t, withEnv("API_BCRYPT_COST", "8", "API_HASH_CONCURRENCY", "1", "API_HASH_WAIT", "1ms", "API_LOGIN_ACCOUNT_FREE_FAILURES", "100"))
 	c := b.client()
 	a := c.register("Busy", "busy@example.com", "password-1")
 	const n = 12
@@ -528,7 +530,7 @@ func TestConfigDefaults(t *testing.T) {
 // In production the refresh cookie is also Secure (B56).
 func TestProductionCookieIsSecure(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withEnv("PULSEBOARD_ENV", "production", "API_BCRYPT_COST", "12"))
+	b := setup(t, withEnv("PULSEBOARD_ENV", "production", "API_BCRYPT_COST", "12", "CORS_ORIGIN", otherOrigin))
 	c := b.client()
 	// The register hashes at cost 12: slow under -race (seconds, more on a loaded machine),
 	// but this is the production path; give it time rather than a flaky deadline.

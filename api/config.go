@@ -3,6 +3,8 @@ package api
 import (
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -65,6 +67,16 @@ type Config struct {
 	// LoginThrottlePrefix prefixes the Redis keys of login throttling
 	// [pulseboard:login:]; deployments sharing a Redis can separate themselves.
 	LoginThrottlePrefix string `env:"API_LOGIN_THROTTLE_PREFIX" envDefault:"pulseboard:login:"`
+	// Registration (issue 16 item 6). Each client address may attempt
+	// RegisterIPLimit registrations [10] and all clients together RegisterGlobalLimit
+	// [300] per fixed RegisterWindow [10m]; beyond that /auth/register answers 429 with
+	// Retry-After. Registrations hash on their own RegisterHashConcurrency slots (0:
+	// GOMAXPROCS/4, at least 1) [0], separate from the logins' API_HASH_CONCURRENCY, so
+	// a registration flood cannot make logins fail with 503.
+	RegisterIPLimit         int           `env:"API_REGISTER_IP_LIMIT" envDefault:"10"`
+	RegisterGlobalLimit     int           `env:"API_REGISTER_GLOBAL_LIMIT" envDefault:"300"`
+	RegisterWindow          time.Duration `env:"API_REGISTER_WINDOW" envDefault:"10m"`
+	RegisterHashConcurrency int           `env:"API_REGISTER_HASH_CONCURRENCY" envDefault:"0"`
 	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies whose
 	// X-Forwarded-For is believed when finding the client IP [none].
 	TrustedProxies []string `env:"API_TRUSTED_PROXIES" envSeparator:","`
@@ -106,6 +118,17 @@ func (c Config) Validate() error {
 	}
 	if c.Production() {
 		check(c.AccessSecret != "", "JWT_ACCESS_SECRET is required with PULSEBOARD_ENV=production")
+		// Length alone lets "aaaa…" through (issue 16 item 6).
+		check(c.AccessSecret == "" || len(c.AccessSecret) < auth.MinSecretBytes || HighEntropySecret(string(c.AccessSecret)),
+			"JWT_ACCESS_SECRET looks low-entropy (a repeated character or pattern, a word): production needs at least %d bits by byte-frequency estimate and %.1f bits per byte; generate one with `openssl rand -base64 48`",
+			minSecretBits, minSecretBitsPerByte)
+		// Every CORS origin is allowed with credentials (cookies), so in production a
+		// loopback origin would let any page served on the user's own machine act as
+		// the dashboard (issue 16 item 6).
+		for _, o := range c.CORSOrigins {
+			check(!validOrigin(o) || !loopbackOrigin(o),
+				"CORS_ORIGIN: %q is a localhost origin, refused with PULSEBOARD_ENV=production (origins are allowed with credentials)", o)
+		}
 	}
 	check(c.AccessSecret == "" || len(c.AccessSecret) >= auth.MinSecretBytes,
 		"JWT_ACCESS_SECRET must be at least %d bytes (256 random bits)", auth.MinSecretBytes)
@@ -124,6 +147,10 @@ func (c Config) Validate() error {
 	check(c.LoginBackoffMax >= c.LoginBackoffBase, "API_LOGIN_BACKOFF_MAX must be >= API_LOGIN_BACKOFF_BASE")
 	check(c.LoginFailureTTL >= c.LoginBackoffMax, "API_LOGIN_FAILURE_TTL must be >= API_LOGIN_BACKOFF_MAX")
 	check(c.LoginThrottlePrefix != "", "API_LOGIN_THROTTLE_PREFIX must not be empty")
+	check(c.RegisterIPLimit >= 1, "API_REGISTER_IP_LIMIT must be >= 1, got %d", c.RegisterIPLimit)
+	check(c.RegisterGlobalLimit >= c.RegisterIPLimit, "API_REGISTER_GLOBAL_LIMIT must be >= API_REGISTER_IP_LIMIT, got %d", c.RegisterGlobalLimit)
+	check(c.RegisterWindow >= time.Second, "API_REGISTER_WINDOW must be at least 1s, got %s", c.RegisterWindow)
+	check(c.RegisterHashConcurrency >= 0, "API_REGISTER_HASH_CONCURRENCY must be >= 0, got %d", c.RegisterHashConcurrency)
 	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
 	}
@@ -141,6 +168,54 @@ func (c Config) Validate() error {
 func (c Config) String() string {
 	return fmt.Sprintf("host=%s port=%d env=%s cors=%s access_secret=%s access_ttl=%s refresh_ttl=%s bcrypt_cost=%d",
 		c.Host, c.Port, c.Env, strings.Join(c.CORSOrigins, ","), c.AccessSecret, c.AccessTTL, c.RefreshTTL, c.BcryptCost)
+}
+
+// Production secret rule: the Shannon entropy of the secret's byte frequencies must be
+// at least minSecretBitsPerByte per byte and, times its length, at least minSecretBits.
+// A random base64 or hex secret of 32+ bytes passes easily (about 5 and 4 bits per
+// byte); a repeated character (0 bits), a short repeated pattern or a word does not.
+const (
+	minSecretBits        = 128
+	minSecretBitsPerByte = 3.0
+)
+
+// HighEntropySecret applies the production secret rule above.
+func HighEntropySecret(secret string) bool {
+	if secret == "" {
+		return false
+	}
+	var counts [256]int
+	for i := 0; i < len(secret); i++ {
+		counts[secret[i]]++
+	}
+	n := float64(len(secret))
+	h := 0.0
+	for _, c := range counts {
+		if c > 0 {
+			p := float64(c) / n
+			h -= p * math.Log2(p)
+		}
+	}
+	return h >= minSecretBitsPerByte && h*n >= minSecretBits
+}
+
+// loopbackOrigin reports whether a valid origin's host is localhost (or a name under
+// .localhost), a loopback address (127.0.0.0/8, ::1) or the unspecified address.
+func loopbackOrigin(o string) bool {
+	_, rest, _ := strings.Cut(o, "://")
+	host := rest
+	if h, _, err := net.SplitHostPort(rest); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(strings.ToLower(host), "[]"), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		a = a.Unmap()
+		return a.IsLoopback() || a.IsUnspecified()
+	}
+	return false
 }
 
 func validOrigin(o string) bool {

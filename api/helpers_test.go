@@ -102,6 +102,9 @@ func testEnv() config.Env {
 		"CORS_ORIGIN":       dashboardOrigin + "," + otherOrigin,
 		// Redis is shared by every test (and run): each api gets its own throttle keys.
 		"API_LOGIN_THROTTLE_PREFIX": "pbtest:" + uuid.NewString() + ":login:",
+		// Tests register many accounts from 127.0.0.1; TestRegisterThrottled* lower these.
+		"API_REGISTER_IP_LIMIT":     "100000",
+		"API_REGISTER_GLOBAL_LIMIT": "100000",
 	}
 }
 

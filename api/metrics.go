@@ -6,12 +6,14 @@ import (
 )
 
 type metrics struct {
-	requests         *prometheus.CounterVec
-	duration         *prometheus.HistogramVec
-	loginThrottled   *prometheus.CounterVec
-	refreshReuse     prometheus.Counter
-	throttleFallback prometheus.Counter
-	hashRejected     prometheus.Counter
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	loginThrottled *prometheus.CounterVec
+	// registerThrottled counts registrations refused with 429 (scope ip or global).
+	registerThrottled *prometheus.CounterVec
+	refreshReuse      prometheus.Counter
+	throttleFallback  prometheus.Counter
+	hashRejected      prometheus.Counter
 }
 
 // newMetrics registers the api's metrics. Labels are bounded: route is a ServeMux
@@ -32,6 +34,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pulseboard_api_login_throttled_total",
 			Help: "Login attempts refused with 429 because the account or the client IP is backing off.",
 		}, []string{"scope"}),
+		registerThrottled: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_api_register_throttled_total",
+			Help: "Registrations refused with 429 because the client address or all clients together reached their limit.",
+		}, []string{"scope"}),
 		refreshReuse: f.NewCounter(prometheus.CounterOpts{
 			Name: "pulseboard_api_refresh_reuse_detected_total",
 			Help: "Rotated refresh tokens presented again after the grace window; each revoked its token family.",
@@ -47,5 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.loginThrottled.WithLabelValues("account")
 	m.loginThrottled.WithLabelValues("ip")
+	m.registerThrottled.WithLabelValues("ip")
+	m.registerThrottled.WithLabelValues("global")
 	return m
 }

@@ -76,6 +76,7 @@ func testConfig() Config {
 		AccessTTL: Duration(15 * 60e9), RefreshTTL: Duration(7 * 24 * 3600e9), BcryptCost: 4, HashWait: 1e9,
 		RefreshReuseGrace: 10e9, LoginAccountFreeFailures: 5, LoginIPFreeFailures: 20, LoginBackoffBase: 1e9,
 		LoginBackoffMax: 60e9, LoginFailureTTL: 3600e9, LoginThrottlePrefix: "x:", MaxBodyBytes: 65536,
+		RegisterIPLimit: 10, RegisterGlobalLimit: 300, RegisterWindow: 600e9,
 		ReadHeaderTimeout: 5e9, ReadTimeout: 5e9, WriteTimeout: 5e9, IdleTimeout: 5e9, MaxHeaderBytes: 8192, ShutdownTimeout: 5e9,
 	}
 }

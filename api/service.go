@@ -77,11 +77,13 @@ type Service struct {
 	m      *metrics
 	now    func() time.Time
 
-	store    *store.Store
-	tokens   *auth.Tokens
-	authn    *authn.Authenticator
-	hasher   *passwords.Hasher
-	throttle *throttle.Limiter
+	store  *store.Store
+	tokens *auth.Tokens
+	authn  *authn.Authenticator
+	hasher *passwords.Hasher // logins
+	// regHasher hashes registrations on slots of their own (issue 16 item 6).
+	regHasher *passwords.Hasher
+	throttle  *throttle.Limiter
 
 	origins        map[string]bool
 	trustedProxies []netip.Prefix
@@ -134,6 +136,13 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		conc = runtime.GOMAXPROCS(0)
 	}
 	if s.hasher, err = passwords.New(cfg.BcryptCost, conc, cfg.HashWait); err != nil {
+		return nil, err
+	}
+	regConc := cfg.RegisterHashConcurrency
+	if regConc == 0 {
+		regConc = max(1, runtime.GOMAXPROCS(0)/4)
+	}
+	if s.regHasher, err = passwords.New(cfg.BcryptCost, regConc, cfg.HashWait); err != nil {
 		return nil, err
 	}
 	s.m = newMetrics(deps.Registerer)
@@ -196,6 +205,7 @@ func (s *Service) routes() {
 	m("POST /auth/login", s.handle(s.login))
 	m("POST /auth/refresh", s.handle(s.refresh))
 	m("POST /auth/logout", s.handle(s.logout))
+	m("POST /auth/logout-all", s.authed(s.logoutAll))
 	m("GET /me", s.authed(s.me))
 
 	m("POST /projects", s.authed(s.createProject))

@@ -299,3 +299,22 @@ const ws4004ProjectGone = 4004
 func revoked(iat, validAfter time.Time) bool {
 	return iat.Before(validAfter.Truncate(time.Second))
 }
+
+// CloseUser closes every open stream of the user at once, as the revocation check
+// would (WebSocket close "token revoked", SSE response ended): "log out everywhere"
+// (POST /auth/logout-all) calls it after revoking the sessions, so the streams do not
+// outlive the logout by up to RevocationCheckInterval. It returns how many it closed.
+func (h *Hub) CloseUser(userID uuid.UUID) int {
+	h.connMu.Lock()
+	var open []*client
+	for c := range h.clients {
+		if c.userID == userID {
+			open = append(open, c)
+		}
+	}
+	h.connMu.Unlock()
+	for _, c := range open {
+		c.kill(closeTokenExpired, "token revoked", "")
+	}
+	return len(open)
+}

@@ -394,6 +394,19 @@ func TestRevocationClosesOpenStreams(t *testing.T) {
 	sse.ended(t)
 }
 
+// CloseUser ("log out everywhere", issue 16 item 6) closes the user's streams at once,
+// without waiting for the revocation check (here an hour), and only theirs.
+func TestCloseUserClosesOnlyThatUsersStreams(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *setupOpts) { o.cfg.RevocationCheckInterval = time.Hour })
+	c := b.dialWS(t)
+	sse := b.openSSE(t, nil, "?token="+b.token)
+	require.Zero(t, b.hub.CloseUser(uuid.New()), "another user has no streams")
+	require.Equal(t, 2, b.hub.CloseUser(b.user.ID))
+	require.Equal(t, websocket.StatusCode(4001), readWSClose(t, c))
+	sse.ended(t)
+}
+
 // Close ends every stream (WebSocket 1001) and refuses new ones.
 func TestCloseSendsGoingAway(t *testing.T) {
 	t.Parallel()

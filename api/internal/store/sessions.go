@@ -175,3 +175,11 @@ func revokeFamily(ctx context.Context, tx pgx.Tx, family uuid.UUID, now time.Tim
 	_, err := tx.Exec(ctx, `UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL`, family, now)
 	return mapErr("revoking refresh token family", err)
 }
+
+// RevokeSession revokes the session (refresh-token family) of the user: logout by an
+// access token's sid. An unknown session is not an error: logout always succeeds.
+func (s *Store) RevokeSession(ctx context.Context, userID, family uuid.UUID, now time.Time) error {
+	_, err := s.db.Exec(ctx, `UPDATE refresh_tokens SET revoked_at = $3 WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL`,
+		family, userID, now)
+	return mapErr("revoking session", err)
+}
