@@ -94,16 +94,9 @@ func (l *Limiter) Succeeded(ctx context.Context, a Attempt) {
 func (m *memory) begin(key string, p Policy, now time.Time) (time.Duration, Attempt) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e := m.entries[key]
-	if e != nil && !now.After(e.expire) && e.until.After(now) {
+	e := m.live(key, now)
+	if e.until.After(now) {
 		return e.until.Sub(now), Attempt{}
-	}
-	if e == nil || now.After(e.expire) {
-		if len(m.entries) >= m.max {
-			m.evict(now)
-		}
-		e = &entry{}
-		m.entries[key] = e
 	}
 	e.n++
 	lock := p.lockFor(e.n)

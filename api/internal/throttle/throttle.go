@@ -186,6 +186,19 @@ func (m *memory) locked(key string, now time.Time) time.Duration {
 func (m *memory) fail(key string, p Policy, now time.Time) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	e := m.live(key, now)
+	e.n++
+	lock := p.lockFor(e.n)
+	if lock > 0 {
+		e.until = now.Add(lock)
+	}
+	e.expire = now.Add(p.Forget + lock)
+	return lock
+}
+
+// live returns key's entry, a new one if it has none or its window expired (evicting
+// expired entries when the table is full). The caller holds m.mu.
+func (m *memory) live(key string, now time.Time) *entry {
 	e := m.entries[key]
 	if e == nil || now.After(e.expire) {
 		if len(m.entries) >= m.max {
@@ -194,13 +207,7 @@ func (m *memory) fail(key string, p Policy, now time.Time) time.Duration {
 		e = &entry{}
 		m.entries[key] = e
 	}
-	e.n++
-	lock := p.lockFor(e.n)
-	if lock > 0 {
-		e.until = now.Add(lock)
-	}
-	e.expire = now.Add(p.Forget + lock)
-	return lock
+	return e
 }
 
 func (m *memory) reset(key string) {
