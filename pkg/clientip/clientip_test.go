@@ -120,8 +120,7 @@ func TestClientAddr(t *testing.T) {
 		{"fwd unquoted IPv6 with port falls back", fwd, proxy, []string{"for=[2001:db8::1]:4711x"}, proxy},
 		{"fwd resolver ignores X-Forwarded-For syntax", fwd, proxy, []string{"203.0.113.7"}, proxy},
 	} {
-		var peer netip.Addr
-		peer = netip.MustParseAddr(tc.peer)
+		peer := netip.MustParseAddr(tc.peer)
 		got := tc.r.ClientAddr(peer, tc.values)
 		if got.String() != tc.want {
 			t.Errorf("%s: ClientAddr(%s, %q) = %v, want %s", tc.name, tc.peer, tc.values, got, tc.want)
