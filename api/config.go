@@ -12,6 +12,7 @@ import (
 
 	"github.com/pulseboard/pulseboard/api/internal/live"
 	"github.com/pulseboard/pulseboard/pkg/auth"
+	"github.com/pulseboard/pulseboard/pkg/clientip"
 )
 
 // Config is the api's configuration. Environment variable names are in the tags; the
@@ -151,7 +152,7 @@ func (c Config) Validate() error {
 	check(c.RegisterGlobalLimit >= c.RegisterIPLimit, "API_REGISTER_GLOBAL_LIMIT must be >= API_REGISTER_IP_LIMIT, got %d", c.RegisterGlobalLimit)
 	check(c.RegisterWindow >= time.Second, "API_REGISTER_WINDOW must be at least 1s, got %s", c.RegisterWindow)
 	check(c.RegisterHashConcurrency >= 0, "API_REGISTER_HASH_CONCURRENCY must be >= 0, got %d", c.RegisterHashConcurrency)
-	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+	if _, err := clientip.ParseTrusted(strings.Join(c.TrustedProxies, ",")); err != nil {
 		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
 	}
 	check(c.MaxBodyBytes >= 1024 && c.MaxBodyBytes <= 16<<20, "API_MAX_BODY_BYTES must be between 1024 and 16777216, got %d", c.MaxBodyBytes)
@@ -224,30 +225,6 @@ func validOrigin(o string) bool {
 		return false
 	}
 	return !strings.ContainsAny(rest, "/?#*@ ")
-}
-
-func parsePrefixes(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
 }
 
 // Secret is a configuration value that is never printed.

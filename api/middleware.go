@@ -181,39 +181,12 @@ func (s *Service) router(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, newError(httperr.NotFound, "Route "+r.Method+":"+r.URL.Path+" not found"))
 }
 
-// clientIP is the peer address, or, when the peer is a trusted proxy, the right-most
-// X-Forwarded-For address that is not itself a trusted proxy.
+// clientIP is the peer address, or, when the peer is a trusted proxy
+// (API_TRUSTED_PROXIES), the right-most X-Forwarded-For address that is not itself a
+// trusted proxy (pkg/clientip, which the ingestor uses too).
 func (s *Service) clientIP(r *http.Request) netip.Addr {
 	peer, _ := netip.ParseAddrPort(r.RemoteAddr)
-	ip := peer.Addr().Unmap()
-	if !s.trusted(ip) {
-		return ip
-	}
-	xff := r.Header.Values("X-Forwarded-For")
-	for i := len(xff) - 1; i >= 0; i-- {
-		parts := strings.Split(xff[i], ",")
-		for j := len(parts) - 1; j >= 0; j-- {
-			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
-			if err != nil {
-				return ip
-			}
-			a = a.Unmap()
-			if !s.trusted(a) {
-				return a
-			}
-			ip = a
-		}
-	}
-	return ip
-}
-
-func (s *Service) trusted(a netip.Addr) bool {
-	for _, p := range s.trustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return s.clientIPs.ClientAddr(peer.Addr(), r.Header.Values("X-Forwarded-For"))
 }
 
 // responseWriter records the status and size for logs and metrics. It keeps every

@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +23,7 @@ import (
 	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/api/internal/throttle"
 	"github.com/pulseboard/pulseboard/pkg/auth"
+	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 )
 
@@ -85,8 +86,8 @@ type Service struct {
 	regHasher *passwords.Hasher
 	throttle  *throttle.Limiter
 
-	origins        map[string]bool
-	trustedProxies []netip.Prefix
+	origins   map[string]bool
+	clientIPs *clientip.Resolver
 
 	mux      *http.ServeMux
 	patterns []string // registered, for the OpenAPI coverage test
@@ -152,7 +153,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	for _, o := range cfg.CORSOrigins {
 		s.origins[o] = true
 	}
-	s.trustedProxies, _ = parsePrefixes(cfg.TrustedProxies) // validated above
+	trusted, _ := clientip.ParseTrusted(strings.Join(cfg.TrustedProxies, ",")) // validated above
+	s.clientIPs = clientip.New(trusted, clientip.XForwardedFor)
 
 	s.mux = http.NewServeMux()
 	s.routes()
