@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -131,13 +130,6 @@ func TestExposureAdminDefaults(t *testing.T) {
 	}
 }
 
-// adminProc is a standalone service started for its admin port.
-type adminProc struct {
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{}
-}
-
 // startForAdmin starts bin in an empty directory (no .env) with the environment minus
 // every ADMIN_* variable, plus env, and returns the address its admin server reports.
 func startForAdmin(t *testing.T, name, bin string, env ...string) string {
@@ -148,27 +140,7 @@ func startForAdmin(t *testing.T, name, bin string, env ...string) string {
 			base = append(base, kv)
 		}
 	}
-	p := &adminProc{cmd: exec.Command(bin), logs: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Dir = t.TempDir()
-	p.cmd.Env = append(append(base, "ADMIN_PORT=0"), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("%s logs:\n%s", name, p.logs.String())
-		}
-	})
+	p := startProcIn(t, t.TempDir(), name, bin, append(append(base, "ADMIN_PORT=0"), env...))
 	deadline := time.After(60 * time.Second)
 	for {
 		if addr := adminAddrFromLogs(p.logs.String()); addr != "" {

@@ -30,7 +30,14 @@ type proc struct {
 
 func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
+	return startProcIn(t, "", name, bin, env, args...)
+}
+
+// startProcIn is startProc with dir as the working directory ("" = the test's).
+func startProcIn(t *testing.T, dir, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Dir = dir
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	require.NoError(t, p.cmd.Start())
