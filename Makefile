@@ -35,7 +35,7 @@ run: build
 
 test: test-services test-embedded test-real-kafka
 
-# Installs (when missing) and starts (when stopped) PostgreSQL, Redis, kcat, promtool,
+# Installs (when missing) and starts (when stopped) PostgreSQL, Redis, kcat, promtool, nginx,
 # Java and Maven; .ci/run uses the same script.
 test-services:
 	@./scripts/test-services.sh

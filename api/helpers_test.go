@@ -176,6 +176,17 @@ type client struct {
 	b     *bundle
 	http  *http.Client
 	token string
+	base  string // when set, requests go here instead of the api (a proxy in front)
+}
+
+// via is a client whose requests go to base (a reverse proxy in front of the api) over
+// connections from the loopback address localIP.
+func (b *bundle) via(base, localIP string) *client {
+	c := b.client()
+	c.base = base
+	c.http.Transport = &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}).DialContext}
+	b.t.Cleanup(c.http.Transport.(*http.Transport).CloseIdleConnections)
+	return c
 }
 
 func (b *bundle) client() *client {
@@ -242,7 +253,11 @@ func (c *client) do(method, path string, body any, headers ...string) response {
 		require.NoError(c.t, err)
 		rd, ct = bytes.NewReader(b), "application/json"
 	}
-	req, err := http.NewRequest(method, c.b.base+path, rd)
+	base := c.b.base
+	if c.base != "" {
+		base = c.base
+	}
+	req, err := http.NewRequest(method, base+path, rd)
 	require.NoError(c.t, err)
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)

@@ -6,10 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -17,6 +15,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/pkg/apikey"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/testenv/nginx"
 )
 
 // clientFrom is an HTTP client whose connections come from the loopback address ip.
@@ -43,22 +42,12 @@ func postFrom(t *testing.T, c *http.Client, base, key, xff string) int {
 	return resp.StatusCode
 }
 
-// reverseProxy starts net/http/httputil.ReverseProxy on 127.0.0.1 in front of target. It
-// appends the address it received each request from to X-Forwarded-For, as nginx's
-// $proxy_add_x_forwarded_for and cloud load balancers do, and reaches target from
-// 127.0.0.1.
+// reverseProxy starts a real nginx (pkg/testenv/nginx) on 127.0.0.1 in front of target,
+// configured as production configs are: it appends the address it received each request
+// from to X-Forwarded-For ($proxy_add_x_forwarded_for) and reaches target from 127.0.0.1.
 func reverseProxy(t *testing.T, target string) string {
 	t.Helper()
-	u, err := url.Parse(target)
-	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(u))
-	srv.Listener.Close()
-	srv.Listener = ln
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv.URL
+	return nginx.Start(t, nginx.Options{Upstream: strings.TrimPrefix(target, "http://")}).URL
 }
 
 func badKey(t *testing.T) string {

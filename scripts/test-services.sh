@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts (when stopped) what `make test` needs, idempotently:
 # PostgreSQL on 127.0.0.1:5432 (user postgres, trust on loopback), Redis on
-# 127.0.0.1:6379, kcat, promtool, Java and Maven (the real-Kafka tier runs Apache Kafka as
+# 127.0.0.1:6379, kcat, promtool, nginx, Java and Maven (the real-Kafka tier runs Apache Kafka as
 # a JVM process and resolves its jars from Maven Central once per version).
 #
 # `make test` and `.ci/run` both run it. Installing needs root and Debian's apt; where a
@@ -64,6 +64,9 @@ command -v kcat >/dev/null || apt_install kcat
 # promtool (Debian ships it in the prometheus package): the deploy tests check the
 # Prometheus config, the alert rules and their unit tests with it.
 command -v promtool >/dev/null || apt_install prometheus
+# nginx (Debian's nginx-light; its service is not used): the tests that run the services
+# behind a real reverse proxy start their own (pkg/testenv/nginx).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light
 # Java 17+ and Maven for the real Apache Kafka brokers.
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven

@@ -56,7 +56,7 @@ func (g *KeyGuard) Blocked(addr netip.Addr, now time.Time) (time.Duration, bool)
 		return 0, false
 	}
 	g.mu.Lock()
-	b, ok := g.addrs.Get(addr)
+	b, ok := g.addrs.Get(guardAddr(addr))
 	g.mu.Unlock()
 	if !ok {
 		return 0, false
@@ -72,6 +72,7 @@ func (g *KeyGuard) Blocked(addr netip.Addr, now time.Time) (time.Duration, bool)
 // runs out of attempts, so the caller logs one warning per address (possible key
 // enumeration), not one per request.
 func (g *KeyGuard) Failed(addr netip.Addr, now time.Time) bool {
+	addr = guardAddr(addr)
 	g.mu.Lock()
 	b, ok := g.addrs.Get(addr)
 	if !ok {
@@ -90,4 +91,16 @@ func (g *KeyGuard) Failed(addr netip.Addr, now time.Time) bool {
 	first := !b.warned
 	b.warned = true
 	return first
+}
+
+// guardAddr is the bucket an address is charged to: an IPv4 address is its own, an IPv6
+// address shares its /64 with its neighbours, since one subscriber is routinely given a
+// whole /64 and could otherwise take a fresh address, and fresh attempts, per request
+// (the api's login and register throttles group addresses the same way).
+func guardAddr(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
 }

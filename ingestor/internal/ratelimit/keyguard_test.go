@@ -34,3 +34,24 @@ func TestKeyGuardWarnsWhenTheLastAttemptIsTaken(t *testing.T) {
 		t.Fatal("another address is blocked")
 	}
 }
+
+// An IPv6 client is limited by its /64: rotating the interface identifier buys no
+// attempts, while the next /64 has its own.
+func TestKeyGuardGroupsIPv6ByPrefix(t *testing.T) {
+	t.Parallel()
+	g := NewKeyGuard(0.001, 2)
+	now := time.Now()
+	g.Failed(netip.MustParseAddr("2001:db8:1:2::1"), now)
+	g.Failed(netip.MustParseAddr("2001:db8:1:2:ffff::9"), now)
+	if _, blocked := g.Blocked(netip.MustParseAddr("2001:db8:1:2:abcd::5"), now); !blocked {
+		t.Fatal("another address of the same /64 is not blocked")
+	}
+	if _, blocked := g.Blocked(netip.MustParseAddr("2001:db8:1:3::1"), now); blocked {
+		t.Fatal("the next /64 is blocked")
+	}
+	g.Failed(netip.MustParseAddr("192.0.2.1"), now)
+	g.Failed(netip.MustParseAddr("192.0.2.1"), now)
+	if _, blocked := g.Blocked(netip.MustParseAddr("192.0.2.2"), now); blocked {
+		t.Fatal("IPv4 neighbours share a bucket")
+	}
+}
