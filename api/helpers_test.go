@@ -111,6 +111,8 @@ func testEnv() config.Env {
 type setupOpts struct {
 	env  config.Env
 	live api.LiveStreams
+	// allow500: the test forces an internal error on purpose.
+	allow500 bool
 }
 
 type option func(*setupOpts)
@@ -124,6 +126,9 @@ func withEnv(kv ...string) option {
 }
 
 func withLive(l api.LiveStreams) option { return func(o *setupOpts) { o.live = l } }
+
+// allowingInternalErrors is for the one test that breaks the database to see a 500.
+func allowingInternalErrors() option { return func(o *setupOpts) { o.allow500 = true } }
 
 // setup starts a whole api in-process on 127.0.0.1:0 with its own database and the
 // shared Redis, and stops it at the end of the test (Run must return nil).
@@ -166,7 +171,14 @@ func setup(t *testing.T, opts ...option) *bundle {
 		})
 		return runErr
 	}
-	t.Cleanup(func() { require.NoError(t, b.stop()) })
+	t.Cleanup(func() {
+		require.NoError(t, b.stop())
+		// Issue 16 acceptance 3: no input any test sends (the attack suite's included) is
+		// answered with a 500; a dependency that fails is a 503.
+		if n := b.counter("pulseboard_api_http_requests_total", map[string]string{"code": "500"}); n != 0 && !o.allow500 {
+			t.Errorf("%v requests were answered 500 (a bug: bad input is a 4xx, an outage a 503); see the logs", n)
+		}
+	})
 	return b
 }
 

@@ -103,7 +103,7 @@ func TestCORS(t *testing.T) {
 // and the log has the detail under the same id. A database that is gone is a 503.
 func TestInternalErrorsAreGeneric(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, allowingInternalErrors())
 	c, _ := b.newUser("Broken")
 	p := c.createProject("P")
 	_, err := b.pool.Exec(context.Background(), `ALTER TABLE alerts RENAME TO alerts_gone`)

@@ -157,6 +157,17 @@ func setup(tb testing.TB, opts ...setupOption) *testBundle {
 		}
 		transport.CloseIdleConnections()
 		ktransport.CloseIdleConnections()
+		// Issue 16 acceptance 3: no input any test sends (the attack suite's included)
+		// is answered with a 500; failures of a dependency are 503s.
+		families, err := b.reg.Gather()
+		require.NoError(tb, err)
+		for _, f := range families {
+			if f.GetName() == "pulseboard_ingest_requests_total" {
+				if n := metricValue(tb, b.reg, f.GetName(), "code", "500"); n != 0 {
+					tb.Errorf("%v requests were answered 500 (a bug: bad input is a 4xx, an outage a 503)", n)
+				}
+			}
+		}
 	})
 	return b
 }
