@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
@@ -166,6 +168,7 @@ func tryStart(t *testing.T, dbURL string, pool *pgxpool.Pool, rdb *redis.Client,
 	require.NoError(t, in.cmd.Start())
 	go func() { in.exited <- in.cmd.Wait() }()
 	t.Cleanup(func() {
+		in.checkNo500s()
 		in.stop(30 * time.Second)
 		if t.Failed() {
 			t.Logf("pulseboard logs:\n%s", in.logs.String())
@@ -195,6 +198,38 @@ func tryStart(t *testing.T, dbURL string, pool *pgxpool.Pool, rdb *redis.Client,
 		}
 	}
 	return in
+}
+
+// checkNo500s fails the test if the api or the ingestor answered any request with a 500
+// (issue 16 acceptance 3: bad input is a 4xx, an outage a 503). A process that already
+// stopped is not asked.
+func (in *instance) checkNo500s() {
+	t := in.t
+	select {
+	case err := <-in.exited:
+		in.exited <- err
+		return
+	default:
+	}
+	resp, err := http.Get(in.admin + "/metrics")
+	if err != nil {
+		t.Logf("no metrics at the end of the test: %v", err)
+		return
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Logf("no metrics at the end of the test: %d %v", resp.StatusCode, err)
+		return
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	mfs, err := parser.TextToMetricFamilies(bytes.NewReader(raw))
+	require.NoError(t, err)
+	for _, name := range []string{"pulseboard_api_http_requests_total", "pulseboard_ingest_requests_total"} {
+		if n, _ := exposition(mfs).value(name, "code", "500"); n != 0 {
+			t.Errorf("%s: %v requests were answered 500", name, n)
+		}
+	}
 }
 
 // stop sends SIGTERM and waits for the process to exit.
