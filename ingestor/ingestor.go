@@ -25,7 +25,10 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
 	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/connlimit"
 	"github.com/pulseboard/pulseboard/pkg/event"
+	"github.com/pulseboard/pulseboard/pkg/fdlimit"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 )
@@ -39,6 +42,10 @@ type Config struct {
 	// RateLimit is the default per-project limit in events/s (0 = unlimited); a project's
 	// own setting overrides it. The bucket holds twice that, at least one full batch.
 	RateLimit float64 `env:"INGEST_RATE_LIMIT" envDefault:"5000"`
+	// RateLimitBytes is the default per-project limit in request bytes/s after
+	// decompression (0 = unlimited), scaled by a project's own events/s setting over
+	// RateLimit. The bucket holds twice that, at least one maximal request.
+	RateLimitBytes float64 `env:"INGEST_RATE_LIMIT_BYTES" envDefault:"8388608"`
 	// ProduceTimeout is the deadline for Kafka's acknowledgement; past it the answer is
 	// 503 with Retry-After.
 	ProduceTimeout time.Duration `env:"INGEST_PRODUCE_TIMEOUT" envDefault:"5s"`
@@ -54,6 +61,13 @@ type Config struct {
 	WriteTimeout  time.Duration `env:"INGEST_WRITE_TIMEOUT" envDefault:"10s"`
 	IdleTimeout   time.Duration `env:"INGEST_IDLE_TIMEOUT" envDefault:"60s"`
 	MaxConnsPerIP int           `env:"INGEST_MAX_CONNS_PER_IP" envDefault:"1024"`
+	// MaxConns caps the connections open at once [0: half the process's open-file
+	// soft limit, within 16..65536]. Over it, or over MaxConnsPerIP from one client
+	// address (0: no per-address cap), a connection is answered 503 (429 per address)
+	// and closed at once; from 90 % of MaxConns on, the oldest idle keep-alive
+	// connections are closed to make room (issue 16). Per address means per TCP peer:
+	// behind a reverse proxy, raise MaxConnsPerIP or set it to 0.
+	MaxConns int `env:"INGEST_MAX_CONNS" envDefault:"0"`
 	// API key cache TTLs: a rotated key stops working everywhere within KeyCacheTTL.
 	KeyCacheTTL         time.Duration `env:"INGEST_KEY_CACHE_TTL" envDefault:"60s"`
 	KeyCacheNegativeTTL time.Duration `env:"INGEST_KEY_CACHE_NEGATIVE_TTL" envDefault:"30s"`
@@ -88,6 +102,9 @@ func (c Config) Validate() error {
 	if c.RateLimit < 0 {
 		errs = append(errs, errors.New("INGEST_RATE_LIMIT must be >= 0"))
 	}
+	if c.RateLimitBytes < 0 {
+		errs = append(errs, errors.New("INGEST_RATE_LIMIT_BYTES must be >= 0"))
+	}
 	if c.ProduceTimeout <= 0 {
 		errs = append(errs, errors.New("INGEST_PRODUCE_TIMEOUT must be > 0"))
 	}
@@ -108,6 +125,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := clientip.ParseHeader(c.ClientIPHeader); err != nil {
 		errs = append(errs, fmt.Errorf("INGEST_CLIENT_IP_HEADER: %w", err))
+	}
+	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
+		errs = append(errs, errors.New("INGEST_MAX_CONNS and INGEST_MAX_CONNS_PER_IP must be >= 0"))
 	}
 	if c.MaxBatchEvents < 1 {
 		errs = append(errs, errors.New("INGEST_MAX_BATCH_EVENTS must be >= 1"))
@@ -139,6 +159,7 @@ type Service struct {
 	producer *producer.Producer
 	server   *fasthttp.Server
 	ln       net.Listener
+	conns    *connlimit.Listener // wraps ln: the connection caps
 }
 
 // New builds the service; nothing runs until Run.
@@ -166,7 +187,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		MaxBatchEvents:        cfg.MaxBatchEvents,
 		Event:                 event.Limits{MaxNameChars: event.DefaultMaxNameChars, MaxEventBytes: cfg.MaxEventBytes, MaxDepth: event.DefaultMaxDepth},
 	}
-	h := intake.New(limits, keys, prod, ratelimit.New(cfg.RateLimit, cfg.MaxBatchEvents), deps.Logger, deps.Registerer)
+	limiter := ratelimit.New(cfg.RateLimit, cfg.MaxBatchEvents)
+	limiter.SetBytes(cfg.RateLimitBytes, max(cfg.MaxBodyBytes, cfg.MaxDecompressedBytes)) // a maximal request fits an idle bucket
+	h := intake.New(limits, keys, prod, limiter, deps.Logger, deps.Registerer)
 	h.SetKeyGuard(ratelimit.NewKeyGuard(cfg.UnknownKeyRate, cfg.UnknownKeyBurst))
 	trusted, _ := clientip.ParseTrusted(cfg.TrustedProxies) // checked by Validate
 	header, _ := clientip.ParseHeader(cfg.ClientIPHeader)
@@ -180,7 +203,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		IdleTimeout:                  cfg.IdleTimeout,
 		MaxRequestBodySize:           cfg.MaxBodyBytes,
 		ReadBufferSize:               8 << 10, // also the header cap: 431 beyond it
-		MaxConnsPerIP:                cfg.MaxConnsPerIP,
+		ConnState:                    s.connState,
 		DisablePreParseMultipartForm: true,
 		NoDefaultServerHeader:        true,
 		CloseOnShutdown:              true,
@@ -204,8 +227,53 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			return nil, fmt.Errorf("ingestor: listening on %s:%d: %w", cfg.Host, cfg.Port, err)
 		}
 	}
-	s.ln = ln
+	s.conns = connlimit.New(ln, connOptions(cfg, deps))
+	s.ln = s.conns
 	return s, nil
+}
+
+// connOptions are the connection caps of cfg; a MaxConns of 0 is derived from the
+// open-file limit (fdlimit.DefaultMaxConns).
+func connOptions(cfg Config, deps Deps) connlimit.Options {
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	soft, hard := fdlimit.Current()
+	maxConns := cfg.MaxConns
+	if maxConns == 0 {
+		maxConns = fdlimit.DefaultMaxConns()
+	}
+	if soft > 0 && uint64(maxConns) > soft {
+		logger.Warn("INGEST_MAX_CONNS is above the open-file limit: a connection flood can exhaust the descriptors Kafka, PostgreSQL and Redis need",
+			"max_conns", maxConns, "nofile_soft", soft)
+	}
+	logger.Info("connection caps", "max_conns", maxConns, "max_conns_per_ip", cfg.MaxConnsPerIP, "nofile_soft", soft, "nofile_hard", hard)
+	total := connlimit.HTTPRefusal(fasthttp.StatusServiceUnavailable,
+		httperr.AppendBody(nil, httperr.Unavailable, "the server is at its connection limit; retry shortly"))
+	perIP := connlimit.HTTPRefusal(fasthttp.StatusTooManyRequests,
+		httperr.AppendBody(nil, httperr.RateLimited, "too many connections from your address; reuse or close some"))
+	return connlimit.Options{
+		MaxConns: maxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
+		Refusal: func(r connlimit.Reason) []byte {
+			if r == connlimit.ReasonPerIP {
+				return perIP
+			}
+			return total
+		},
+		Namespace: "pulseboard_ingest", Registerer: deps.Registerer, Logger: logger,
+	}
+}
+
+// connState feeds fasthttp's connection states to the connection caps, which shed idle
+// connections under pressure. The caps (INGEST_MAX_CONNS_PER_IP included) are the
+// listener's (connlimit), not fasthttp's MaxConnsPerIP and Concurrency: those neither
+// count refusals nor shed idle connections. Concurrency stays at fasthttp's default
+// (256 Ki), above any MaxConns.
+func (s *Service) connState(c net.Conn, st fasthttp.ConnState) {
+	if s.conns != nil {
+		s.conns.SetIdle(c, st == fasthttp.StateIdle)
+	}
 }
 
 // Addr is the public listener's address.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pulseboard/pulseboard/consumer"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/fdlimit"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
@@ -99,6 +100,7 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	logger = logger.With("service", "consumer")
+	fdlimit.Init(logger, 0)
 
 	pool, err := pgstore.Open(ctx, pcfg.DatabaseURL, pgstore.PoolOptions{
 		MaxConns:         pcfg.DBMaxConns,

@@ -13,8 +13,10 @@ package intake
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/segmentio/kafka-go"
@@ -33,6 +36,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
 	"github.com/pulseboard/pulseboard/pkg/clientip"
+	"github.com/pulseboard/pulseboard/pkg/connlimit"
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
@@ -99,6 +103,8 @@ type Handler struct {
 	rejected *prometheus.CounterVec
 	routes   [3]routeMetrics // routeSingle, routeBatch, routeOther
 	dropped  [numCauses]prometheus.Counter
+	// Requests refused by the per-project limits, by the bucket that refused them.
+	limitedEvents, limitedBytes prometheus.Counter
 }
 
 // work is one request's reusable memory: the slices a request fills.
@@ -143,6 +149,12 @@ func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, 
 	for i, route := range []string{routeSingle, routeBatch, routeOther} {
 		h.routes[i].init(route, h.requests, h.duration)
 	}
+	limited := f.NewCounterVec(prometheus.CounterOpts{
+		Name: "pulseboard_ingest_rate_limited_requests_total",
+		Help: "Requests refused with 429 by a project's rate limit, by the bucket that refused them (events, bytes).",
+	}, []string{"reason"})
+	h.limitedEvents = limited.WithLabelValues(ratelimit.ReasonEvents)
+	h.limitedBytes = limited.WithLabelValues(ratelimit.ReasonBytes)
 	return h
 }
 
@@ -371,7 +383,7 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
 		return
 	}
-	if !h.allow(ctx, routeSingle, proj, 1) {
+	if !h.allow(ctx, routeSingle, proj, 1, len(body)) {
 		return
 	}
 	w.msgs = append(w.msgs, kafka.Message{Key: msgKey.key, Value: value, Time: ev.ReceivedAt})
@@ -457,8 +469,24 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	defer doneDecoding()
+	// A header key's project is charged the decompressed body (see allow). When its bytes
+	// bucket cannot hold that now, the request is refused before the work: before
+	// decompressing when the body declares its size (declaredSize), else before parsing.
+	// Refused requests of a project flooding past its limit then cost next to nothing,
+	// and the cores stay with the other projects (issue 16 item 4).
+	declared := 0
+	if headerProj != nil {
+		// Past the decompression limit the body is refused as too large (413), not charged.
+		declared = min(declaredSize(&ctx.Request), h.limits.MaxBatchDecompressed)
+		if !h.bytesFit(ctx, *headerProj, declared) {
+			return
+		}
+	}
 	body, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
 	if !ok {
+		return
+	}
+	if headerProj != nil && len(body) > declared && !h.bytesFit(ctx, *headerProj, len(body)) {
 		return
 	}
 	w := h.getWork()
@@ -474,9 +502,12 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		arena  []byte
 		key    keyCache
 		keyErr error
-		// Per-project counts for the rate limit, only needed without a header key.
-		projects map[uuid.UUID]pgstore.KeyProject
-		counts   map[uuid.UUID]int
+		// Per-project counts and encoded bytes for the rate limit, only needed without a
+		// header key; encodedAll is the sum of encoded.
+		projects   map[uuid.UUID]pgstore.KeyProject
+		counts     map[uuid.UUID]int
+		encoded    map[uuid.UUID]int
+		encodedAll int
 	)
 	results := w.results[:0]
 	msgs := w.msgs[:0]
@@ -524,10 +555,12 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		}
 		if headerProj == nil {
 			if projects == nil {
-				projects, counts = map[uuid.UUID]pgstore.KeyProject{}, map[uuid.UUID]int{}
+				projects, counts, encoded = map[uuid.UUID]pgstore.KeyProject{}, map[uuid.UUID]int{}, map[uuid.UUID]int{}
 			}
 			projects[proj.ID] = *proj
 			counts[proj.ID]++
+			encoded[proj.ID] += len(value)
+			encodedAll += len(value)
 		}
 		results = append(results, result{id: ev.ID})
 		msgs = append(msgs, kafka.Message{Key: key.key, Value: value, Time: ev.ReceivedAt})
@@ -659,12 +692,12 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if headerProj != nil {
-		if !h.allow(ctx, routeBatch, *headerProj, len(msgs)) {
+		if !h.allow(ctx, routeBatch, *headerProj, len(msgs), len(body)) {
 			return
 		}
 	}
 	for id, n := range counts {
-		if !h.allow(ctx, routeBatch, projects[id], n) {
+		if !h.allow(ctx, routeBatch, projects[id], n, bodyShare(len(body), encoded[id], encodedAll)) {
 			return
 		}
 	}
@@ -858,18 +891,81 @@ func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	return netip.Addr{}
 }
 
-func (h *Handler) allow(ctx *fasthttp.RequestCtx, route string, p pgstore.KeyProject, n int) bool {
-	d := h.limiter.Allow(p.ID, p.RateLimit, n, h.now())
+// allow takes n events and size bytes from the project's buckets (issue 16 item 4), or
+// answers 429 and returns false. The bytes charged are the request body's after
+// decompression: what the ingestor had to inflate and parse, which gzip cannot hide (15 KB
+// on the wire can be 10 MiB of events) and whitespace or rejected events cannot dodge. The
+// canonical encoding sent to Kafka differs from it by at most a bounded overhead per event
+// (ids, times), which the events bucket bounds. A batch whose events carry the keys of
+// several projects is shared among them in proportion to their accepted events' encoded
+// bytes (bodyShare).
+//
+// The RateLimit-Limit, -Remaining and -Reset headers describe one bucket (the draft they
+// follow has one set of fields per response): the one that refused the request, or on
+// success the one closest to exhaustion; the unit (events or bytes) is in the message of
+// a 429. Retry-After is when the refused request would fit both buckets.
+func (h *Handler) allow(ctx *fasthttp.RequestCtx, route string, p pgstore.KeyProject, n, size int) bool {
+	return h.rateLimit(ctx, route, h.limiter.Allow(p.ID, p.RateLimit, n, size, h.now()), n)
+}
+
+// bytesFit answers 429 and returns false when the project's bytes bucket cannot take size
+// bytes now, taking nothing either way.
+func (h *Handler) bytesFit(ctx *fasthttp.RequestCtx, p pgstore.KeyProject, size int) bool {
+	return h.rateLimit(ctx, routeBatch, h.limiter.Fits(p.ID, p.RateLimit, size, h.now()), 1)
+}
+
+// declaredSize is a lower bound of the request body's size after decompression, read
+// without decompressing: its length without Content-Encoding; for gzip, the ISIZE
+// trailer (RFC 1952: the size of the last member, mod 2^32, all of it for the usual
+// single member); for zstd, the first frame's Frame_Content_Size when the header has one.
+// A body whose declared size is false fails its checksum when decompressed (400), so it
+// gains nothing from refusing on a declared size it would not have; 0 when unknown.
+func declaredSize(req *fasthttp.Request) int {
+	b := req.Body()
+	switch ce := bytes.TrimSpace(req.Header.ContentEncoding()); {
+	case len(ce) == 0 || bytes.EqualFold(ce, []byte("identity")):
+		return len(b)
+	case bytes.EqualFold(ce, []byte("gzip")) || bytes.EqualFold(ce, []byte("x-gzip")):
+		if len(b) >= 18 && b[0] == 0x1f && b[1] == 0x8b {
+			return int(binary.LittleEndian.Uint32(b[len(b)-4:]))
+		}
+	case bytes.EqualFold(ce, []byte("zstd")):
+		var hd zstd.Header
+		if hd.Decode(b) == nil && hd.HasFCS && hd.FrameContentSize <= math.MaxInt32 {
+			return int(hd.FrameContentSize)
+		}
+	}
+	return 0
+}
+
+// bodyShare is the part of a body of size bytes charged to a project whose accepted events
+// encode to encoded of the request's encodedAll bytes, rounded up.
+func bodyShare(size, encoded, encodedAll int) int {
+	if encodedAll <= 0 {
+		return size
+	}
+	return int((int64(size)*int64(encoded) + int64(encodedAll) - 1) / int64(encodedAll))
+}
+
+// rateLimit writes d's headers and, when d refused the request, answers 429 for n events.
+func (h *Handler) rateLimit(ctx *fasthttp.RequestCtx, route string, d ratelimit.Decision, n int) bool {
 	if d.Limit > 0 {
-		ctx.Response.Header.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
-		ctx.Response.Header.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
+		ctx.Response.Header.Set("RateLimit-Limit", strconv.FormatInt(d.Limit, 10))
+		ctx.Response.Header.Set("RateLimit-Remaining", strconv.FormatInt(d.Remaining, 10))
 		ctx.Response.Header.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
 	}
 	if d.Allowed {
 		return true
 	}
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(d.RetryAfter))))
-	h.fail(ctx, route, httperr.RateLimited, "Rate limit exceeded for this project; retry after the Retry-After delay", n)
+	msg := "Rate limit exceeded for this project; retry after the Retry-After delay"
+	if d.Reason == ratelimit.ReasonBytes {
+		h.limitedBytes.Inc()
+		msg = "Rate limit of decompressed bytes per second exceeded for this project; retry after the Retry-After delay"
+	} else {
+		h.limitedEvents.Inc()
+	}
+	h.fail(ctx, route, httperr.RateLimited, msg, n)
 	return false
 }
 
@@ -949,6 +1045,17 @@ func ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		code, msg = httperr.PayloadTooLarge, "body is larger than the limit"
+		// fasthttp closes the connection after this answer with the rest of the body
+		// unread: the kernel would reset it, and a client that writes its whole body
+		// before reading (Node's fetch) would see ECONNRESET, not the 413 (issue 16
+		// item 9). Drain the rest at close instead, unless the declared body is larger
+		// than the drain bound (then close as before).
+		if n := ctx.Request.Header.ContentLength(); n <= connlimit.DrainMaxBytes {
+			if n < 0 { // chunked: unknown
+				n = connlimit.DrainMaxBytes
+			}
+			connlimit.DrainOnClose(ctx.Conn(), int64(n), connlimit.DrainTimeout)
+		}
 	case errors.As(err, &small):
 		code, msg = httperr.HeadersTooLarge, "request headers are too large"
 	case errors.As(err, &ne) && ne.Timeout():
