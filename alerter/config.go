@@ -72,6 +72,17 @@ type Config struct {
 	RetryMax    time.Duration `env:"EMAIL_RETRY_MAX" envDefault:"5m"`
 	MaxAttempts int           `env:"EMAIL_MAX_ATTEMPTS" envDefault:"30"`
 
+	// RequireVerified: alert and digest mail go only to owners whose address is
+	// verified (the api's verification link) [true]; mail for an unverified owner is
+	// recorded skipped_unverified and never sent. false is for trusted single-user
+	// installs (README "Email verification").
+	RequireVerified bool `env:"ALERT_REQUIRE_VERIFIED" envDefault:"true"`
+	// MailPerRecipientPerHour bounds the alert and digest mails one address gets in any
+	// hour, across its projects and every alerter replica [20]; mail over it is recorded
+	// skipped_rate_limited and never sent. 0: no bound. Verification mails are not
+	// counted (the api throttles them).
+	MailPerRecipientPerHour int `env:"ALERT_MAIL_PER_RECIPIENT_PER_HOUR" envDefault:"20"`
+
 	// DigestCron (UTC, 5 fields) [0 0 * * *]; RetentionCron [0 2 * * *].
 	DigestCron    string `env:"DIGEST_CRON" envDefault:"0 0 * * *"`
 	RetentionCron string `env:"RETENTION_CRON" envDefault:"0 2 * * *"`
@@ -124,6 +135,7 @@ func (c Config) Validate() error {
 	check(c.DeliveryInterval > 0, "EMAIL_DELIVERY_INTERVAL must be positive, got %s", c.DeliveryInterval)
 	check(c.RetryMin > 0 && c.RetryMax >= c.RetryMin, "EMAIL_RETRY_MIN must be positive and at most EMAIL_RETRY_MAX (%s, %s)", c.RetryMin, c.RetryMax)
 	check(c.MaxAttempts >= 1, "EMAIL_MAX_ATTEMPTS must be at least 1, got %d", c.MaxAttempts)
+	check(c.MailPerRecipientPerHour >= 0 && c.MailPerRecipientPerHour <= 100_000, "ALERT_MAIL_PER_RECIPIENT_PER_HOUR must be between 0 (no bound) and 100000, got %d", c.MailPerRecipientPerHour)
 	if _, err := parseCron(c.DigestCron); err != nil {
 		errs = append(errs, fmt.Errorf("DIGEST_CRON: %w", err))
 	}

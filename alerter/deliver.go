@@ -14,7 +14,8 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/failpoint"
 )
 
-// deliveryLoop sends pending emails (alerts first, then digests) until none is due,
+// deliveryLoop sends pending emails (verification mails first: someone is waiting for
+// them; then alerts, then digests) until none is due,
 // then waits for DeliveryInterval or a wake-up. Sends run on work, which outlives ctx
 // by ShutdownTimeout, so an email in flight at shutdown is finished and recorded.
 func (s *Service) deliveryLoop(ctx, work context.Context) error {
@@ -22,7 +23,10 @@ func (s *Service) deliveryLoop(ctx, work context.Context) error {
 	defer t.Stop()
 	for {
 		for ctx.Err() == nil {
-			sent, err := s.deliverAlert(ctx, work)
+			sent, err := s.deliverVerification(ctx, work)
+			if err == nil && !sent {
+				sent, err = s.deliverAlert(ctx, work)
+			}
 			if err == nil && !sent {
 				sent, err = s.deliverDigest(ctx, work, nil)
 			}
@@ -54,8 +58,9 @@ func (s *Service) sendTimeout() time.Duration { return s.cfg.SMTP.Timeout + 5*ti
 const claimAlertSQL = `
 SELECT a.id, a.project_id, a.kind, a.window_start, a.window_end, a.error_count, a.threshold,
        a.attempts, a.recipient, p.name,
-       coalesce(p.alert_cooldown_seconds::bigint * 1000000, $2)
-FROM alerts a JOIN projects p ON p.id = a.project_id
+       coalesce(p.alert_cooldown_seconds::bigint * 1000000, $2),
+       u.email_verified_at IS NOT NULL AND lower(u.email) = lower(a.recipient)
+FROM alerts a JOIN projects p ON p.id = a.project_id JOIN users u ON u.id = p.user_id
 WHERE a.state = 'pending' AND a.next_attempt_at <= $1
 ORDER BY a.next_attempt_at, a.id
 LIMIT 1
@@ -74,14 +79,18 @@ func (s *Service) deliverAlert(ctx, work context.Context) (bool, error) {
 		start, end           time.Time
 		count, threshold, at int
 		cooldownUS           int64
+		verified             bool
 	)
 	err = tx.QueryRow(ctx, claimAlertSQL, s.now(), s.cfg.Cooldown.Microseconds()).
-		Scan(&id, &project, &kind, &start, &end, &count, &threshold, &at, &rcpt, &name, &cooldownUS)
+		Scan(&id, &project, &kind, &start, &end, &count, &threshold, &at, &rcpt, &name, &cooldownUS, &verified)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("claiming an alert: %w", err)
+	}
+	if held, err := s.gate(ctx, tx, "alerts", kind, id, rcpt, verified); held || err != nil {
+		return true, err
 	}
 	var msg Message
 	switch kind {
@@ -151,19 +160,24 @@ func (s *Service) deliverDigest(ctx, work context.Context, date *time.Time) (boo
 		rcpt, userName string
 		raw            []byte
 		attempts       int
+		verified       bool
 	)
 	err = tx.QueryRow(ctx, `
-		SELECT d.id, d.recipient, d.content, d.attempts, u.name
+		SELECT d.id, d.recipient, d.content, d.attempts, u.name,
+		       u.email_verified_at IS NOT NULL AND lower(u.email) = lower(d.recipient)
 		FROM digest_sends d JOIN users u ON u.id = d.user_id
 		WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND ($2::date IS NULL OR d.digest_date = $2::date)
 		ORDER BY d.next_attempt_at, d.id
 		LIMIT 1
-		FOR UPDATE OF d SKIP LOCKED`, s.now(), date).Scan(&id, &rcpt, &raw, &attempts, &userName)
+		FOR UPDATE OF d SKIP LOCKED`, s.now(), date).Scan(&id, &rcpt, &raw, &attempts, &userName, &verified)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("claiming a digest: %w", err)
+	}
+	if held, err := s.gate(ctx, tx, "digest_sends", kindDigest, id, rcpt, verified); held || err != nil {
+		return true, err
 	}
 	var c digestContent
 	if err := json.Unmarshal(raw, &c); err != nil {
@@ -207,7 +221,7 @@ func (s *Service) send(ctx, work context.Context, tx pgx.Tx, msg Message, id uui
 		return fmt.Errorf("sending %s %s while stopping: %w", msg.Kind, id, err)
 	}
 	if err == nil {
-		if _, err := tx.Exec(work, `UPDATE `+table+` SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1`, id, now); err != nil {
+		if _, err := tx.Exec(work, `UPDATE `+table+` SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL`+clearLink(table)+` WHERE id = $1`, id, now); err != nil {
 			return fmt.Errorf("recording %s %s as sent: %w", msg.Kind, id, err)
 		}
 		did, err := uuid.NewV7()
@@ -235,8 +249,12 @@ func (s *Service) send(ctx, work context.Context, tx pgx.Tx, msg Message, id uui
 		label = "permanent"
 	}
 	next := now.Add(backoff(s.cfg.RetryMin, s.cfg.RetryMax, attempts))
+	clear := ""
+	if state == "failed" {
+		clear = clearLink(table)
+	}
 	if _, uerr := tx.Exec(work, `
-		UPDATE `+table+` SET state = $2, attempts = attempts + 1, last_error = $3, next_attempt_at = $4 WHERE id = $1`,
+		UPDATE `+table+` SET state = $2, attempts = attempts + 1, last_error = $3, next_attempt_at = $4`+clear+` WHERE id = $1`,
 		id, state, truncate(err.Error(), 1000), next); uerr != nil {
 		return fmt.Errorf("recording the failed delivery of %s %s: %w (delivery: %w)", msg.Kind, id, uerr, err)
 	}

@@ -47,6 +47,20 @@
 // email sent when a replica dies between the server's acceptance and the commit of
 // "sent"; it has the same Message-ID.
 //
+// # Verified recipients and the per-recipient rate
+//
+// The api records every address verification mail in email_verifications (an outbox:
+// inserted with the user at registration, or on a resend); the delivery loop sends those
+// first, like any email, and erases the row's link (it contains the token) once the
+// mail is sent or given up. A link that can no longer verify anything is recorded
+// skipped instead of sent. Before sending an alert or a digest, gate checks:
+// ALERT_REQUIRE_VERIFIED and an owner whose current address is not verified →
+// skipped_unverified; ALERT_MAIL_PER_RECIPIENT_PER_HOUR alert and digest mails already
+// delivered to the address in the last hour (email_deliveries, all projects, all
+// replicas, counted under a per-recipient transaction advisory lock held until the
+// delivery is recorded) → skipped_rate_limited. Both are final: nothing is retried, and
+// the evaluation (alert_state, cooldowns) is untouched.
+//
 // # Scheduled jobs
 //
 // The digest (DIGEST_CRON) and retention (RETENTION_CRON) jobs run on cron schedules in

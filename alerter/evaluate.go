@@ -15,6 +15,8 @@ const (
 	kindThreshold = "threshold"
 	kindResolved  = "resolved"
 	kindDigest    = "digest"
+	// kindVerification is the api's address verification mail (email_verifications).
+	kindVerification = "verification"
 )
 
 // settings are a project's effective alert settings.

@@ -240,8 +240,25 @@ func setup(t *testing.T) *bundle {
 	return b
 }
 
-// user creates a user with one project per name.
+// user creates a user whose address is verified (alert and digest mail go only to
+// verified addresses) with one project per name.
 func (b *bundle) user(t *testing.T, email string, projects ...string) (pgstore.User, []pgstore.Project) {
+	t.Helper()
+	u, ps := b.unverifiedUser(t, email, projects...)
+	b.verify(t, u.ID)
+	return u, ps
+}
+
+// verify marks the user's address verified, as following the api's link does.
+func (b *bundle) verify(t *testing.T, user uuid.UUID) {
+	t.Helper()
+	_, err := b.pool.Exec(context.Background(), `UPDATE users SET email_verified_at = now() WHERE id = $1`, user)
+	require.NoError(t, err)
+}
+
+// unverifiedUser creates a user who never followed the verification link, with one
+// project per name.
+func (b *bundle) unverifiedUser(t *testing.T, email string, projects ...string) (pgstore.User, []pgstore.Project) {
 	t.Helper()
 	ctx := context.Background()
 	u, err := pgstore.UpsertUser(ctx, b.pool, "User "+email, email, "x")

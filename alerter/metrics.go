@@ -10,7 +10,8 @@ import (
 // to exported_job.
 var (
 	alertKinds   = []string{kindThreshold, kindResolved}
-	emailKinds   = []string{kindThreshold, kindResolved, kindDigest}
+	emailKinds   = []string{kindThreshold, kindResolved, kindDigest, kindVerification}
+	skipReasons  = []string{skipUnverified, skipRateLimited, skipStale}
 	jobNames     = []string{JobDigest, JobRetention}
 	jobOutcomes  = []string{OutcomeSuccess, OutcomePartial, OutcomeFailure, OutcomeSkipped}
 	failureKinds = []string{"transient", "permanent"}
@@ -21,6 +22,7 @@ type metrics struct {
 	alertsFired   *prometheus.CounterVec
 	emailsSent    *prometheus.CounterVec
 	emailsFailed  *prometheus.CounterVec
+	emailsSkipped *prometheus.CounterVec
 	evalLag       prometheus.Histogram
 	storedWait    prometheus.Histogram
 	evalErrors    prometheus.Counter
@@ -46,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pulseboard_alerter_emails_failed_total",
 			Help: "Failed delivery attempts, by kind and failure: transient (retried with backoff) or permanent (marked failed).",
 		}, []string{"kind", "failure"}),
+		emailsSkipped: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_emails_skipped_total",
+			Help: "Emails not sent on purpose, by kind and reason: unverified (recipient address not verified), rate_limited (ALERT_MAIL_PER_RECIPIENT_PER_HOUR), stale (a verification link expired, used or superseded before its mail went out).",
+		}, []string{"kind", "reason"}),
 		evalLag: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pulseboard_alerter_window_evaluation_lag_seconds",
 			Help:    "Delay from the receive time of the newest error of a project in a batch to the commit of that project's window evaluation.",
@@ -89,6 +95,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.emailsSent.WithLabelValues(k)
 		for _, f := range failureKinds {
 			m.emailsFailed.WithLabelValues(k, f)
+		}
+		for _, r := range skipReasons {
+			m.emailsSkipped.WithLabelValues(k, r)
 		}
 	}
 	for _, j := range jobNames {

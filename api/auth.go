@@ -45,6 +45,8 @@ const (
 	minPasswordChars = 8
 )
 
+// authUser is the compat user object, byte for byte the old backend's: the
+// verification state (issue 16 item 7) is in GET /me instead.
 type authUser struct {
 	ID    string `json:"id"`
 	Name  string `json:"name"`
@@ -117,7 +119,13 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	u, err := s.store.CreateUser(r.Context(), name, email, hash, s.now())
+	// The first verification link and its mail are recorded with the user, in one
+	// transaction; the alerter sends the mail (email_verifications is its outbox).
+	v, err := s.newVerification()
+	if err != nil {
+		return err
+	}
+	u, err := s.store.CreateUser(r.Context(), name, email, hash, s.now(), v)
 	if err != nil {
 		return err // ErrEmailTaken → 409 EMAIL_TAKEN (a documented, accepted enumeration risk: compat)
 	}
@@ -451,6 +459,9 @@ type meData struct {
 	Name      string   `json:"name"`
 	Email     string   `json:"email"`
 	CreatedAt jsonTime `json:"createdAt"`
+	// New (issue 16 item 7): alert and digest mail go only to a verified address.
+	EmailVerified   bool      `json:"emailVerified"`
+	EmailVerifiedAt *jsonTime `json:"emailVerifiedAt"`
 }
 
 // me: GET /me.
@@ -462,5 +473,10 @@ func (s *Service) me(w http.ResponseWriter, r *http.Request, p authn.Principal) 
 	if err != nil {
 		return err
 	}
-	return writeData(w, http.StatusOK, meData{ID: u.ID.String(), Name: u.Name, Email: u.Email, CreatedAt: jsonTime(u.CreatedAt)})
+	me := meData{ID: u.ID.String(), Name: u.Name, Email: u.Email, CreatedAt: jsonTime(u.CreatedAt), EmailVerified: u.EmailVerifiedAt != nil}
+	if u.EmailVerifiedAt != nil {
+		at := jsonTime(*u.EmailVerifiedAt)
+		me.EmailVerifiedAt = &at
+	}
+	return writeData(w, http.StatusOK, me)
 }

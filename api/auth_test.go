@@ -63,7 +63,7 @@ func TestCompatSessionLifecycle(t *testing.T) {
 
 	me := c.do("GET", "/me", nil)
 	require.Equal(t, http.StatusOK, me.status, "body: %s", me.body)
-	require.Regexp(t, `^\{"success":true,"data":\{"id":"[0-9a-f-]{36}","name":"Ada Lovelace","email":"ada@example.com","createdAt":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"\}\}$`, string(me.body))
+	require.Regexp(t, `^\{"success":true,"data":\{"id":"[0-9a-f-]{36}","name":"Ada Lovelace","email":"ada@example.com","createdAt":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z","emailVerified":false,"emailVerifiedAt":null\}\}$`, string(me.body))
 
 	// The jar sends the cookie (Path=/auth); each refresh rotates it. {} is accepted.
 	r = c.do("POST", "/auth/refresh", "{}", "Origin", dashboardOrigin)

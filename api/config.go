@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -78,12 +79,29 @@ type Config struct {
 	RegisterGlobalLimit     int           `env:"API_REGISTER_GLOBAL_LIMIT" envDefault:"300"`
 	RegisterWindow          time.Duration `env:"API_REGISTER_WINDOW" envDefault:"10m"`
 	RegisterHashConcurrency int           `env:"API_REGISTER_HASH_CONCURRENCY" envDefault:"0"`
+	// Email verification (issue 16 item 7). PublicURL is the api's address as browsers
+	// reach it, the base of the verification link <PublicURL>/auth/verify?token=…
+	// [http://localhost:3000]. A link works once, for VerifyTokenTTL [24h]. A user may
+	// ask for another mail once per VerifyResendInterval [1m] and VerifyResendDailyLimit
+	// [5] times per 24 h (the registration's mail counts), per account and per address.
+	PublicURL              string        `env:"API_PUBLIC_URL" envDefault:"http://localhost:3000"`
+	VerifyTokenTTL         time.Duration `env:"API_VERIFY_TOKEN_TTL" envDefault:"24h"`
+	VerifyResendInterval   time.Duration `env:"API_VERIFY_RESEND_INTERVAL" envDefault:"1m"`
+	VerifyResendDailyLimit int           `env:"API_VERIFY_RESEND_DAILY_LIMIT" envDefault:"5"`
+	// MaxProjectsPerUser caps each account's projects [50]; one more gets 409
+	// PROJECT_LIMIT. 0: no cap.
+	MaxProjectsPerUser int `env:"API_MAX_PROJECTS_PER_USER" envDefault:"50"`
 	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies whose
 	// X-Forwarded-For is believed when finding the client IP [none].
 	TrustedProxies []string `env:"API_TRUSTED_PROXIES" envSeparator:","`
 
 	// MaxBodyBytes caps request bodies [65536]; larger ones get 413.
 	MaxBodyBytes int64 `env:"API_MAX_BODY_BYTES" envDefault:"65536"`
+	// MaxResponseBytes is the byte budget of a query answer [4 MiB] (issue 16 item 2):
+	// an event list stops before the event that would pass it, and a paginated one
+	// returns the cursor of the rest. An answer always holds at least one event, whole.
+	// 0 takes the default.
+	MaxResponseBytes int64 `env:"API_MAX_RESPONSE_BYTES" envDefault:"4194304"`
 	// http.Server limits against slow or oversized clients. Long-lived streams (SSE,
 	// WebSocket) clear the read and write deadlines for their own connection.
 	// MaxHeaderBytes [8192] (net/http allows 4 KiB more): a 16 KiB cookie or a 1 MB
@@ -93,6 +111,15 @@ type Config struct {
 	WriteTimeout      time.Duration `env:"API_WRITE_TIMEOUT" envDefault:"30s"`
 	IdleTimeout       time.Duration `env:"API_IDLE_TIMEOUT" envDefault:"60s"`
 	MaxHeaderBytes    int           `env:"API_MAX_HEADER_BYTES" envDefault:"8192"`
+	// Connection caps (issue 16): at most MaxConns connections open at once [0: half
+	// the process's open-file soft limit, within 16..65536] and MaxConnsPerIP per
+	// client address [512; 0: no per-address cap]. WebSocket and SSE streams count.
+	// Over a cap a connection is answered 503 (total) or 429 (per address) and closed
+	// at once; from 90 % of MaxConns on, the oldest idle keep-alive connections are
+	// closed to make room. Per address means per TCP peer: behind a reverse proxy,
+	// raise MaxConnsPerIP or set it to 0 and rely on MaxConns and the proxy's limits.
+	MaxConns      int `env:"API_MAX_CONNS" envDefault:"0"`
+	MaxConnsPerIP int `env:"API_MAX_CONNS_PER_IP" envDefault:"512"`
 	// ShutdownTimeout bounds the graceful stop: in-flight requests finish and live
 	// streams are closed within it, then remaining connections are closed [15s].
 	ShutdownTimeout time.Duration `env:"API_SHUTDOWN_TIMEOUT" envDefault:"15s"`
@@ -152,16 +179,25 @@ func (c Config) Validate() error {
 	check(c.RegisterGlobalLimit >= c.RegisterIPLimit, "API_REGISTER_GLOBAL_LIMIT must be >= API_REGISTER_IP_LIMIT, got %d", c.RegisterGlobalLimit)
 	check(c.RegisterWindow >= time.Second, "API_REGISTER_WINDOW must be at least 1s, got %s", c.RegisterWindow)
 	check(c.RegisterHashConcurrency >= 0, "API_REGISTER_HASH_CONCURRENCY must be >= 0, got %d", c.RegisterHashConcurrency)
+	check(validPublicURL(c.PublicURL), "API_PUBLIC_URL must be an absolute http(s) URL without query or fragment, like https://api.example.com, got %q", c.PublicURL)
+	check(c.VerifyTokenTTL >= time.Minute && c.VerifyTokenTTL <= 30*24*time.Hour, "API_VERIFY_TOKEN_TTL must be between 1m and 720h, got %s", c.VerifyTokenTTL)
+	check(c.VerifyResendInterval >= 0 && c.VerifyResendInterval <= 24*time.Hour, "API_VERIFY_RESEND_INTERVAL must be between 0 and 24h, got %s", c.VerifyResendInterval)
+	check(c.VerifyResendDailyLimit >= 1 && c.VerifyResendDailyLimit <= 1000, "API_VERIFY_RESEND_DAILY_LIMIT must be between 1 and 1000, got %d", c.VerifyResendDailyLimit)
+	check(c.MaxProjectsPerUser >= 0, "API_MAX_PROJECTS_PER_USER must be >= 0 (0: no cap), got %d", c.MaxProjectsPerUser)
 	if _, err := clientip.ParseTrusted(strings.Join(c.TrustedProxies, ",")); err != nil {
 		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
 	}
 	check(c.MaxBodyBytes >= 1024 && c.MaxBodyBytes <= 16<<20, "API_MAX_BODY_BYTES must be between 1024 and 16777216, got %d", c.MaxBodyBytes)
+	check(c.MaxResponseBytes == 0 || (c.MaxResponseBytes >= 64<<10 && c.MaxResponseBytes <= 1<<30),
+		"API_MAX_RESPONSE_BYTES must be between 65536 and 1073741824, got %d", c.MaxResponseBytes)
 	check(c.ReadHeaderTimeout > 0, "API_READ_HEADER_TIMEOUT must be positive")
 	check(c.ReadTimeout > 0, "API_READ_TIMEOUT must be positive")
 	check(c.WriteTimeout > 0, "API_WRITE_TIMEOUT must be positive")
 	check(c.IdleTimeout > 0, "API_IDLE_TIMEOUT must be positive")
 	check(c.MaxHeaderBytes >= 4096 && c.MaxHeaderBytes <= 1<<20, "API_MAX_HEADER_BYTES must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
 	check(c.ShutdownTimeout > 0, "API_SHUTDOWN_TIMEOUT must be positive")
+	check(c.MaxConns >= 0, "API_MAX_CONNS must be >= 0 (0: derived from the open-file limit), got %d", c.MaxConns)
+	check(c.MaxConnsPerIP >= 0, "API_MAX_CONNS_PER_IP must be >= 0 (0: no per-address cap), got %d", c.MaxConnsPerIP)
 	return errors.Join(errs...)
 }
 
@@ -217,6 +253,14 @@ func loopbackOrigin(o string) bool {
 		return a.IsLoopback() || a.IsUnspecified()
 	}
 	return false
+}
+
+// validPublicURL: an absolute http(s) URL with a host and no query, fragment or
+// user info (the verification link appends /auth/verify?token=…).
+func validPublicURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" &&
+		u.RawQuery == "" && u.Fragment == "" && !strings.HasSuffix(s, "?") && !strings.HasSuffix(s, "#") && u.User == nil && u.Opaque == ""
 }
 
 func validOrigin(o string) bool {

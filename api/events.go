@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -55,24 +56,64 @@ func (s *Service) eventsByKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	evs, err := s.store.Events(r.Context(), projID, store.EventQuery{Type: typ, Limit: limit})
+	// No cursor in this shape: past the byte budget the list is just shorter.
+	out, _, _, err := s.appendEventPage(r.Context(), []byte(`{"success":true,"data":`), projID,
+		store.EventQuery{Type: typ, Limit: limit}, limit)
 	if err != nil {
 		return err
 	}
-	out := append([]byte(`{"success":true,"data":`), appendEvents(nil, evs)...)
 	writeBody(w, http.StatusOK, append(out, '}'))
 	return nil
 }
 
-func appendEvents(dst []byte, evs []event.Event) []byte {
+// defaultMaxResponseBytes is API_MAX_RESPONSE_BYTES's default.
+const defaultMaxResponseBytes = 4 << 20
+
+// responseTailReserve is room kept for what follows the event array in an answer
+// (`],"nextCursor":"<32 characters>"}`).
+const responseTailReserve = 64
+
+// appendEventPage appends to dst, as a JSON array, the events q selects (newest first),
+// encoding each as it is read: at most limit, and never one that would take the answer
+// past API_MAX_RESPONSE_BYTES, except the first, which is always answered whole (an
+// event is at most 64 KiB as sent; a row stored before the ingestor bounded number
+// literals can render larger, and is then answered alone). The answer is thus bounded
+// by the budget plus one event; the rows are never all held at once. more reports that
+// the project has events past the last one appended (whose position is last). q.Limit
+// is set to limit+1 (the extra row tells whether there is more).
+func (s *Service) appendEventPage(ctx context.Context, dst []byte, projID uuid.UUID, q store.EventQuery, limit int) (out []byte, more bool, last store.Cursor, err error) {
+	budget := int(s.cfg.MaxResponseBytes)
+	if budget <= 0 {
+		budget = defaultMaxResponseBytes
+	}
+	budget -= responseTailReserve
 	dst = append(dst, '[')
-	for i := range evs {
-		if i > 0 {
+	n := 0
+	var enc event.Encoder
+	q.Limit = limit + 1
+	err = s.store.EachEvent(ctx, projID, q, func(e *event.Event) error {
+		if n == limit {
+			more = true
+			return store.ErrStop
+		}
+		mark := len(dst)
+		if n > 0 {
 			dst = append(dst, ',')
 		}
-		dst = evs[i].AppendJSON(dst)
+		dst = enc.AppendJSON(dst, e)
+		if n > 0 && len(dst) > budget {
+			dst = dst[:mark]
+			more = true
+			return store.ErrStop
+		}
+		n++
+		last = store.Cursor{Time: e.ReceivedAt, ID: e.ID}
+		return nil
+	})
+	if err != nil {
+		return nil, false, last, err
 	}
-	return append(dst, ']')
+	return append(dst, ']'), more, last, nil
 }
 
 // Cursors are opaque to clients: base64url of the position's time (Unix µs) and id.
@@ -130,19 +171,19 @@ func (s *Service) projectEvents(w http.ResponseWriter, r *http.Request, p authn.
 	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
 		return err
 	}
-	limit := eq.Limit
-	eq.Limit++ // one more tells whether there is a next page
-	evs, err := s.store.Events(r.Context(), id, eq)
+	// Past limit or the byte budget, the page is shorter and nextCursor resumes it.
+	// writePage's shape, built in the one bounded buffer.
+	out, more, last, err := s.appendEventPage(r.Context(), []byte(`{"success":true,"data":`), id, eq, eq.Limit)
 	if err != nil {
 		return err
 	}
-	next := ""
-	if len(evs) > limit {
-		evs = evs[:limit]
-		last := evs[limit-1]
-		next = encodeCursor(last.ReceivedAt, last.ID)
+	out = append(out, `,"nextCursor":`...)
+	if more {
+		out = event.AppendString(out, encodeCursor(last.Time, last.ID))
+	} else {
+		out = append(out, "null"...)
 	}
-	writePage(w, appendEvents(nil, evs), next)
+	writeBody(w, http.StatusOK, append(out, '}'))
 	return nil
 }
 

@@ -14,6 +14,9 @@ type metrics struct {
 	refreshReuse      prometheus.Counter
 	throttleFallback  prometheus.Counter
 	hashRejected      prometheus.Counter
+	// Email verification (verify.go).
+	verifications         *prometheus.CounterVec
+	verifyResendThrottled prometheus.Counter
 }
 
 // newMetrics registers the api's metrics. Labels are bounded: route is a ServeMux
@@ -50,6 +53,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pulseboard_api_password_hash_rejected_total",
 			Help: "Requests answered 503 because every password hashing slot was busy.",
 		}),
+		verifications: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_api_email_verifications_total",
+			Help: "Verification links presented, by outcome: verified, unknown, used, expired, superseded.",
+		}, []string{"outcome"}),
+		verifyResendThrottled: f.NewCounter(prometheus.CounterOpts{
+			Name: "pulseboard_api_verify_resend_throttled_total",
+			Help: "Verification email resends refused with 429 by the per-account or per-address throttle.",
+		}),
+	}
+	for _, o := range outcomeLabels {
+		m.verifications.WithLabelValues(o)
 	}
 	m.loginThrottled.WithLabelValues("account")
 	m.loginThrottled.WithLabelValues("ip")

@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -10,6 +12,7 @@ import (
 	"github.com/pulseboard/pulseboard/api/internal/authn"
 	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/apikey"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
 )
 
@@ -82,7 +85,12 @@ func (s *Service) createProject(w http.ResponseWriter, r *http.Request, p authn.
 	if err := checkLength("body/name", name, 1, maxProjectNameChars); err != nil {
 		return err
 	}
-	proj, err := s.store.CreateProject(r.Context(), p.UserID, name)
+	proj, err := s.store.CreateProject(r.Context(), p.UserID, name, s.cfg.MaxProjectsPerUser)
+	if errors.Is(err, store.ErrProjectLimit) {
+		// Issue 16 item 7: projects are what alert mail is made of.
+		return newError(httperr.ProjectLimit, "Project limit reached: an account may have at most "+
+			strconv.Itoa(s.cfg.MaxProjectsPerUser)+" projects; delete one first")
+	}
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,7 @@ func testConfig() Config {
 		RefreshReuseGrace: 10e9, LoginAccountFreeFailures: 5, LoginIPFreeFailures: 20, LoginBackoffBase: 1e9,
 		LoginBackoffMax: 60e9, LoginFailureTTL: 3600e9, LoginThrottlePrefix: "x:", MaxBodyBytes: 65536,
 		RegisterIPLimit: 10, RegisterGlobalLimit: 300, RegisterWindow: 600e9,
+		PublicURL: "http://localhost:3000", VerifyTokenTTL: 24 * 3600e9, VerifyResendInterval: 60e9, VerifyResendDailyLimit: 5,
 		ReadHeaderTimeout: 5e9, ReadTimeout: 5e9, WriteTimeout: 5e9, IdleTimeout: 5e9, MaxHeaderBytes: 8192, ShutdownTimeout: 5e9,
 	}
 }

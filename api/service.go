@@ -24,6 +24,9 @@ import (
 	"github.com/pulseboard/pulseboard/api/internal/throttle"
 	"github.com/pulseboard/pulseboard/pkg/auth"
 	"github.com/pulseboard/pulseboard/pkg/clientip"
+	"github.com/pulseboard/pulseboard/pkg/connlimit"
+	"github.com/pulseboard/pulseboard/pkg/fdlimit"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 )
 
@@ -94,6 +97,7 @@ type Service struct {
 	handler  http.Handler
 	server   *http.Server
 	ln       net.Listener
+	conns    *connlimit.Listener // wraps ln: the connection caps
 	started  atomic.Bool
 }
 
@@ -158,7 +162,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 
 	s.mux = http.NewServeMux()
 	s.routes()
-	s.handler = s.instrument(s.cors(http.HandlerFunc(s.router)))
+	s.handler = s.drainRejectedBody(s.instrument(s.cors(http.HandlerFunc(s.router))))
 	s.server = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -175,7 +179,103 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			return nil, fmt.Errorf("api: listening on %s:%d: %w", cfg.Host, cfg.Port, err)
 		}
 	}
+	s.conns = connlimit.New(s.ln, s.connOptions())
+	s.ln = s.conns
+	s.server.ConnState = s.conns.ConnState
 	return s, nil
+}
+
+// connOptions are the connection caps of Config (API_MAX_CONNS, API_MAX_CONNS_PER_IP):
+// a MaxConns of 0 is derived from the open-file limit (fdlimit.DefaultMaxConns).
+func (s *Service) connOptions() connlimit.Options {
+	soft, hard := fdlimit.Current()
+	maxConns := s.cfg.MaxConns
+	if maxConns == 0 {
+		maxConns = fdlimit.DefaultMaxConns()
+	}
+	if soft > 0 && uint64(maxConns) > soft {
+		s.logger.Warn("API_MAX_CONNS is above the open-file limit: a connection flood can exhaust the descriptors PostgreSQL and Redis need",
+			"max_conns", maxConns, "nofile_soft", soft)
+	}
+	s.logger.Info("connection caps", "max_conns", maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP, "nofile_soft", soft, "nofile_hard", hard)
+	total := connlimit.HTTPRefusal(http.StatusServiceUnavailable,
+		httperr.AppendBody(nil, httperr.Unavailable, "the server is at its connection limit; retry shortly"))
+	perIP := connlimit.HTTPRefusal(http.StatusTooManyRequests,
+		httperr.AppendBody(nil, httperr.RateLimited, "too many connections from your address; reuse or close some"))
+	return connlimit.Options{
+		MaxConns: maxConns, MaxConnsPerIP: s.cfg.MaxConnsPerIP,
+		Refusal: func(r connlimit.Reason) []byte {
+			if r == connlimit.ReasonPerIP {
+				return perIP
+			}
+			return total
+		},
+		Namespace: "pulseboard_api", Registerer: s.deps.Registerer, Logger: s.logger,
+	}
+}
+
+// drainRejectedBody makes a 413 readable (issue 16 item 9). When a handler stops reading
+// a body at API_MAX_BODY_BYTES (http.MaxBytesReader) and answers 413, net/http would
+// close the connection with the rest of the body unread: the kernel then resets it, and a
+// client that writes its whole body before reading (Node's fetch) sees ECONNRESET
+// instead of the 413. Here, once the body passes the cap, the response gets
+// Connection: close and full duplex; after the handler, the 413 is flushed and the rest
+// of the body read and discarded (at most connlimit.DrainMaxBytes, within
+// connlimit.DrainTimeout) before the connection closes. A body declaring more than that
+// is not drained: the connection closes as before.
+func (s *Service) drainRejectedBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body := &capWatcher{ReadCloser: r.Body, limit: s.cfg.MaxBodyBytes, w: w}
+		r2 := new(http.Request)
+		*r2 = *r
+		r2.Body = body
+		next.ServeHTTP(w, r2)
+		if !body.over || body.eof {
+			return
+		}
+		n := int64(connlimit.DrainMaxBytes)
+		if r.ContentLength > 0 {
+			if n = r.ContentLength - body.n; n > connlimit.DrainMaxBytes {
+				return
+			}
+		}
+		rc := http.NewResponseController(w)
+		if rc.Flush() != nil || rc.SetReadDeadline(time.Now().Add(connlimit.DrainTimeout)) != nil {
+			return
+		}
+		_, _ = io.CopyN(io.Discard, r.Body, n)
+	})
+}
+
+// capWatcher counts what a handler reads of a request body and, the moment it passes
+// the cap, prepares the response for drainRejectedBody (before the handler answers).
+type capWatcher struct {
+	io.ReadCloser
+	limit int64
+	w     http.ResponseWriter
+	n     int64
+	over  bool
+	eof   bool
+}
+
+func (c *capWatcher) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	if err == io.EOF {
+		c.eof = true
+	}
+	if c.n > c.limit && !c.over {
+		c.over = true
+		c.w.Header().Set("Connection", "close")
+		// Without full duplex net/http would refuse to read the body once the 413 is
+		// written and close the connection with the rest of it unread.
+		_ = http.NewResponseController(c.w).EnableFullDuplex()
+	}
+	return n, err
 }
 
 // NewAccessTokens returns the access token issuer of cfg: JWT_ACCESS_SECRET, or in
@@ -209,6 +309,8 @@ func (s *Service) routes() {
 	m("POST /auth/logout", s.handle(s.logout))
 	m("POST /auth/logout-all", s.authed(s.logoutAll))
 	m("GET /me", s.authed(s.me))
+	m("GET /auth/verify", s.handle(s.verifyEmail))
+	m("POST /auth/verify/resend", s.authed(s.resendVerification))
 
 	m("POST /projects", s.authed(s.createProject))
 	m("GET /projects", s.authed(s.listProjects))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,7 +35,8 @@ type buildOnce struct {
 // Bin returns the path of a PulseBoard binary built with the failpoints build tag
 // (`go build -tags failpoints`), building it on first use in this test binary: name is
 // one of pulseboard, ingestor, consumer, alerter, api. CHAOS_RACE=1 builds them with the
-// race detector too. Call Cleanup from TestMain to remove them.
+// race detector too; CHAOS_BIN_<NAME> (e.g. CHAOS_BIN_API) names a prebuilt binary to
+// use instead. Call Cleanup from TestMain to remove them.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
 	pkg, ok := packages[name]
@@ -57,6 +59,13 @@ func Bin(t testing.TB, name string) string {
 	}
 	binMu.Unlock()
 	b.once.Do(func() {
+		// CHAOS_BIN_<NAME> (CHAOS_BIN_API, …) runs a binary built elsewhere instead, to
+		// measure another version of a service (R16 compares with the code before a fix).
+		if path := os.Getenv("CHAOS_BIN_" + strings.ToUpper(name)); path != "" {
+			b.path = path
+			t.Logf("harness: using %s for %s (CHAOS_BIN_%s)", path, name, strings.ToUpper(name))
+			return
+		}
 		args := []string{"build", "-tags", "failpoints", "-o", b.path}
 		if os.Getenv("CHAOS_RACE") == "1" {
 			args = append(args, "-race")

@@ -136,6 +136,10 @@ func NewCluster(t testing.TB, o Options) *Cluster {
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
+	// Alert and digest mail go only to verified addresses (ALERT_REQUIRE_VERIFIED).
+	if err := VerifyUser(ctx, c.Pool, user.ID); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
 	for i := range o.Projects {
 		p, err := pgstore.CreateProject(ctx, c.Pool, user.ID, fmt.Sprintf("chaos-%d", i))
 		if err != nil {

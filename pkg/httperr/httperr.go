@@ -37,10 +37,19 @@ const (
 	Internal             Code = "INTERNAL"
 )
 
+// Email verification and the per-user project cap (issue 16 item 7).
+const (
+	EmailAlreadyVerified     Code = "EMAIL_ALREADY_VERIFIED"
+	VerificationTokenInvalid Code = "VERIFICATION_TOKEN_INVALID"
+	VerificationTokenExpired Code = "VERIFICATION_TOKEN_EXPIRED"
+	VerificationTokenUsed    Code = "VERIFICATION_TOKEN_USED"
+	ProjectLimit             Code = "PROJECT_LIMIT"
+)
+
 // Status is the HTTP status that goes with a code.
 func (c Code) Status() int {
 	switch c {
-	case ValidationFailed, InvalidJSON, InvalidTimestamp, BadRequest:
+	case ValidationFailed, InvalidJSON, InvalidTimestamp, BadRequest, VerificationTokenInvalid:
 		return http.StatusBadRequest
 	case Unauthorized, InvalidAPIKey, InvalidCredentials, NoRefreshToken, InvalidRefreshToken:
 		return http.StatusUnauthorized
@@ -52,8 +61,10 @@ func (c Code) Status() int {
 		return http.StatusMethodNotAllowed
 	case RequestTimeout:
 		return http.StatusRequestTimeout
-	case EmailTaken:
+	case EmailTaken, EmailAlreadyVerified, ProjectLimit:
 		return http.StatusConflict
+	case VerificationTokenExpired, VerificationTokenUsed:
+		return http.StatusGone
 	case PayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case UnsupportedMediaType, UnsupportedEncoding:

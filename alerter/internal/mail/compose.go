@@ -61,6 +61,17 @@ type Digest struct {
 	More int
 }
 
+// Verification is the content of an address verification mail: the api recorded the
+// link (its own public URL and a single-use token) when the account was registered or
+// a resend was asked for. It carries nothing the registrant typed (not even the account
+// name): the address may be someone else's, and the mail must not become a way to send
+// them attacker-written text.
+type Verification struct {
+	ID      string
+	Link    string
+	Expires time.Time
+}
+
 const timeLayout = "2006-01-02 15:04:05 UTC"
 
 // funcs are shared by both template kinds. Values pass through html/template's
@@ -106,6 +117,14 @@ your PulseBoard projects from {{time .From}} to {{time .To}}:
 {{end}}{{if .More}}  ... and {{.More}} more projects
 {{end}}
 Digest id: {{.SendID}}
+{{end}}
+{{define "verification"}}Hello,
+
+please confirm that this is your address, so that PulseBoard can send you alert emails:
+
+{{.Link}}
+
+The link works once, until {{time .Expires}}. If you did not create a PulseBoard account, ignore this email: no alerts will be sent to you.
 {{end}}`
 
 const htmlTemplates = `
@@ -136,6 +155,14 @@ const htmlTemplates = `
 {{end}}</table>
 {{if .More}}<p>… and {{.More}} more projects</p>{{end}}
 <p style="color:#888">Digest id: {{.SendID}}</p>
+</body></html>
+{{end}}
+{{define "verification"}}<!DOCTYPE html>
+<html><body style="font-family:sans-serif">
+<p>Hello,</p>
+<p>please confirm that this is your address, so that PulseBoard can send you alert emails:</p>
+<p><a href="{{.Link}}">Verify my email address</a></p>
+<p>The link works once, until {{time .Expires}}. If you did not create a PulseBoard account, ignore this email: no alerts will be sent to you.</p>
 </body></html>
 {{end}}`
 
@@ -187,6 +214,22 @@ func ComposeDigest(to string, d Digest) (Message, error) {
 	return Message{
 		Kind: "digest", ID: "digest-" + d.SendID, To: to,
 		Subject: "[PulseBoard] Daily digest for " + d.To.UTC().Add(-time.Nanosecond).Format(time.DateOnly),
+		Text:    text, HTML: html,
+	}, nil
+}
+
+// ComposeVerification renders an address verification mail to to.
+func ComposeVerification(to string, v Verification) (Message, error) {
+	if !strings.HasPrefix(v.Link, "https://") && !strings.HasPrefix(v.Link, "http://") {
+		return Message{}, Permanent(fmt.Errorf("verification %s: the link is not an http(s) URL", v.ID))
+	}
+	text, html, err := render("verification", v)
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{
+		Kind: "verification", ID: "verify-" + v.ID, To: to,
+		Subject: "[PulseBoard] Verify your email address",
 		Text:    text, HTML: html,
 	}, nil
 }

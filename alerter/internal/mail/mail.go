@@ -207,6 +207,12 @@ func Recipient(to string) (*netmail.Address, error) {
 	return &netmail.Address{Address: a.Address}, nil
 }
 
+// SameAddress reports whether a and b are the same address, ignoring ASCII case (the
+// api stores addresses lower-cased and trimmed).
+func SameAddress(a, b string) bool {
+	return strings.EqualFold(strings.TrimSpace(a), strings.TrimSpace(b))
+}
+
 type permanentError struct{ err error }
 
 func (e permanentError) Error() string { return e.err.Error() }

@@ -68,3 +68,22 @@ func TestConfigValidate(t *testing.T) {
 		require.ErrorContains(t, err, want)
 	}
 }
+
+// A verification mail carries the link in both parts and refuses anything but an
+// http(s) link (permanently: retrying cannot fix it).
+func TestComposeVerification(t *testing.T) {
+	t.Parallel()
+	link := "https://pulse.example.com/auth/verify?token=abc_-DEF"
+	m, err := ComposeVerification("a@example.com", Verification{ID: "v1", Link: link, Expires: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)})
+	require.NoError(t, err)
+	require.Equal(t, "verification", m.Kind)
+	require.Equal(t, "verify-v1@pulseboard", m.MessageID())
+	require.Contains(t, m.Text, link)
+	require.Contains(t, m.HTML, `href="`+link+`"`)
+	require.Contains(t, m.Text, "2026-01-02 03:04:05 UTC")
+	for _, bad := range []string{"javascript:alert(1)", "", "ftp://x"} {
+		_, err := ComposeVerification("a@example.com", Verification{ID: "v2", Link: bad})
+		require.Error(t, err)
+		require.True(t, IsPermanent(err))
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pulseboard/pulseboard/api"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/fdlimit"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
@@ -59,6 +60,7 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	logger = logger.With("service", "api")
+	fdlimit.Init(logger, 1)
 	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-api", MaxConns: 16})
 	if err != nil {
 		return err

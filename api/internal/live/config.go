@@ -26,7 +26,8 @@ type Config struct {
 	// SSEPingInterval is how often an SSE stream gets a ": ping" comment [15s].
 	SSEPingInterval time.Duration `env:"LIVE_SSE_PING_INTERVAL" envDefault:"15s"`
 	// WriteTimeout bounds every write to a client [10s]: a client that stops reading is
-	// disconnected after it, and so is one whose queue stays full for that long.
+	// disconnected after it, and so is one whose queue stays full for that long. (A
+	// replay's writes are bounded as a whole by ReplayTimeout instead.)
 	WriteTimeout time.Duration `env:"LIVE_WRITE_TIMEOUT" envDefault:"10s"`
 	// QueueSize is the most messages buffered per client [8192], QueueBytes the most
 	// bytes of their encodings [8 MiB]. When either is reached, new messages for that
@@ -47,6 +48,21 @@ type Config struct {
 	ReplayLimit int `env:"LIVE_REPLAY_LIMIT" envDefault:"1000"`
 	// ReplayWindow is how far back an SSE reconnect may replay [1h].
 	ReplayWindow time.Duration `env:"LIVE_REPLAY_WINDOW" envDefault:"1h"`
+	// ReplayMaxBytes caps the bytes one replay writes [4 MiB]: the newest events that
+	// fit both this and ReplayLimit are replayed, and a resync tells the client how many
+	// it missed beyond them (issue 16 item 2).
+	ReplayMaxBytes int64 `env:"LIVE_REPLAY_MAX_BYTES" envDefault:"4194304"`
+	// ReplayConcurrency bounds the replays running at once on this instance [4], and
+	// ReplayPerUser one user's [2]. Each running replay holds a Postgres connection (the
+	// rows are streamed from one snapshot). A reconnect that finds no free slot within
+	// a second is sent {"type":"resync","missed":-1} instead of the replay and continues
+	// with live events (the client refetches through the query API).
+	ReplayConcurrency int `env:"LIVE_REPLAY_CONCURRENCY" envDefault:"4"`
+	ReplayPerUser     int `env:"LIVE_REPLAY_PER_USER" envDefault:"2"`
+	// ReplayTimeout bounds a whole replay, the query and every write [30s]: a client
+	// that does not read its replay is disconnected when it passes (it reconnects with
+	// the id of the last event it did read).
+	ReplayTimeout time.Duration `env:"LIVE_REPLAY_TIMEOUT" envDefault:"30s"`
 	// MaxConnsPerUser bounds one user's concurrent streams on this instance [20]; the
 	// next one is refused with 429 before the upgrade.
 	MaxConnsPerUser int `env:"LIVE_MAX_CONNS_PER_USER" envDefault:"20"`
@@ -69,6 +85,10 @@ const (
 	DefaultMaxMessageBytes         = 4 << 10
 	DefaultReplayLimit             = 1000
 	DefaultReplayWindow            = time.Hour
+	DefaultReplayMaxBytes          = 4 << 20
+	DefaultReplayConcurrency       = 4
+	DefaultReplayPerUser           = 2
+	DefaultReplayTimeout           = 30 * time.Second
 	DefaultMaxConnsPerUser         = 20
 	DefaultSubscribeTimeout        = 5 * time.Second
 	DefaultRevocationCheckInterval = 5 * time.Second
@@ -85,6 +105,16 @@ func (c Config) withDefaults() Config {
 	setDur(&c.SSEPingInterval, DefaultSSEPingInterval)
 	setDur(&c.WriteTimeout, DefaultWriteTimeout)
 	setDur(&c.ReplayWindow, DefaultReplayWindow)
+	setDur(&c.ReplayTimeout, DefaultReplayTimeout)
+	if c.ReplayMaxBytes == 0 {
+		c.ReplayMaxBytes = DefaultReplayMaxBytes
+	}
+	if c.ReplayConcurrency == 0 {
+		c.ReplayConcurrency = DefaultReplayConcurrency
+	}
+	if c.ReplayPerUser == 0 {
+		c.ReplayPerUser = DefaultReplayPerUser
+	}
 	setDur(&c.SubscribeTimeout, DefaultSubscribeTimeout)
 	setDur(&c.RevocationCheckInterval, DefaultRevocationCheckInterval)
 	if c.QueueSize == 0 {
@@ -129,6 +159,12 @@ func (c Config) Validate() error {
 	check(c.MaxMessageBytes == 0 || c.MaxMessageBytes >= 125, "LIVE_MAX_MESSAGE_BYTES must be at least 125, got %d", c.MaxMessageBytes)
 	check(c.ReplayLimit >= 0 && c.ReplayLimit <= 100_000, "LIVE_REPLAY_LIMIT must be in [1, 100000], got %d", c.ReplayLimit)
 	check(c.ReplayWindow >= 0, "LIVE_REPLAY_WINDOW must not be negative, got %s", c.ReplayWindow)
+	// At least one event of the largest size the ingestor accepts (64 KiB) must fit.
+	check(c.ReplayMaxBytes == 0 || (c.ReplayMaxBytes >= 128<<10 && c.ReplayMaxBytes <= 1<<30),
+		"LIVE_REPLAY_MAX_BYTES must be in [131072, 1073741824], got %d", c.ReplayMaxBytes)
+	check(c.ReplayConcurrency >= 0 && c.ReplayConcurrency <= 1024, "LIVE_REPLAY_CONCURRENCY must be in [1, 1024], got %d", c.ReplayConcurrency)
+	check(c.ReplayPerUser >= 0 && c.ReplayPerUser <= 1024, "LIVE_REPLAY_PER_USER must be in [1, 1024], got %d", c.ReplayPerUser)
+	check(c.ReplayTimeout >= 0, "LIVE_REPLAY_TIMEOUT must not be negative, got %s", c.ReplayTimeout)
 	check(c.MaxConnsPerUser >= 0, "LIVE_MAX_CONNS_PER_USER must not be negative, got %d", c.MaxConnsPerUser)
 	check(c.SubscribeTimeout >= 0, "LIVE_SUBSCRIBE_TIMEOUT must not be negative, got %s", c.SubscribeTimeout)
 	check(c.RevocationCheckInterval >= 0, "LIVE_REVOCATION_CHECK_INTERVAL must not be negative, got %s", c.RevocationCheckInterval)

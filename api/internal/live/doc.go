@@ -78,22 +78,48 @@
 // Each SSE event carries id: <cursor>, an opaque encoding of (received_at, id), the order
 // the events table is indexed in. On reconnect with Last-Event-ID (or ?lastEventId=) the
 // stream, already subscribed and with live messages queuing, replays from Postgres the
-// newest ReplayLimit events after the cursor within ReplayWindow (ORDER BY received_at,
-// id). If more were missed than that, a resync with their count goes first. Then the
-// queue is drained: a live message whose event id was replayed is skipped. Comparing ids
-// rather than cursors matters: an event can be published after a later-received one
-// (several consumers), and dropping every live event whose cursor is below the last
-// replayed one would then lose it. Because the subscription is confirmed before the
-// replay query runs, every event committed after the query's snapshot is in the queue
-// (the consumer publishes after its commit), and every one committed before is in the
-// replay: no gap, no duplicate. A queue that overflows during the replay is reported by
-// a resync like any other.
+// newest events after the cursor within ReplayWindow that fit both ReplayLimit (events)
+// and ReplayMaxBytes (bytes written), oldest first (ORDER BY received_at, id). If more
+// were missed than that, a resync with their count goes first. Then the queue is
+// drained: a live message whose event id was replayed is skipped. Comparing ids rather
+// than cursors matters: an event can be published after a later-received one (several
+// consumers), and dropping every live event whose cursor is below the last replayed one
+// would then lose it. Because the subscription is confirmed before the replay's
+// snapshot is taken, every event committed after the snapshot is in the queue (the
+// consumer publishes after its commit), and every one committed before is in the
+// replay or counted in the resync: no gap, no duplicate. A queue that overflows during
+// the replay is reported by a resync like any other.
+//
+// The replay never holds its rows (issue 16 item 2). It runs in one REPEATABLE READ,
+// READ ONLY transaction: a first query reads only the positions and estimated sizes
+// of the newest ReplayLimit+1 events (newest first) and picks where the replay starts
+// (the estimate, the jsonb text plus a fixed overhead, is an upper bound of the
+// compact encoding); a count query sizes the resync; a second query, in the same
+// snapshot, streams exactly the chosen events oldest first, each written to the stream
+// as it is read (the api holds one event and its encoding at a time). Should an event
+// still render larger than estimated, the replay stops before ReplayMaxBytes and sends
+// a resync with the count not sent. What the splice keeps is the sorted ids of the
+// replayed events: 16 bytes × at most ReplayLimit.
+//
+// A replay holds a Postgres connection while it streams, so at most ReplayConcurrency
+// run at once on an instance, ReplayPerUser of one user's. A reconnect waits up to a
+// second for a slot; without one it is sent {"type":"resync","missed":-1} (reason
+// replay_busy) and its stream goes on with live events: the client refetches through
+// the query API. (A 503 was not chosen: EventSource does not reconnect after a non-200
+// answer, so a browser would lose its live stream.) The whole replay (the wait, the
+// queries and the writes) has one deadline, ReplayTimeout, set as the connection's
+// write deadline once rather than a fresh WriteTimeout per write: a client that does
+// not read, or reads a trickle, is disconnected when it passes, and its slot, its
+// connection and its goroutine are released (the client reconnects with the id of the
+// last event it did read). WebSocket streams have no replay.
 //
 // # Metrics
 //
 // pulseboard_api_live_connections{transport}, _messages_sent_total{transport},
 // _messages_dropped_total{transport}, _resyncs_sent_total{transport,reason},
 // _slow_clients_closed_total{transport,reason}, _rejected_total{transport,reason},
-// _replayed_events_total, _redis_subscriptions and _redis_resubscriptions_total; no
+// _replayed_events_total, _replays_running, _redis_subscriptions and
+// _redis_resubscriptions_total (resync reasons: overflow, reconnect, replay,
+// replay_busy); no
 // label carries a project, user or token.
 package live

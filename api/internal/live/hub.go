@@ -35,10 +35,15 @@ type Hub struct {
 	mu     sync.RWMutex // guards topics and every topic's fields
 	topics map[string]*topic
 
-	connMu  sync.Mutex // guards closing, perUser, clients
+	connMu  sync.Mutex // guards closing, perUser, clients, replaying
 	closing bool
 	perUser map[uuid.UUID]int
 	clients map[*client]struct{}
+
+	// replaySlots holds one token per running SSE replay (ReplayConcurrency), and
+	// replaying counts them per user (ReplayPerUser).
+	replaySlots chan struct{}
+	replaying   map[uuid.UUID]int
 
 	kick      chan struct{}
 	stop      chan struct{}
@@ -71,8 +76,11 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		topics:  map[string]*topic{},
 		perUser: map[uuid.UUID]int{},
 		clients: map[*client]struct{}{},
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
+
+		replaySlots: make(chan struct{}, cfg.ReplayConcurrency),
+		replaying:   map[uuid.UUID]int{},
+		kick:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
 	}
 	for _, o := range cfg.AllowedOrigins {
 		h.origin[normalizeOrigin(o)] = struct{}{}

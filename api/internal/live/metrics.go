@@ -15,9 +15,10 @@ const (
 
 // Resync reasons (label values).
 const (
-	resyncOverflow  = "overflow"  // the client's queue was full and messages were dropped
-	resyncReconnect = "reconnect" // Redis reconnected: anything published in the gap is gone
-	resyncReplay    = "replay"    // an SSE reconnect missed more than the replay bounds
+	resyncOverflow  = "overflow"    // the client's queue was full and messages were dropped
+	resyncReconnect = "reconnect"   // Redis reconnected: anything published in the gap is gone
+	resyncReplay    = "replay"      // an SSE reconnect missed more than the replay bounds
+	resyncBusy      = "replay_busy" // an SSE reconnect found no free replay slot
 )
 
 // Rejection reasons (label values): the error code sent before the upgrade.
@@ -43,13 +44,14 @@ type transportMetrics struct {
 }
 
 type metrics struct {
-	byTransport   map[transport]*transportMetrics
-	resyncs       *prometheus.CounterVec
-	slowClosed    *prometheus.CounterVec
-	rejected      *prometheus.CounterVec
-	replayed      prometheus.Counter
-	subscriptions prometheus.Gauge
-	reconnects    prometheus.Counter
+	byTransport    map[transport]*transportMetrics
+	resyncs        *prometheus.CounterVec
+	slowClosed     *prometheus.CounterVec
+	rejected       *prometheus.CounterVec
+	replayed       prometheus.Counter
+	replaysRunning prometheus.Gauge
+	subscriptions  prometheus.Gauge
+	reconnects     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -84,6 +86,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pulseboard_api_live_replayed_events_total",
 			Help: "Events replayed from Postgres to SSE clients that reconnected with Last-Event-ID.",
 		}),
+		replaysRunning: f.NewGauge(prometheus.GaugeOpts{
+			Name: "pulseboard_api_live_replays_running",
+			Help: "SSE replays running (each holds a replay slot and a Postgres connection).",
+		}),
 		subscriptions: f.NewGauge(prometheus.GaugeOpts{
 			Name: "pulseboard_api_live_redis_subscriptions",
 			Help: "Project channels this instance is subscribed to in Redis.",
@@ -100,7 +106,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			dropped:     dropped.WithLabelValues(string(t)),
 		}
 		// Pre-create the labelled series so dashboards see zeros, not gaps.
-		for _, r := range []string{resyncOverflow, resyncReconnect, resyncReplay} {
+		for _, r := range []string{resyncOverflow, resyncReconnect, resyncReplay, resyncBusy} {
 			m.resyncs.WithLabelValues(string(t), r)
 		}
 		for _, r := range []string{slowWriteTimeout, slowQueueFull} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pulseboard/pulseboard/pkg/event"
 )
@@ -24,7 +25,8 @@ const replayCountCap = 100_000
 
 // ServeSSE serves GET /realtime/{projectId}/sse. After "connected", a client that sent
 // Last-Event-ID (header, or ?lastEventId=) first gets the events it missed from Postgres
-// (bounded by ReplayLimit and ReplayWindow, with a resync when more were missed), then
+// (bounded by ReplayLimit, ReplayMaxBytes and ReplayWindow, with a resync when more were
+// missed; see the package docs for the concurrency bound and the deadline), then
 // live events, with no gap and no duplicate between the two (see the package docs).
 func (h *Hub) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	c, _, ok := h.open(w, r, transportSSE)
@@ -187,125 +189,287 @@ func (s *sseStream) writeFailed(err error) {
 
 // replay sends the events after the client's Last-Event-ID. A cursor that does not
 // parse (another server's id, say) cannot be replayed from: the client is told to
-// resync, with the count unknown.
+// resync, with the count unknown. So is a client that finds no free replay slot within
+// replayWait. The whole replay (the wait, the queries and the writes) has ReplayTimeout:
+// a client that does not read is disconnected when it passes (false).
 func (s *sseStream) replay(ctx context.Context, last string) bool {
 	from, err := parseCursor(last)
 	if err != nil {
 		return s.deadline() && s.writeResync(-1, resyncReplay) && s.flush()
 	}
-	events, missed, err := s.h.replay(ctx, s.c.project, from)
-	if err != nil {
+	h, c := s.h, s.c
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.ReplayTimeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	// One write deadline for the whole replay, not a fresh one per write: a client
+	// that reads a byte now and then cannot stretch it. A stream the hub kills (close,
+	// revocation) or whose replay context ends is unblocked at once.
+	if err := s.rc.SetWriteDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return false
+	}
+	unblocked := make(chan struct{})
+	stopUnblock := context.AfterFunc(ctx, func() {
+		defer close(unblocked)
+		_ = s.rc.SetWriteDeadline(time.Now())
+	})
+	defer func() {
+		if !stopUnblock() {
+			<-unblocked
+		}
+	}()
+	go func() {
+		select {
+		case <-c.killed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	release, ok := h.acquireReplay(ctx, c.userID)
+	if !ok {
 		if ctx.Err() != nil {
 			return false
 		}
-		s.h.logger.Warn("live: SSE replay failed; client told to resync", "err", err)
-		missed = -1
-		events = nil
+		return s.writeResync(-1, resyncBusy) && s.flush()
 	}
-	if !s.deadline() {
-		return false
+	defer release()
+	ok, err = s.streamReplay(ctx, from)
+	if err != nil && ctx.Err() == nil {
+		// A query failed before any event was written (at most the resync with the
+		// count): the client must refetch.
+		h.logger.Warn("live: SSE replay failed; client told to resync", "err", err)
+		return s.writeResync(-1, resyncReplay) && s.flush()
 	}
-	if missed != 0 {
-		if !s.writeResync(missed, resyncReplay) {
-			return false
-		}
-	}
-	buf := make([]byte, 0, 4096)
-	for i, e := range events {
-		buf = appendSSE(buf, e.cur.String(), e.json)
-		// Write in chunks under fresh deadlines: a replay is up to ReplayLimit events.
-		if len(buf) >= 32<<10 || i == len(events)-1 {
-			if !s.deadline() || !s.bufWrite(buf) {
-				return false
-			}
-			buf = buf[:0]
-		}
-		s.replayed = append(s.replayed, e.cur.id)
-	}
-	slices.SortFunc(s.replayed, compareUUID)
-	s.h.m.replayed.Add(float64(len(events)))
-	s.c.tm.sent.Add(float64(len(events)))
-	return s.flush()
+	return ok && s.flush()
 }
 
-func compareUUID(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) }
+// replayWait is how long a reconnect waits for a replay slot before it is sent a resync
+// instead.
+const replayWait = time.Second
 
-// replayedEvent is one event read back from Postgres.
-type replayedEvent struct {
-	cur  cursor
-	json []byte
+// acquireReplay takes a replay slot for user: one of ReplayConcurrency, and at most
+// ReplayPerUser of the user's, waiting up to replayWait.
+func (h *Hub) acquireReplay(ctx context.Context, user uuid.UUID) (release func(), ok bool) {
+	timer := time.NewTimer(replayWait)
+	defer timer.Stop()
+	tick := time.NewTicker(replayWait / 20)
+	defer tick.Stop()
+	for {
+		h.connMu.Lock()
+		if h.replaying[user] < h.cfg.ReplayPerUser {
+			h.replaying[user]++
+			h.connMu.Unlock()
+			break
+		}
+		h.connMu.Unlock()
+		select {
+		case <-tick.C:
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+	userDone := func() {
+		h.connMu.Lock()
+		if n := h.replaying[user]; n <= 1 {
+			delete(h.replaying, user)
+		} else {
+			h.replaying[user] = n - 1
+		}
+		h.connMu.Unlock()
+	}
+	select {
+	case h.replaySlots <- struct{}{}:
+		h.m.replaysRunning.Inc()
+		return func() {
+			h.m.replaysRunning.Dec()
+			<-h.replaySlots
+			userDone()
+		}, true
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	userDone()
+	return nil, false
 }
 
-// replay reads the events of project after from, oldest first. It keeps the newest
-// ReplayLimit events received within ReplayWindow: those are what a live view needs,
-// and they continue seamlessly into the live events. missed counts the events after
-// from that are not replayed (older than the window, or beyond the limit), capped at
-// replayCountCap.
-func (h *Hub) replay(ctx context.Context, project uuid.UUID, from cursor) (events []replayedEvent, missed int64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-	defer cancel()
+// replaySizeOverhead bounds what an event's SSE block adds to the text of its name,
+// type, payload and context: the id: line with the cursor, the data: prefix, the ids,
+// times and keys of the JSON object. The name is counted six times over (a control
+// character is escaped as \u00XX).
+const replaySizeOverhead = 512
+
+// streamReplay writes the newest events after from that fit ReplayLimit and
+// ReplayMaxBytes, oldest first, each as it is read from Postgres: the api holds one
+// event at a time, never the replay. Both queries run in one REPEATABLE READ snapshot,
+// taken after the subscription was confirmed: the first reads only positions and sizes
+// (newest first) and picks the oldest event to replay; the second streams the events
+// from there. If more were missed than fit, a resync with their count goes first. A
+// rendering larger than the estimate (it should not be: compacting only removes
+// spaces) cannot overrun the cap: the replay stops and the client is sent a resync with
+// the count not sent.
+//
+// ok is false when the stream must end (a write failed: its deadline passed or the
+// client went away). err is a query failure before anything was written.
+func (s *sseStream) streamReplay(ctx context.Context, from cursor) (ok bool, err error) {
+	h, c := s.h, s.c
+	tx, err := h.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return false, fmt.Errorf("starting the replay snapshot: %w", err)
+	}
+	defer func() {
+		// A read-only snapshot: ending it is all there is to do; bounded, so that a
+		// stuck server cannot hold the stream.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx)
+	}()
 	windowStart := time.Now().Add(-h.cfg.ReplayWindow)
-	rows, err := h.pool.Query(ctx, `
-		SELECT id, type, name, payload, context, "timestamp", received_at
+
+	// Positions and estimated sizes, newest first.
+	rows, err := tx.Query(ctx, `
+		SELECT received_at, id,
+			octet_length(payload::text) + coalesce(octet_length(context::text), 0)
+				+ 6 * octet_length(name) + octet_length(type)
 		FROM events
 		WHERE project_id = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)
 		ORDER BY received_at DESC, id DESC
-		LIMIT $5`, project, windowStart, from.receivedAt, from.id, h.cfg.ReplayLimit+1)
+		LIMIT $5`, c.project, windowStart, from.receivedAt, from.id, h.cfg.ReplayLimit+1)
 	if err != nil {
-		return nil, 0, fmt.Errorf("querying events to replay: %w", err)
+		return false, fmt.Errorf("sizing the events to replay: %w", err)
+	}
+	var (
+		n         int     // events to replay
+		estimated int64   // their estimated size
+		boundary  *cursor // the newest event not replayed, if any
+	)
+	for rows.Next() {
+		var cur cursor
+		var size int64
+		if err := rows.Scan(&cur.receivedAt, &cur.id, &size); err != nil {
+			rows.Close()
+			return false, fmt.Errorf("sizing the events to replay: %w", err)
+		}
+		size += replaySizeOverhead
+		if n == h.cfg.ReplayLimit || estimated+size > h.cfg.ReplayMaxBytes {
+			cur.receivedAt = cur.receivedAt.UTC()
+			boundary = &cur
+			break
+		}
+		n++
+		estimated += size
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, fmt.Errorf("sizing the events to replay: %w", err)
+	}
+
+	// Missed beyond the bounds: what lies between from and the oldest replayed event
+	// (with none replayed, all that lies after from). Older than the window is missed
+	// too.
+	var missed int64
+	if boundary != nil || from.receivedAt.Before(windowStart) {
+		q := `SELECT count(*) FROM (SELECT 1 FROM events
+			WHERE project_id = $1 AND (received_at, id) > ($2, $3)`
+		args := []any{c.project, from.receivedAt, from.id}
+		if boundary != nil {
+			q += ` AND (received_at, id) <= ($4, $5)`
+			args = append(args, boundary.receivedAt, boundary.id)
+		} else if n > 0 {
+			// Everything before the window that is after from.
+			q += ` AND received_at < $4`
+			args = append(args, windowStart)
+		}
+		q += fmt.Sprintf(` LIMIT %d) s`, replayCountCap)
+		if err := tx.QueryRow(ctx, q, args...).Scan(&missed); err != nil {
+			return false, fmt.Errorf("counting missed events: %w", err)
+		}
+		if missed > 0 {
+			if !s.writeResync(missed, resyncReplay) {
+				return false, nil
+			}
+		}
+	}
+	if n == 0 {
+		return true, nil
+	}
+
+	// The events, oldest first, from the same snapshot: exactly the n sized above.
+	lower := from
+	if boundary != nil {
+		lower = *boundary
+	}
+	rows, err = tx.Query(ctx, `
+		SELECT id, type, name, payload, context, "timestamp", received_at
+		FROM events
+		WHERE project_id = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)
+		ORDER BY received_at, id
+		LIMIT $5`, c.project, windowStart, lower.receivedAt, lower.id, n)
+	if err != nil {
+		return false, fmt.Errorf("querying events to replay: %w", err)
 	}
 	defer rows.Close()
+	var (
+		buf     []byte
+		written int64
+		sent    int
+	)
+	s.replayed = make([]uuid.UUID, 0, n)
+	defer func() {
+		slices.SortFunc(s.replayed, compareUUID)
+		h.m.replayed.Add(float64(sent))
+		c.tm.sent.Add(float64(sent))
+	}()
 	for rows.Next() {
 		var e event.Event
 		var payload, ctxJSON []byte
 		if err := rows.Scan(&e.ID, &e.Type, &e.Name, &payload, &ctxJSON, &e.Timestamp, &e.ReceivedAt); err != nil {
-			return nil, 0, fmt.Errorf("scanning events to replay: %w", err)
+			return s.replayFailed(sent, n, fmt.Errorf("scanning events to replay: %w", err))
 		}
-		e.ProjectID = project
+		e.ProjectID = c.project
 		// jsonb prints with spaces; the live messages are compact.
 		if e.Payload, err = compactJSON(payload); err != nil {
-			return nil, 0, err
+			return s.replayFailed(sent, n, err)
 		}
 		if ctxJSON != nil {
 			if e.Context, err = compactJSON(ctxJSON); err != nil {
-				return nil, 0, err
+				return s.replayFailed(sent, n, err)
 			}
 		}
-		events = append(events, replayedEvent{
-			cur:  cursor{receivedAt: e.ReceivedAt.UTC(), id: e.ID},
-			json: e.AppendJSON(make([]byte, 0, 256+len(e.Payload)+len(e.Context))),
-		})
+		cur := cursor{receivedAt: e.ReceivedAt.UTC(), id: e.ID}
+		buf = appendSSE(buf[:0], cur.String(), e.AppendJSON(make([]byte, 0, 256+len(e.Payload)+len(e.Context))))
+		if written+int64(len(buf)) > h.cfg.ReplayMaxBytes {
+			// Larger than estimated: the rest is missed.
+			return s.writeResync(int64(n-sent), resyncReplay), nil
+		}
+		if !s.bufWrite(buf) {
+			return false, nil
+		}
+		written += int64(len(buf))
+		sent++
+		s.replayed = append(s.replayed, e.ID)
+		if cap(buf) > 64<<10 {
+			buf = nil // do not keep an outsized event's buffer
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("querying events to replay: %w", err)
+		return s.replayFailed(sent, n, fmt.Errorf("querying events to replay: %w", err))
 	}
-	truncated := len(events) > h.cfg.ReplayLimit
-	if truncated {
-		events = events[:h.cfg.ReplayLimit]
-	}
-	slices.Reverse(events)
-	if !truncated && !from.receivedAt.Before(windowStart) {
-		return events, 0, nil // everything after from is in the replay
-	}
-	// Count what lies between from and the first replayed event (or, with none, all
-	// that lies after from: it is all older than the window).
-	var bound *cursor
-	if len(events) > 0 {
-		bound = &events[0].cur
-	}
-	q := `SELECT count(*) FROM (SELECT 1 FROM events
-		WHERE project_id = $1 AND (received_at, id) > ($2, $3)`
-	args := []any{project, from.receivedAt, from.id}
-	if bound != nil {
-		q += ` AND (received_at, id) < ($4, $5)`
-		args = append(args, bound.receivedAt, bound.id)
-	}
-	q += fmt.Sprintf(` LIMIT %d) s`, replayCountCap)
-	if err := h.pool.QueryRow(ctx, q, args...).Scan(&missed); err != nil {
-		return nil, 0, fmt.Errorf("counting missed events: %w", err)
-	}
-	return events, missed, nil
+	return true, nil
 }
+
+// replayFailed ends a replay whose query failed after some events were written: the
+// rest is missed, which the client is told (unless the stream itself failed).
+func (s *sseStream) replayFailed(sent, n int, err error) (bool, error) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false, nil
+	}
+	s.h.logger.Warn("live: SSE replay failed; client told to resync", "err", err)
+	return s.writeResync(int64(n-sent), resyncReplay), nil
+}
+
+func compareUUID(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) }
 
 func compactJSON(b []byte) ([]byte, error) {
 	var out bytes.Buffer

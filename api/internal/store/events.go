@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -32,11 +33,27 @@ type EventQuery struct {
 	Limit int
 }
 
-// Events returns a page of a project's events, newest first by (received_at, id). The
-// caller has checked that the project is the user's. jsonb comes back from Postgres in
-// its own text form ({"a": 1}); it is compacted so that the event object matches what
-// the ingestor answered and the live stream sent.
+// ErrStop, returned by an EachEvent callback, ends the iteration without an error.
+var ErrStop = errors.New("store: stop")
+
+// Events returns a page of a project's events, newest first by (received_at, id); see
+// EachEvent.
 func (s *Store) Events(ctx context.Context, projectID uuid.UUID, q EventQuery) ([]event.Event, error) {
+	var evs []event.Event
+	err := s.EachEvent(ctx, projectID, q, func(e *event.Event) error {
+		evs = append(evs, *e)
+		return nil
+	})
+	return evs, err
+}
+
+// EachEvent calls fn with each event of a page of a project's events, newest first by
+// (received_at, id), as the rows are read: the caller decides what to keep (the query
+// API stops at its response byte budget). fn returning ErrStop ends the iteration; *e
+// is fn's to keep. The caller has checked that the project is the user's. jsonb comes
+// back from Postgres in its own text form ({"a": 1}); it is compacted so that the event
+// object matches what the ingestor answered and the live stream sent.
+func (s *Store) EachEvent(ctx context.Context, projectID uuid.UUID, q EventQuery, fn func(e *event.Event) error) error {
 	var sb strings.Builder
 	args := []any{projectID}
 	arg := func(v any) string {
@@ -62,33 +79,39 @@ func (s *Store) Events(ctx context.Context, projectID uuid.UUID, q EventQuery) (
 	sb.WriteString(" ORDER BY received_at DESC, id DESC LIMIT " + arg(q.Limit))
 	rows, err := s.db.Query(ctx, sb.String(), args...)
 	if err != nil {
-		return nil, mapErr("querying events", err)
+		return mapErr("querying events", err)
 	}
-	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (event.Event, error) {
+	defer rows.Close()
+	for rows.Next() {
 		var (
-			e                event.Event
-			payload, evCtx   []byte
-			compactP, compCt bytes.Buffer
+			e              event.Event
+			payload, evCtx []byte
 		)
-		if err := r.Scan(&e.ID, &e.ProjectID, &e.Type, &e.Name, &payload, &evCtx, &e.Timestamp, &e.ReceivedAt); err != nil {
-			return e, err
+		if err := rows.Scan(&e.ID, &e.ProjectID, &e.Type, &e.Name, &payload, &evCtx, &e.Timestamp, &e.ReceivedAt); err != nil {
+			return mapErr("querying events", err)
 		}
+		var compactP bytes.Buffer
+		compactP.Grow(len(payload))
 		if err := json.Compact(&compactP, payload); err != nil {
-			return e, fmt.Errorf("compacting payload of %s: %w", e.ID, err)
+			return fmt.Errorf("compacting payload of %s: %w", e.ID, err)
 		}
 		e.Payload = compactP.Bytes()
 		if evCtx != nil {
-			if err := json.Compact(&compCt, evCtx); err != nil {
-				return e, fmt.Errorf("compacting context of %s: %w", e.ID, err)
+			var compactC bytes.Buffer
+			compactC.Grow(len(evCtx))
+			if err := json.Compact(&compactC, evCtx); err != nil {
+				return fmt.Errorf("compacting context of %s: %w", e.ID, err)
 			}
-			e.Context = compCt.Bytes()
+			e.Context = compactC.Bytes()
 		}
-		return e, nil
-	})
-	if err != nil {
-		return nil, mapErr("querying events", err)
+		if err := fn(&e); err != nil {
+			if errors.Is(err, ErrStop) {
+				return nil
+			}
+			return err
+		}
 	}
-	return evs, nil
+	return mapErr("querying events", rows.Err())
 }
 
 // Bucket is one stats bucket: stored events per type.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,8 +53,13 @@ func scanProject(row interface{ Scan(...any) error }) (Project, error) {
 	return p, err
 }
 
-// CreateProject creates a project with a new API key.
-func (s *Store) CreateProject(ctx context.Context, userID uuid.UUID, name string) (Project, error) {
+// ErrProjectLimit: the user has the maximum number of projects already.
+var ErrProjectLimit = errors.New("project limit reached")
+
+// CreateProject creates a project with a new API key; ErrProjectLimit when the user has
+// maxProjects already (0: no limit). The user's row is locked while counting, so
+// concurrent creations of one user cannot pass the limit together.
+func (s *Store) CreateProject(ctx context.Context, userID uuid.UUID, name string, maxProjects int) (Project, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return Project{}, err
@@ -63,13 +69,36 @@ func (s *Store) CreateProject(ctx context.Context, userID uuid.UUID, name string
 		return Project{}, fmt.Errorf("generating API key: %w", err)
 	}
 	h := apikey.HashOf(key)
-	p, err := scanProject(s.db.QueryRow(ctx, `
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return Project{}, mapErr("creating project", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if maxProjects > 0 {
+		// Lock first, count in a later statement: in READ COMMITTED each statement takes
+		// a new snapshot, so the count sees the projects of the transaction that held
+		// the lock before us (a count in the locking statement would not).
+		var one, n int
+		if err := tx.QueryRow(ctx, `SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE`, userID).Scan(&one); err != nil {
+			return Project{}, mapErr("creating project", err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM projects WHERE user_id = $1`, userID).Scan(&n); err != nil {
+			return Project{}, mapErr("creating project", err)
+		}
+		if n >= maxProjects {
+			return Project{}, ErrProjectLimit
+		}
+	}
+	p, err := scanProject(tx.QueryRow(ctx, `
 		WITH p AS (
 			INSERT INTO projects (id, user_id, name, api_key, api_key_hash) VALUES ($1, $2, $3, $4, $5)
 			RETURNING *
 		)
 		SELECT `+projectColumns+` FROM p`, id, userID, name, key, h[:]))
-	return p, mapErr("creating project", err)
+	if err != nil {
+		return Project{}, mapErr("creating project", err)
+	}
+	return p, mapErr("creating project", tx.Commit(ctx))
 }
 
 // Projects lists the user's projects, newest first.

@@ -15,27 +15,42 @@ type User struct {
 	PasswordHash     string
 	TokensValidAfter time.Time
 	CreatedAt        time.Time
+	// EmailVerifiedAt is when the current address was verified; nil: not verified.
+	EmailVerifiedAt *time.Time
 }
 
-const userColumns = `id, name, email, password_hash, tokens_valid_after, created_at`
+const userColumns = `id, name, email, password_hash, tokens_valid_after, created_at, email_verified_at`
 
 func scanUser(row interface{ Scan(...any) error }) (User, error) {
 	var u User
-	err := row.Scan(&u.ID, &u.Name, &u.Email, &u.PasswordHash, &u.TokensValidAfter, &u.CreatedAt)
+	err := row.Scan(&u.ID, &u.Name, &u.Email, &u.PasswordHash, &u.TokensValidAfter, &u.CreatedAt, &u.EmailVerifiedAt)
 	return u, err
 }
 
-// CreateUser inserts a user; ErrEmailTaken when the e-mail exists (in any case).
-func (s *Store) CreateUser(ctx context.Context, name, email, passwordHash string, now time.Time) (User, error) {
+// CreateUser inserts a user and, in the same transaction, its first verification link
+// with its pending mail (the outbox the alerter sends from); ErrEmailTaken when the
+// e-mail exists (in any case).
+func (s *Store) CreateUser(ctx context.Context, name, email, passwordHash string, now time.Time, v NewVerification) (User, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return User{}, err
 	}
-	u, err := scanUser(s.db.QueryRow(ctx, `
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return User{}, mapErr("creating user", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	u, err := scanUser(tx.QueryRow(ctx, `
 		INSERT INTO users (id, name, email, password_hash, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $5)
 		RETURNING `+userColumns, id, name, email, passwordHash, now))
-	return u, mapErr("creating user", err)
+	if err != nil {
+		return User{}, mapErr("creating user", err)
+	}
+	if err := insertVerification(ctx, tx, u, now, v); err != nil {
+		return User{}, mapErr("creating user", err)
+	}
+	return u, mapErr("creating user", tx.Commit(ctx))
 }
 
 // UserByEmail looks a user up by normalised e-mail (the lower(email) index).
