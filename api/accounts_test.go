@@ -260,7 +260,7 @@ func TestLogoutAllRevokesEverySessionAndClosesStreams(t *testing.T) {
 func TestProductionRefusesWeakSecretsAndLocalhostOrigins(t *testing.T) {
 	t.Parallel()
 	validate := func(secret, origins string) error {
-		cfg, err := config.Parse[api.Config](config.Env{"PULSEBOARD_ENV": "production", "JWT_ACCESS_SECRET": secret, "CORS_ORIGIN": origins})
+		cfg, err := config.Parse[api.Config](config.Env{"PULSEBOARD_ENV": "production", "JWT_ACCESS_SECRET": secret, "CORS_ORIGIN": origins, "API_PUBLIC_URL": "https://api.example.com"})
 		require.NoError(t, err)
 		return cfg.Validate()
 	}
@@ -278,6 +278,12 @@ func TestProductionRefusesWeakSecretsAndLocalhostOrigins(t *testing.T) {
 		"http://127.1.2.3", "http://[::1]:3001", "http://0.0.0.0:3001",
 	} {
 		require.ErrorContains(t, validate(good, "https://app.example.com,"+o), fmt.Sprintf("CORS_ORIGIN: %q is a localhost origin", o), o)
+	}
+	// The verification link's base: the localhost default is refused in production.
+	for _, u := range []string{"", "http://localhost:3000", "http://127.0.0.1:3000/base"} {
+		cfg, err := config.Parse[api.Config](config.Env{"PULSEBOARD_ENV": "production", "JWT_ACCESS_SECRET": good, "CORS_ORIGIN": "https://app.example.com", "API_PUBLIC_URL": u})
+		require.NoError(t, err)
+		require.ErrorContains(t, cfg.Validate(), "API_PUBLIC_URL", u)
 	}
 	// Development keeps its defaults (a localhost dashboard, a random secret).
 	cfg, err := config.Parse[api.Config](config.Env{"JWT_ACCESS_SECRET": strings.Repeat("a", 32)})

@@ -157,6 +157,10 @@ func (c Config) Validate() error {
 			check(!validOrigin(o) || !loopbackOrigin(o),
 				"CORS_ORIGIN: %q is a localhost origin, refused with PULSEBOARD_ENV=production (origins are allowed with credentials)", o)
 		}
+		// The verification link is mailed to users: a localhost base (the default) would
+		// send them a link that opens nothing.
+		check(!validPublicURL(c.PublicURL) || !loopbackOrigin(publicOrigin(c.PublicURL)),
+			"API_PUBLIC_URL: %q is a localhost address, refused with PULSEBOARD_ENV=production (it is the base of the links mailed to users); set it to the api's public address", c.PublicURL)
 	}
 	check(c.AccessSecret == "" || len(c.AccessSecret) >= auth.MinSecretBytes,
 		"JWT_ACCESS_SECRET must be at least %d bytes (256 random bits)", auth.MinSecretBytes)
@@ -257,6 +261,12 @@ func loopbackOrigin(o string) bool {
 
 // validPublicURL: an absolute http(s) URL with a host and no query, fragment or
 // user info (the verification link appends /auth/verify?token=…).
+// publicOrigin is scheme://host[:port] of a valid public URL.
+func publicOrigin(s string) string {
+	u, _ := url.Parse(s)
+	return u.Scheme + "://" + u.Host
+}
+
 func validPublicURL(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" &&
