@@ -324,12 +324,22 @@ func TestAllInOneClientTimestampsAtTheEdges(t *testing.T) {
 		"2026-01-01T00:00:00+14:00":     "2025-12-31T10:00:00.000Z",
 		"2026-01-01T00:00:00-12:00":     "2026-01-01T12:00:00.000Z",
 		"2026-05-06":                    "2026-05-06T00:00:00.000Z",
+		// The forms the reference backend's clients send (issue 17 item 5): an HTTP date,
+		// and epoch milliseconds as a JSON number ("ms:" marks a number here).
+		"Tue, 01 Dec 2026 10:00:00 GMT": "2026-12-01T10:00:00.000Z",
+		"ms:1796119200123":              "2026-12-01T10:00:00.123Z",
+		"ms:-1":                         "1969-12-31T23:59:59.999Z",
+		"Tue, 01 Dec 2026 10:00:00 PST": "", // a zone name Go would read as +00:00: refused
 	}
 	var events []string
 	var names []string
 	for sent := range stamps {
 		names = append(names, sent)
-		events = append(events, `{"type":"event","name":`+strconv.Quote(sent)+`,"payload":{},"timestamp":`+strconv.Quote(sent)+`}`)
+		ts := strconv.Quote(sent)
+		if ms, ok := strings.CutPrefix(sent, "ms:"); ok {
+			ts = ms
+		}
+		events = append(events, `{"type":"event","name":`+strconv.Quote(sent)+`,"payload":{},"timestamp":`+ts+`}`)
 	}
 	u := newWebUser(t, in)
 	a := u.call("POST", in.ingest+"/ingest/batch", "["+strings.Join(events, ",")+"]", "X-API-Key", in.apiKey)

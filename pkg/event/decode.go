@@ -234,12 +234,30 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 	}
 
 	if ts != nil && ts.Type() != fastjson.TypeNull {
-		if ts.Type() != fastjson.TypeString {
+		// A client may send any form ParseClientTime takes or epoch milliseconds; a Kafka
+		// message carries what the ingestor wrote, always ISO-8601 (ParseTime).
+		var t time.Time
+		ok := false
+		switch {
+		case ts.Type() == fastjson.TypeString && client:
+			sb, _ := ts.StringBytes()
+			t, ok = ParseClientTime(string(sb))
+		case ts.Type() == fastjson.TypeString:
+			sb, _ := ts.StringBytes()
+			t, ok = ParseTime(string(sb))
+		case ts.Type() == fastjson.TypeNumber && client:
+			if n, err := ts.Int64(); err == nil {
+				t, ok = EpochMillis(n)
+			}
+		case client:
+			return invalid(path + "/timestamp must be string or number")
+		default:
 			return invalid(path + "/timestamp must be string")
 		}
-		sb, _ := ts.StringBytes()
-		t, ok := ParseTime(string(sb))
-		if !ok {
+		switch {
+		case !ok && client:
+			return &Error{Code: CodeInvalidTimestamp, Message: path + "/timestamp " + TimestampRule}
+		case !ok:
 			return &Error{Code: CodeInvalidTimestamp, Message: path + "/timestamp must be an ISO-8601 date-time between years 0001 and 9999"}
 		}
 		ev.Timestamp = t
@@ -352,17 +370,60 @@ var timeLayouts = []string{
 // Years outside 0001–9999 are refused so that every accepted time is storable.
 func ParseTime(s string) (time.Time, bool) {
 	for _, layout := range timeLayouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return storable(t)
+		}
+	}
+	return time.Time{}, false
+}
+
+// TimestampRule completes "…/timestamp " in the error for a timestamp no form accepts.
+const TimestampRule = "must be an RFC 3339 date-time, an HTTP date (RFC 1123) or a number of epoch milliseconds, between years 0001 and 9999"
+
+// httpDateLayouts are the HTTP-date forms (RFC 9110 §5.6.7: IMF-fixdate, which is RFC
+// 1123 in GMT, and the obsolete RFC 850 and asctime forms a recipient must accept), and
+// RFC 1123 with a numeric zone (JavaScript's Date.prototype.toUTCString writes the first;
+// mail-style clients the last).
+var httpDateLayouts = []string{time.RFC1123, time.RFC1123Z, time.RFC850, time.ANSIC}
+
+// ParseClientTime parses an event's timestamp as SDKs send it: any form ParseTime takes,
+// or an HTTP date (the reference backend took whatever JavaScript's Date parses, and its
+// clients send both). A named zone other than GMT or UTC is refused: Go would read an
+// abbreviation it does not know as offset zero, silently moving the event.
+func ParseClientTime(s string) (time.Time, bool) {
+	if t, ok := ParseTime(s); ok {
+		return t, true
+	}
+	for _, layout := range httpDateLayouts {
 		t, err := time.Parse(layout, s)
 		if err != nil {
 			continue
 		}
-		t = t.UTC()
-		if y := t.Year(); y < 1 || y > 9999 {
-			return time.Time{}, false
+		if zone, _ := t.Zone(); (layout == time.RFC1123 || layout == time.RFC850) && zone != "GMT" && zone != "UTC" {
+			continue
 		}
-		return t.Truncate(Precision), true
+		return storable(t)
 	}
 	return time.Time{}, false
+}
+
+// EpochMillis is the time of a timestamp sent as a number of milliseconds since the Unix
+// epoch (JavaScript's Date.now()), within the storable years.
+func EpochMillis(ms int64) (time.Time, bool) {
+	const minMS, maxMS = -62135596800000, 253402300799999 // 0001-01-01T00:00:00Z, 9999-12-31T23:59:59.999Z
+	if ms < minMS || ms > maxMS {
+		return time.Time{}, false
+	}
+	return storable(time.UnixMilli(ms))
+}
+
+// storable is t in UTC truncated to Precision, if its year is within 0001–9999.
+func storable(t time.Time) (time.Time, bool) {
+	t = t.UTC()
+	if y := t.Year(); y < 1 || y > 9999 {
+		return time.Time{}, false
+	}
+	return t.Truncate(Precision), true
 }
 
 // DecodeMessage decodes and re-validates an event produced to Kafka. It is strict where

@@ -47,7 +47,7 @@ func TestBuildValidation(t *testing.T) {
 		vf = CodeValidationFailed
 		it = CodeInvalidTimestamp
 	)
-	tsMsg := "body/timestamp must be an ISO-8601 date-time between years 0001 and 9999"
+	tsMsg := "body/timestamp " + TimestampRule
 	tests := []struct {
 		name string
 		body string
@@ -102,10 +102,16 @@ func TestBuildValidation(t *testing.T) {
 		{"eventId misplaced dash", event(`{}`, `,"eventId":"0190a6b27-c3e-7d4f-8a1b-2c3d4e5f6a7b"`), vf, "body/eventId must be a UUID"},
 
 		// timestamp: wrong type is VALIDATION_FAILED, unparseable is INVALID_TIMESTAMP.
-		{"timestamp number 0", event(`{}`, `,"timestamp":0`), vf, "body/timestamp must be string"},
-		{"timestamp epoch millis", event(`{}`, `,"timestamp":1715000000000`), vf, "body/timestamp must be string"},
-		{"timestamp bool", event(`{}`, `,"timestamp":true`), vf, "body/timestamp must be string"},
-		{"timestamp object", event(`{}`, `,"timestamp":{}`), vf, "body/timestamp must be string"},
+		{"timestamp bool", event(`{}`, `,"timestamp":true`), vf, "body/timestamp must be string or number"},
+		{"timestamp object", event(`{}`, `,"timestamp":{}`), vf, "body/timestamp must be string or number"},
+		{"timestamp array", event(`{}`, `,"timestamp":[1]`), vf, "body/timestamp must be string or number"},
+		{"timestamp epoch millis with a fraction", event(`{}`, `,"timestamp":1715000000000.5`), it, tsMsg},
+		{"timestamp epoch millis as exponent", event(`{}`, `,"timestamp":1.715e12`), it, tsMsg},
+		{"timestamp epoch millis past year 9999", event(`{}`, `,"timestamp":253402300800000`), it, tsMsg},
+		{"timestamp epoch millis before year 1", event(`{}`, `,"timestamp":-62135596800001`), it, tsMsg},
+		{"timestamp epoch millis over int64", event(`{}`, `,"timestamp":9223372036854775808`), it, tsMsg},
+		{"timestamp HTTP date in a named zone", event(`{}`, `,"timestamp":"Mon, 06 May 2024 07:08:09 PST"`), it, tsMsg},
+		{"timestamp HTTP date with a wrong weekday format", event(`{}`, `,"timestamp":"Monday, 06 May 2024 07:08:09 GMT"`), it, tsMsg},
 		{"timestamp yesterday", event(`{}`, `,"timestamp":"yesterday"`), it, tsMsg},
 		{"timestamp empty", event(`{}`, `,"timestamp":""`), it, tsMsg},
 		{"timestamp epoch string", event(`{}`, `,"timestamp":"1715000000"`), it, tsMsg},
@@ -119,7 +125,6 @@ func TestBuildValidation(t *testing.T) {
 		{"timestamp February 30", event(`{}`, `,"timestamp":"2024-02-30"`), it, tsMsg},
 		{"timestamp hour 24", event(`{}`, `,"timestamp":"2024-05-06T24:00:00Z"`), it, tsMsg},
 		{"timestamp space separator", event(`{}`, `,"timestamp":"2024-05-06 07:08:09Z"`), it, tsMsg},
-		{"timestamp RFC1123", event(`{}`, `,"timestamp":"Mon, 06 May 2024 07:08:09 GMT"`), it, tsMsg},
 		{"timestamp trailing garbage", event(`{}`, `,"timestamp":"2024-05-06T07:08:09Zjunk"`), it, tsMsg},
 
 		// Not an object at all (B08).
@@ -263,6 +268,17 @@ func TestBuildTimestamp(t *testing.T) {
 		{"year 9999 date only (B29)", `"9999-12-31"`, time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)},
 		{"last storable millisecond", `"9999-12-31T23:59:59.999999Z"`, time.Date(9999, 12, 31, 23, 59, 59, 999e6, time.UTC)},
 		{"escaped string", `"2024-01-15T10:20:30\u005a"`, time.Date(2024, 1, 15, 10, 20, 30, 0, time.UTC)},
+		// Issue 17 item 5: the forms the reference backend took (JavaScript's Date).
+		{"HTTP date (RFC 1123, GMT)", `"Tue, 01 Dec 2026 10:00:00 GMT"`, time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)},
+		{"RFC 1123 in UTC", `"Tue, 01 Dec 2026 10:00:00 UTC"`, time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)},
+		{"RFC 1123 numeric zone", `"Tue, 01 Dec 2026 10:00:00 +0130"`, time.Date(2026, 12, 1, 8, 30, 0, 0, time.UTC)},
+		{"HTTP date, obsolete RFC 850 form", `"Tuesday, 01-Dec-26 10:00:00 GMT"`, time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)},
+		{"HTTP date, obsolete asctime form", `"Tue Dec  1 10:00:00 2026"`, time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)},
+		{"epoch milliseconds", `1796119200123`, time.Date(2026, 12, 1, 10, 0, 0, 123e6, time.UTC)},
+		{"epoch milliseconds 0", `0`, time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{"negative epoch milliseconds", `-1000`, time.Date(1969, 12, 31, 23, 59, 59, 0, time.UTC)},
+		{"epoch milliseconds, last storable", `253402300799999`, time.Date(9999, 12, 31, 23, 59, 59, 999e6, time.UTC)},
+		{"epoch milliseconds, first storable", `-62135596800000`, time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/binary"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -143,7 +144,7 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		ev.Context = d.context
 	}
 	if ts != nil && !isNull(ts) {
-		if ev.Timestamp, ok = rawTime(ts); !ok {
+		if ev.Timestamp, ok = rawClientTime(ts); !ok {
 			return ev, nil, false, false
 		}
 	} else {
@@ -182,6 +183,24 @@ func rawTime(v []byte) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return ParseTime(string(s))
+}
+
+// rawClientTime reads an event's timestamp as Build does: a string in any form
+// ParseClientTime takes, or an integer of epoch milliseconds. Anything else (a fraction,
+// an exponent, an escape) is left to Build, which words the error.
+func rawClientTime(v []byte) (time.Time, bool) {
+	if len(v) > 0 && (v[0] == '-' || v[0] >= '0' && v[0] <= '9') {
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil {
+			return time.Time{}, false
+		}
+		return EpochMillis(n)
+	}
+	s, ok := plainString(v, 0)
+	if !ok {
+		return time.Time{}, false
+	}
+	return ParseClientTime(string(s))
 }
 
 func rawType(v []byte) (string, bool) {

@@ -42,6 +42,7 @@ var rawSeeds = []string{
 	`[{"type":"event","name":"a","payload":{"a":1e-400}}]`,
 	`[{"type":"event","name":"a","payload":{"a":[{"b":1,"c":2,"b":3}]}}]`,
 	`[{"apiKey":7,"type":"event","name":"a","payload":{}}]`,
+	`[{"type":"event","name":"a","payload":{},"timestamp":"Tue, 01 Dec 2026 10:00:00 GMT"},{"type":"event","name":"b","payload":{},"timestamp":1796119200123},{"type":"event","name":"c","payload":{},"timestamp":-0},{"type":"event","name":"d","payload":{},"timestamp":17e11}]`,
 }
 
 func FuzzRawPath(f *testing.F) {
@@ -177,6 +178,8 @@ func TestRawPathDeclines(t *testing.T) {
 		{"invalid UTF-8: Parse", rawSeeds[22], 0, 0, false},
 		{"200 characters", rawSeeds[23], 1, 0, true},
 		{"201 characters", rawSeeds[24], 0, 1, true},
+		// HTTP dates and epoch milliseconds are taken; an exponent is left to Build.
+		{"timestamp forms", rawSeeds[len(rawSeeds)-1], 3, 1, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, split := NewDecoder(DefaultLimits()).SplitBatch([]byte(c.body))
