@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -306,6 +307,21 @@ func (s *Service) clearRefreshCookie(w http.ResponseWriter) {
 	w.Header().Add("Set-Cookie", v+"; SameSite=Strict")
 }
 
+// maxGraceHops bounds the chain of rotations a refresh within the grace follows.
+const maxGraceHops = 8
+
+// successorToken is the refresh token that replaces token: HMAC-SHA256 of it under a key
+// derived from the access-token secret, so that every replica, and every concurrent
+// refresh with the same cookie, derives the same one, and nobody without the secret and
+// the token can (issue 17 item 6). Tokens from login and register stay random.
+func (s *Service) successorToken(token string) (string, []byte) {
+	m := hmac.New(sha256.New, s.successorKey)
+	m.Write([]byte(token))
+	next := base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	h := sha256.Sum256([]byte(next))
+	return next, h[:]
+}
+
 func newRefreshToken() (token string, hash []byte, err error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
@@ -356,21 +372,29 @@ func (s *Service) refresh(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkOrigin(r); err != nil {
 		return err
 	}
-	_, oldHash, err := presentedRefreshToken(r)
+	oldToken, oldHash, err := presentedRefreshToken(r)
 	if err != nil {
 		return err
 	}
-	newToken, newHash, err := newRefreshToken()
-	if err != nil {
-		return err
-	}
-	res, err := s.store.Rotate(r.Context(), oldHash, newHash, s.now(), s.cfg.RefreshTTL.D(), s.cfg.RefreshReuseGrace)
-	if err != nil {
-		return err
+	now := s.now()
+	// Tabs refresh at once with the cookie they share: the successor is derived from the
+	// token, so each of them presents the one the first stored and is answered with it
+	// (following a chain of rotations within the grace, a few links at most).
+	var res store.Rotation
+	for hop := 0; ; hop++ {
+		newToken, newHash := s.successorToken(oldToken)
+		if res, err = s.store.Rotate(r.Context(), oldHash, newHash, now, s.cfg.RefreshTTL.D(), s.cfg.RefreshReuseGrace); err != nil {
+			return err
+		}
+		if res.Outcome == store.Rotated || res.Outcome == store.SuccessorWithinGrace && !res.SuccessorRotated {
+			return s.answerSession(w, res.User, res.FamilyID, newToken, http.StatusOK)
+		}
+		if res.Outcome != store.SuccessorWithinGrace || hop == maxGraceHops {
+			break
+		}
+		oldToken, oldHash = newToken, newHash
 	}
 	switch res.Outcome {
-	case store.Rotated:
-		return s.answerSession(w, res.User, res.FamilyID, newToken, http.StatusOK)
 	case store.ReuseDetected:
 		s.m.refreshReuse.Inc()
 		s.logger.Warn("security: refresh token reuse detected; token family revoked",

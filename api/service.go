@@ -83,8 +83,10 @@ type Service struct {
 
 	store  *store.Store
 	tokens *auth.Tokens
-	authn  *authn.Authenticator
-	hasher *passwords.Hasher // logins
+	// successorKey derives rotated refresh tokens from their predecessor (successorToken).
+	successorKey []byte
+	authn        *authn.Authenticator
+	hasher       *passwords.Hasher // logins
 	// regHasher hashes registrations on slots of their own (issue 16 item 6).
 	regHasher *passwords.Hasher
 	throttle  *throttle.Limiter
@@ -134,6 +136,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			return nil, err
 		}
 	}
+	s.successorKey = s.tokens.Derive("pulseboard refresh-token successor v1")
 	s.store = store.New(deps.Pool)
 	s.authn = authn.New(s.tokens, s.store, func(err error) bool { return errors.Is(err, store.ErrNotFound) })
 	conc := cfg.HashConcurrency

@@ -5,7 +5,9 @@
 package auth
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -90,6 +92,15 @@ func RandomSecret() []byte {
 
 // TTL is the access token lifetime.
 func (t *Tokens) TTL() time.Duration { return t.ttl }
+
+// Derive is a key for another purpose than signing, derived from the signing secret
+// (HMAC-SHA256 of label): replicas that share the secret derive the same key, and the
+// secret itself is never used twice.
+func (t *Tokens) Derive(label string) []byte {
+	m := hmac.New(sha256.New, t.secret)
+	m.Write([]byte(label))
+	return m.Sum(nil)
+}
 
 // Issue returns a signed access token for the user, bound to no session, and its expiry.
 func (t *Tokens) Issue(userID uuid.UUID, email string, now time.Time) (string, time.Time, error) {

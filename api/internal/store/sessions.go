@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"time"
 
@@ -65,8 +66,14 @@ const (
 	// Invalid: unknown, expired, revoked, or older than the user's tokens_valid_after.
 	Invalid
 	// ReusedWithinGrace: the token was rotated less than the grace period ago (a
-	// concurrent refresh from the same client). Refused; the family stays valid.
+	// concurrent refresh from the same client), but not to the successor presented with
+	// it. Refused; the family stays valid.
 	ReusedWithinGrace
+	// SuccessorWithinGrace: the token was rotated less than the grace period ago, to the
+	// very successor presented with it, which is still valid: the concurrent refresh is
+	// answered with that successor (User is set; SuccessorRotated says whether it was
+	// itself rotated since, in which case the caller follows the chain).
+	SuccessorWithinGrace
 	// ReuseDetected: the token was rotated longer ago than the grace period. The whole
 	// family is now revoked (RFC 9700 §4.14.2).
 	ReuseDetected
@@ -80,6 +87,8 @@ func (o Outcome) String() string {
 		return "invalid"
 	case ReusedWithinGrace:
 		return "reused_within_grace"
+	case SuccessorWithinGrace:
+		return "successor_within_grace"
 	case ReuseDetected:
 		return "reuse_detected"
 	}
@@ -89,16 +98,19 @@ func (o Outcome) String() string {
 // Rotation is what Rotate found and did.
 type Rotation struct {
 	Outcome  Outcome
-	User     User      // set when Rotated
+	User     User      // set when Rotated or SuccessorWithinGrace
 	UserID   uuid.UUID // set unless Invalid because the token is unknown
 	FamilyID uuid.UUID
+	// SuccessorRotated: with SuccessorWithinGrace, the successor was rotated too.
+	SuccessorRotated bool
 }
 
 // Rotate presents the refresh token with hash oldHash and, if it is current, replaces it
 // with newHash in one transaction. The token row is locked (FOR UPDATE), so of two
 // concurrent refreshes with the same token exactly one rotates it; the other sees it
-// rotated a moment ago and gets ReusedWithinGrace: one wins, the other is refused, and
-// there are never two diverging valid tokens.
+// rotated a moment ago and, presenting the same derived successor, gets
+// SuccessorWithinGrace: both succeed with the one successor, and there are never two
+// diverging valid tokens.
 func (s *Store) Rotate(ctx context.Context, oldHash, newHash []byte, now time.Time, ttl, grace time.Duration) (Rotation, error) {
 	var r Rotation
 	tx, err := s.db.Begin(ctx)
@@ -129,8 +141,7 @@ func (s *Store) Rotate(ctx context.Context, oldHash, newHash []byte, now time.Ti
 		r.Outcome = Invalid
 		return r, nil
 	case rotatedAt != nil && now.Sub(*rotatedAt) <= grace:
-		r.Outcome = ReusedWithinGrace
-		return r, nil
+		return r, s.successorWithinGrace(ctx, tx, id, newHash, now, &r)
 	case rotatedAt != nil:
 		if err := revokeFamily(ctx, tx, r.FamilyID, now); err != nil {
 			return r, err
@@ -159,6 +170,45 @@ func (s *Store) Rotate(ctx context.Context, oldHash, newHash []byte, now time.Ti
 	}
 	r.Outcome = Rotated
 	return r, nil
+}
+
+// successorWithinGrace decides a refresh with a token rotated within the grace (issue 17
+// item 6: tabs refreshing at once with the one cookie they share). Successors are derived
+// from their predecessor (the api's successorToken), so every such request presents the
+// successor the first one stored: if the token was rotated to exactly that one and it is
+// still valid, the request is answered with it, so all of them succeed and the family
+// still has one current token. Anything else (a successor from before derivation, one
+// revoked or expired) stays a refusal that revokes nothing.
+func (s *Store) successorWithinGrace(ctx context.Context, tx pgx.Tx, id uuid.UUID, successorHash []byte, now time.Time, r *Rotation) error {
+	r.Outcome = ReusedWithinGrace
+	var (
+		hash       []byte
+		expiresAt  time.Time
+		revokedAt  *time.Time
+		rotatedAt  *time.Time
+		validAfter time.Time
+		createdAt  time.Time
+	)
+	err := tx.QueryRow(ctx, `
+		SELECT n.token_hash, n.created_at, n.expires_at, n.revoked_at, n.rotated_at, u.tokens_valid_after
+		FROM refresh_tokens o
+		JOIN refresh_tokens n ON n.id = o.replaced_by
+		JOIN users u ON u.id = n.user_id
+		WHERE o.id = $1`, id).Scan(&hash, &createdAt, &expiresAt, &revokedAt, &rotatedAt, &validAfter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return mapErr("rotating refresh token", err)
+	}
+	if subtle.ConstantTimeCompare(hash, successorHash) != 1 || revokedAt != nil || !expiresAt.After(now) || createdAt.Before(validAfter) {
+		return nil
+	}
+	if r.User, err = scanUser(tx.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, r.UserID)); err != nil {
+		return mapErr("rotating refresh token", err)
+	}
+	r.Outcome, r.SuccessorRotated = SuccessorWithinGrace, rotatedAt != nil
+	return nil
 }
 
 // RevokeFamilyOf revokes the family of the refresh token with this hash (logout). An
