@@ -3,6 +3,7 @@ package ingestor_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -87,7 +88,8 @@ func TestIngestBatchPartial(t *testing.T) {
 	delete(evs[1], "name")
 	evs[3]["type"] = "warning"
 	evs[4]["payload"] = []int{1, 2}
-	evs[5]["payload"] = map[string]any{"big": string(make([]byte, 70<<10))} // > 64 KiB once encoded, batch < 1 MiB
+	// > 64 KiB once encoded in short strings (which cannot be shortened to fit), batch < 1 MiB
+	evs[5]["payload"] = map[string]any{"big": strings.Split(strings.Repeat(strings.Repeat("x", 60)+",", 1100), ",")}
 
 	res := b.post(t, "/ingest/batch", mustJSON(t, evs), hdr{"X-API-Key": b.project.APIKey})
 	require.Equal(t, http.StatusOK, res.status, "body: %.1000s", res.body)

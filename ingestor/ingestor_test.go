@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -289,4 +290,47 @@ func objectKeys(t *testing.T, obj []byte) []string {
 		require.NoError(t, dec.Decode(&skip))
 	}
 	return keys
+}
+
+// Issue 17 item 4: an error event of 114 KB (a long stack trace) is not refused: its
+// longest string is shortened to fit the 64 KiB event limit, ending with a marker that
+// says how much was cut, on both routes; the rest of the event is kept whole.
+func TestIngestShortensOversizedStrings(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	stack := "TypeError: x is undefined\n" + strings.Repeat("    at render (App.tsx:10:5)\n", 4000) // ~116 KB
+	ev := map[string]any{
+		"apiKey": b.project.APIKey, "type": "error", "name": "TypeError",
+		"payload": map[string]any{"message": "x is undefined", "stack": stack, "fatal": true},
+		"context": map[string]any{"screen": "Home"},
+	}
+	res := b.post(t, "/ingest", mustJSON(t, ev), nil)
+	require.Equal(t, http.StatusAccepted, res.status, "body: %.500s", res.body)
+	delete(ev, "apiKey")
+	res = b.post(t, "/ingest/batch", mustJSON(t, []any{ev}), hdr{"X-API-Key": b.project.APIKey})
+	require.Equal(t, http.StatusAccepted, res.status, "body: %.500s", res.body)
+	require.Equal(t, 1, decodeBatch(t, res).Accepted)
+
+	msgs := b.readTopic(t)
+	require.Len(t, msgs, 2)
+	for _, m := range msgs {
+		require.LessOrEqual(t, len(m.Value), event.DefaultMaxEventBytes)
+		var got struct {
+			Payload struct {
+				Message, Stack string
+				Fatal          bool
+			}
+			Context map[string]string
+		}
+		require.NoError(t, json.Unmarshal(m.Value, &got))
+		require.Equal(t, "x is undefined", got.Payload.Message)
+		require.True(t, got.Payload.Fatal)
+		require.Equal(t, map[string]string{"screen": "Home"}, got.Context)
+		i := strings.Index(got.Payload.Stack, event.TruncatedMarker)
+		require.Positive(t, i, "the stack ends with the marker")
+		require.Equal(t, stack[:i], got.Payload.Stack[:i], "the stack keeps its beginning")
+		require.True(t, strings.HasSuffix(got.Payload.Stack, " bytes]"))
+		require.Contains(t, got.Payload.Stack, event.TruncatedMarker+strconv.Itoa(len(stack)-i)+" bytes]")
+	}
+	require.Equal(t, 2.0, metricValue(t, b.reg, "pulseboard_ingest_events_truncated_total"))
 }

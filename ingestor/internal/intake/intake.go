@@ -105,6 +105,8 @@ type Handler struct {
 	dropped  [numCauses]prometheus.Counter
 	// Requests refused by the per-project limits, by the bucket that refused them.
 	limitedEvents, limitedBytes prometheus.Counter
+	// Events over the event limit accepted with their longest strings shortened.
+	truncated prometheus.Counter
 }
 
 // work is one request's reusable memory: the slices a request fills.
@@ -155,6 +157,10 @@ func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, 
 	}, []string{"reason"})
 	h.limitedEvents = limited.WithLabelValues(ratelimit.ReasonEvents)
 	h.limitedBytes = limited.WithLabelValues(ratelimit.ReasonBytes)
+	h.truncated = f.NewCounter(prometheus.CounterOpts{
+		Name: "pulseboard_ingest_events_truncated_total",
+		Help: "Events over the event size limit accepted with their longest strings shortened (each ending with a \"...[truncated N bytes]\" marker).",
+	})
 	return h
 }
 
@@ -380,8 +386,15 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	}
 	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{}, &w.enc)
 	if msg, ok := h.sizeOK(len(value), d); !ok {
-		h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
-		return
+		if !h.shorten(d, &ev, len(value)) {
+			h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
+			return
+		}
+		_, msgKey, value = encodeEvent(nil, &ev, keyCache{}, &w.enc)
+		if msg, ok := h.sizeOK(len(value), d); !ok {
+			h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
+			return
+		}
 	}
 	if !h.allow(ctx, routeSingle, proj, 1, len(body)) {
 		return
@@ -550,8 +563,15 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		var value []byte
 		arena, key, value = encodeEvent(arena, ev, key, &w.enc)
 		if msg, ok := h.sizeOK(len(value), d); !ok {
-			results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
-			return
+			if !h.shorten(d, ev, len(value)) {
+				results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
+				return
+			}
+			arena, key, value = encodeEvent(arena, ev, key, &w.enc)
+			if msg, ok := h.sizeOK(len(value), d); !ok {
+				results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
+				return
+			}
 		}
 		if headerProj == nil {
 			if projects == nil {
@@ -1109,6 +1129,18 @@ func splitLines(b []byte) [][]byte {
 		}
 	}
 	return lines
+}
+
+// shorten makes an event whose encoding (size bytes) is over the event limit fit, if it
+// can, by shortening its longest strings (event.Decoder.Fit: a long stack trace is cut,
+// with a marker, rather than the error lost, issue 17 item 4); the caller encodes it
+// again and checks it again. d built the event last.
+func (h *Handler) shorten(d *event.Decoder, ev *event.Event, size int) bool {
+	if _, ok := d.Fit(ev, size+d.NumberGrowth(), h.limits.Event.MaxEventBytes); !ok {
+		return false
+	}
+	h.truncated.Inc()
+	return true
 }
 
 func tooLargeMessage(n int) string {
