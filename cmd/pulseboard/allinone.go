@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/migrations"
 	"github.com/pulseboard/pulseboard/pkg/config"
+	"github.com/pulseboard/pulseboard/pkg/fdlimit"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	kafkaembedded "github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 	"github.com/pulseboard/pulseboard/pkg/obs"
@@ -53,10 +55,13 @@ type allConfig struct {
 	// DrainTimeout bounds how long shutdown waits for the consumer to store everything the
 	// embedded broker acknowledged before the broker (and its memory) goes away.
 	DrainTimeout time.Duration `env:"PULSEBOARD_DRAIN_TIMEOUT" envDefault:"60s"`
-	Ingestor     ingestor.Config
-	Consumer     consumer.Config
-	Alerter      alerter.Config
-	API          api.Config
+	// EmbeddedKafka bounds the embedded broker; Liveness probes the embedded components.
+	EmbeddedKafka embeddedKafkaConfig
+	Liveness      livenessConfig
+	Ingestor      ingestor.Config
+	Consumer      consumer.Config
+	Alerter       alerter.Config
+	API           api.Config
 }
 
 func loadEnv() (config.Env, error) { return config.FromOS(".env") }
@@ -143,9 +148,20 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	logger = logger.With("service", "pulseboard")
+	fdlimit.Init(logger, 2) // api and ingestor share the derived connection caps
+	if err := cfg.Liveness.validate(); err != nil {
+		return err
+	}
+	if err := cfg.EmbeddedKafka.validate(); err != nil {
+		return err
+	}
+	live := newLiveness(cfg.Liveness.LivenessFailures, logger.With("component", "liveness"))
 	databaseURL, stopPostgres, err := allInOneDatabase(ctx, env, cfg, logger)
 	if err != nil {
 		return err
+	}
+	if embeddedPostgres(env, databaseURL, cfg) {
+		live.add("postgres", probePostgres(databaseURL))
 	}
 	defer stopPostgres() // on early returns; deferred first, so it runs after the pool closed
 	if err := prepareDatabase(ctx, databaseURL, logger); err != nil {
@@ -156,22 +172,30 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	rdb, closeRedis, err := redisembedded.OpenOrStart(ctx, cfg.RedisURL, logger)
+	rdb, embeddedRedis, closeRedis, err := redisembedded.OpenOrStartServer(ctx, cfg.RedisURL, logger)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
+	if embeddedRedis != nil {
+		live.add("redis", probeRedis(embeddedRedis.Addr()))
+	}
+	reg := obs.NewRegistry()
 
 	brokers := cfg.Kafka.Brokers
 	var embedded *kafkaembedded.Broker
 	if len(brokers) == 0 {
+		// Retention trims what the consumer and the alerter have both stored.
 		embedded, err = kafkaembedded.Start(kafkaembedded.Options{
 			Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic}, Partitions: cfg.Kafka.Partitions,
+			Retention: cfg.EmbeddedKafka.retention([]string{cfg.Consumer.GroupID, cfg.Alerter.GroupID}, cfg.Kafka.Topic),
+			Logger:    logger.With("component", "broker"), Registerer: reg,
 		})
 		if err != nil {
 			return fmt.Errorf("%w (set KAFKA_EMBEDDED_PORT=0 for any free port, or KAFKA_BROKERS for a real cluster)", err)
 		}
 		brokers = embedded.Addrs()
+		live.add("kafka", probeKafka(brokers))
 		logger.Warn("KAFKA_BROKERS is not set: using the embedded Kafka-protocol broker; it keeps events in memory only, "+
 			"and shutdown drains it into PostgreSQL", "addr", brokers)
 	} else {
@@ -184,7 +208,6 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		}
 	}
 
-	reg := obs.NewRegistry()
 	ready := obs.NewReadiness()
 	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	ready.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
@@ -243,8 +266,11 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	var g errgroup.Group
 	failed := make(chan error, 5)
 	g.Go(func() error {
-		return obs.ServeAdmin(adminCtx, adminLn, obs.AdminHandler(reg, ready, obs.AdminOptions{Pprof: cfg.AdminPprof}), logger)
+		return obs.ServeAdmin(adminCtx, adminLn, live.wrap(obs.AdminHandler(reg, ready, obs.AdminOptions{Pprof: cfg.AdminPprof})), logger)
 	})
+	liveCtx, stopLive := context.WithCancel(base)
+	defer stopLive()
+	go live.run(liveCtx, cfg.Liveness.LivenessInterval)
 	ingestDone := make(chan struct{})
 	consumeDone := make(chan struct{})
 	g.Go(func() error {
@@ -291,6 +317,7 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		logger.Error("a component failed; shutting down", "err", cause)
 	}
 	ready.SetDraining()
+	stopLive() // the components stop on purpose from here on
 	stopIngest()
 	stopAPI() // closes live streams with a close frame; clients reconnect elsewhere
 	<-ingestDone
@@ -360,9 +387,14 @@ func runMigrate(ctx context.Context, env config.Env, stdout io.Writer) error {
 }
 
 type brokerConfig struct {
-	Kafka    config.Kafka
-	DataDir  string `env:"PULSEBOARD_BROKER_DATA_DIR"`
-	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	Kafka         config.Kafka
+	EmbeddedKafka embeddedKafkaConfig
+	// RetentionGroups are the consumer groups whose commits let `pulseboard broker` trim
+	// records and bound itself (the CONSUMER_GROUP and ALERTER_GROUP of the services that
+	// use it); empty: it keeps everything, as a cluster for tests that rewind offsets must.
+	RetentionGroups []string `env:"KAFKA_EMBEDDED_RETENTION_GROUPS" envSeparator:","`
+	DataDir         string   `env:"PULSEBOARD_BROKER_DATA_DIR"`
+	LogLevel        string   `env:"LOG_LEVEL" envDefault:"info"`
 }
 
 func runBroker(ctx context.Context, env config.Env, stdout io.Writer) error {
@@ -374,9 +406,19 @@ func runBroker(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.EmbeddedKafka.validate(); err != nil {
+		return err
+	}
+	var groups []string
+	for _, g := range cfg.RetentionGroups {
+		if g = strings.TrimSpace(g); g != "" {
+			groups = append(groups, g)
+		}
+	}
 	e, err := kafkaembedded.Start(kafkaembedded.Options{
 		Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic},
 		Partitions: cfg.Kafka.Partitions, DataDir: cfg.DataDir,
+		Retention: cfg.EmbeddedKafka.retention(groups, cfg.Kafka.Topic), Logger: logger.With("component", "broker"),
 	})
 	if err != nil {
 		return err
