@@ -545,7 +545,7 @@ func TestConfigDefaults(t *testing.T) {
 // In production the refresh cookie is also Secure (B56).
 func TestProductionCookieIsSecure(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withEnv("PULSEBOARD_ENV", "production", "API_BCRYPT_COST", "12", "CORS_ORIGIN", otherOrigin))
+	b := setup(t, withEnv("PULSEBOARD_ENV", "production", "API_BCRYPT_COST", "12", "CORS_ORIGIN", otherOrigin, "API_PUBLIC_URL", "https://api.example.com"))
 	c := b.client()
 	// The register hashes at cost 12: slow under -race (seconds, more on a loaded machine),
 	// but this is the production path; give it time rather than a flaky deadline.
