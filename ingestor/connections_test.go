@@ -32,6 +32,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 	"github.com/pulseboard/pulseboard/pkg/testenv/kafkatest"
+	"github.com/pulseboard/pulseboard/pkg/testenv/nodefetch"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
 	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
 )
@@ -199,7 +200,7 @@ func TestOversizedBodyGets413ThatAClientWritingEverythingFirstCanRead(t *testing
 
 	for _, slow := range []bool{false, true} {
 		t.Run("node fetch slow="+strconv.FormatBool(slow), func(t *testing.T) {
-			for i, a := range nodeFetch(t, b.url+"/ingest", len(body), map[bool]int{false: 10, true: 3}[slow], slow) {
+			for i, a := range nodefetch.Post(t, b.url+"/ingest", len(body), map[bool]int{false: 10, true: 3}[slow], slow) {
 				require.Equal(t, http.StatusRequestEntityTooLarge, a.Status, "attempt %d: node saw: %s", i, a.Text)
 				require.Contains(t, a.Text, `"code":"PAYLOAD_TOO_LARGE"`)
 			}
@@ -209,59 +210,6 @@ func TestOversizedBodyGets413ThatAClientWritingEverythingFirstCanRead(t *testing
 	// Afterwards the service serves as usual.
 	r := b.ingest(t, validEvent(b.project.APIKey))
 	require.Equal(t, http.StatusAccepted, r.status)
-}
-
-// nodeAnswer is what Node's fetch saw: a status and body, or status 0 and the error.
-type nodeAnswer struct {
-	Status int
-	Text   string
-}
-
-// nodeFetch POSTs a body of size bytes attempts times with Node's fetch (undici, which
-// writes the whole body before reading the answer) and returns what it saw each time;
-// slow sends it chunked, in parts 60 ms apart. Node 20 is on every CI machine: a missing
-// node fails the test.
-func nodeFetch(t *testing.T, url string, size, attempts int, slow bool) []nodeAnswer {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	require.NoError(t, err, "node (20+) is required for this test")
-	script := `
-const [url, size, attempts, slow] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3]), process.argv[4] === 'slow'];
-const whole = Buffer.alloc(size, 'a');
-// slow: a chunked body of 128 KiB parts 60 ms apart, a client on a slow link.
-const slowBody = () => {
-  let sent = 0;
-  return new ReadableStream({async pull(c) {
-    if (sent >= size) { c.close(); return; }
-    await new Promise(r => setTimeout(r, 60));
-    const n = Math.min(128 << 10, size - sent);
-    c.enqueue(whole.subarray(sent, sent + n));
-    sent += n;
-  }});
-};
-(async () => {
-  const seen = [];
-  for (let i = 0; i < attempts; i++) {
-    try {
-      const opts = {method: 'POST', headers: {'content-type': 'application/json'}, body: whole};
-      if (slow) { opts.body = slowBody(); opts.duplex = 'half'; }
-      const r = await fetch(url, opts);
-      seen.push({status: r.status, text: await r.text()});
-    } catch (e) {
-      seen.push({status: 0, text: String(e) + ' / ' + String(e.cause && (e.cause.code || e.cause))});
-    }
-  }
-  console.log(JSON.stringify(seen));
-})();
-`
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, node, "-e", script, url, strconv.Itoa(size), strconv.Itoa(attempts), map[bool]string{true: "slow"}[slow]).CombinedOutput()
-	require.NoError(t, err, "node: %s", out)
-	var res []nodeAnswer
-	require.NoError(t, json.Unmarshal(bytes.TrimSpace(out), &res), "node printed: %s", out)
-	require.Len(t, res, attempts)
-	return res
 }
 
 // The environment of the flood child process.
