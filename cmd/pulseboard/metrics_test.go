@@ -429,6 +429,9 @@ func TestMetricsAfterRealTraffic(t *testing.T) {
 	require.NotEmpty(t, readmeNames)
 	sort.Strings(readmeNames)
 	for _, n := range readmeNames {
+		if in.kk.real && strings.HasPrefix(n, "pulseboard_ingest_broker_") {
+			continue // the embedded broker's, which a run on real Kafka does not start
+		}
 		assert(t, known(n), "the README names %s, which no service exports", n)
 	}
 }
