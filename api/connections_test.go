@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -135,9 +136,24 @@ func TestIdleKeepAliveConnectionsAreShedForNewClients(t *testing.T) {
 	require.GreaterOrEqual(t, b.counter("pulseboard_api_connections_shed_total", nil), 1.0)
 	require.Zero(t, b.counter("pulseboard_api_connections_refused_total", nil))
 
-	require.NoError(t, conns[0].SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err := idle[0].ReadByte()
-	require.ErrorIs(t, err, io.EOF, "the oldest idle connection was closed by the server")
+	requireIdleShed(t, conns, idle)
+}
+
+// requireIdleShed checks that the server closed at least one of the idle connections
+// (oldest first, but which ones were idle when the new client came depends on when the
+// server marked them idle, which a loaded machine delays).
+func requireIdleShed(t *testing.T, conns []net.Conn, idle []*bufio.Reader) {
+	t.Helper()
+	// Shedding happens before the new connection is served, so a shed connection reads
+	// EOF at once; the others would block, so each gets a short deadline.
+	closed := 0
+	for i, c := range conns {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(2*time.Second)))
+		if _, err := idle[i].ReadByte(); errors.Is(err, io.EOF) {
+			closed++
+		}
+	}
+	require.Positive(t, closed, "an idle connection was closed by the server")
 }
 
 // A client that writes its whole body before reading the answer (Node's fetch does)
