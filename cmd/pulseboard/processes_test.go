@@ -63,23 +63,57 @@ func startProcIn(t *testing.T, dir, name, bin string, env []string, args ...stri
 // waitReady polls an admin /readyz until 200, failing fast if the process exits.
 func (p *proc) waitReady(t *testing.T, adminURL string) {
 	t.Helper()
+	if err := p.ready(adminURL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ready polls an admin /readyz until 200; an error if the process exits first or within
+// a minute it never answers 200.
+func (p *proc) ready(adminURL string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get(adminURL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("%s exited before becoming ready (%v); logs:\n%s", p.name, p.waitErr, p.logs.String())
+			return fmt.Errorf("%s exited before becoming ready (%v); logs:\n%s", p.name, p.waitErr, p.logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never became ready; logs:\n%s", p.name, p.logs.String())
+			return fmt.Errorf("%s never became ready; logs:\n%s", p.name, p.logs.String())
 		}
+	}
+}
+
+// startOnFreePorts starts a service with env plus VAR=<a free port> for adminVar and each
+// of portVars and waits until its admin /readyz answers. freePort's port can be taken by
+// a parallel test before the process binds it: a process that exits with "address
+// already in use" is started again on fresh ports (as start does for the all-in-one).
+func startOnFreePorts(t *testing.T, name, bin string, env []string, adminVar string, portVars ...string) (*proc, map[string]int) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		ports := map[string]int{}
+		e := append([]string(nil), env...)
+		for _, v := range append([]string{adminVar}, portVars...) {
+			ports[v] = freePort(t)
+			e = append(e, v+"="+strconv.Itoa(ports[v]))
+		}
+		p := startProc(t, name, bin, e)
+		err := p.ready(fmt.Sprintf("http://127.0.0.1:%d", ports[adminVar]))
+		if err == nil {
+			return p, ports
+		}
+		if attempt < 5 && strings.Contains(p.logs.String(), "address already in use") {
+			t.Logf("%s lost a port race on start, retrying on fresh ports", name)
+			continue
+		}
+		t.Fatal(err)
 	}
 }
 
@@ -98,7 +132,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestSeparateProcessesAroundStandaloneBroker(t *testing.T) {
 	t.Parallel()
 	dbURL, pool := pgtest.NewDB(t)
-	kafkaPort, ingestPort, ingestAdmin, consumerAdmin := freePort(t), freePort(t), freePort(t), freePort(t)
+	kafkaPort := freePort(t)
 	brokers := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	env := append(os.Environ(),
 		"DATABASE_URL="+dbURL, "REDIS_URL="+redistest.URL(t),
@@ -121,10 +155,9 @@ func TestSeparateProcessesAroundStandaloneBroker(t *testing.T) {
 	key := jsonField(t, out, "project", "apiKey")
 
 	svcEnv := append(env, "KAFKA_BROKERS="+brokers)
-	ing := startProc(t, "ingestor", ingestorBinary, append(svcEnv, "INGEST_PORT="+strconv.Itoa(ingestPort), "ADMIN_PORT="+strconv.Itoa(ingestAdmin)))
-	cons := startProc(t, "consumer", consumerBinary, append(svcEnv, "ADMIN_PORT="+strconv.Itoa(consumerAdmin)))
-	ing.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d", ingestAdmin))
-	cons.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d", consumerAdmin))
+	_, ingPorts := startOnFreePorts(t, "ingestor", ingestorBinary, svcEnv, "ADMIN_PORT", "INGEST_PORT")
+	_, consPorts := startOnFreePorts(t, "consumer", consumerBinary, svcEnv, "ADMIN_PORT")
+	ingestPort, ingestAdmin, consumerAdmin := ingPorts["INGEST_PORT"], ingPorts["ADMIN_PORT"], consPorts["ADMIN_PORT"]
 
 	var events []string
 	for i := range 50 {
