@@ -49,6 +49,10 @@ func (s *Service) deliveryLoop(ctx, work context.Context) error {
 	}
 }
 
+// recordTimeout bounds recording an email the server accepted, which is done even
+// while stopping.
+const recordTimeout = 5 * time.Second
+
 // sendTimeout bounds one Mailer.Send, whatever the Mailer.
 func (s *Service) sendTimeout() time.Duration { return s.cfg.SMTP.Timeout + 5*time.Second }
 
@@ -221,19 +225,24 @@ func (s *Service) send(ctx, work context.Context, tx pgx.Tx, msg Message, id uui
 		return fmt.Errorf("sending %s %s while stopping: %w", msg.Kind, id, err)
 	}
 	if err == nil {
-		if _, err := tx.Exec(work, `UPDATE `+table+` SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL`+clearLink(table)+` WHERE id = $1`, id, now); err != nil {
+		// The server accepted the email: record it even if we are stopping (work may be
+		// cancelled by now, and RunJob passes its own ctx as work), or the next replica
+		// sends it again. The record is a few milliseconds; recordTimeout bounds it.
+		rec, cancel := context.WithTimeout(context.WithoutCancel(work), recordTimeout)
+		defer cancel()
+		if _, err := tx.Exec(rec, `UPDATE `+table+` SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL`+clearLink(table)+` WHERE id = $1`, id, now); err != nil {
 			return fmt.Errorf("recording %s %s as sent: %w", msg.Kind, id, err)
 		}
 		did, err := uuid.NewV7()
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(work, `
+		if _, err := tx.Exec(rec, `
 			INSERT INTO email_deliveries (id, kind, ref_id, recipient, transport, message_id, delivered_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`, did, msg.Kind, id, msg.To, s.mailer.Transport(), msg.MessageID(), now); err != nil {
 			return fmt.Errorf("recording the delivery of %s %s: %w", msg.Kind, id, err)
 		}
-		if err := tx.Commit(work); err != nil {
+		if err := tx.Commit(rec); err != nil {
 			return fmt.Errorf("recording %s %s as sent: %w", msg.Kind, id, err)
 		}
 		s.m.emailsSent.WithLabelValues(msg.Kind).Inc()

@@ -156,3 +156,49 @@ func TestDigestResumesAfterAReplicaDiesMidRun(t *testing.T) {
 	require.Len(t, b.smtp.Messages(), len(owners))
 	require.Equal(t, len(owners), b.count(t, `SELECT count(*) FROM digest_sends WHERE state = 'sent' AND attempts = 1`))
 }
+
+// cancelAfterSend sends through next, then cancels: the caller is told to stop right
+// after the server accepted the email.
+type cancelAfterSend struct {
+	next   alerter.Mailer
+	cancel context.CancelFunc
+	sent   atomic.Int32
+}
+
+func (c *cancelAfterSend) Transport() string { return c.next.Transport() }
+
+func (c *cancelAfterSend) Send(ctx context.Context, m alerter.Message) error {
+	err := c.next.Send(ctx, m)
+	if err == nil {
+		c.sent.Add(1)
+		c.cancel()
+	}
+	return err
+}
+
+// A digest run (RunJob, by the scheduler or an operator) stopped right after the SMTP
+// server accepted an email still records it as sent: otherwise the next run sends it
+// again, a duplicate outside the one crash window RELIABILITY.md allows.
+func TestDigestAcceptedEmailRecordedWhenRunIsStopped(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	slot := nextMidnight()
+	_, ps := b.user(t, "stopped@example.com", "p")
+	b.rollup(t, ps[0].ID, slot.Add(-time.Hour), "error", 2)
+	cfg := b.config(t, "pulseboard-alerter")
+	cfg.DeliveryInterval = time.Hour // only RunJob sends
+	smtp, err := mail.NewSMTP(cfg.SMTP)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := &cancelAfterSend{next: smtp, cancel: cancel}
+	b.clock.Set(slot.Add(-time.Hour)) // before the slot: the scheduler does not run it
+	r := b.start(t, cfg, func(d *alerter.Deps) { d.Mailer = m })
+
+	_, err = r.svc.RunJob(ctx, alerter.JobDigest, slot)
+	require.Error(t, err, "the run was stopped before it could finish")
+	require.EqualValues(t, 1, m.sent.Load())
+	require.Len(t, b.smtp.To("stopped@example.com"), 1)
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM digest_sends WHERE recipient = 'stopped@example.com' AND state = 'sent' AND attempts = 1`))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM email_deliveries d JOIN digest_sends s ON s.id = d.ref_id WHERE s.recipient = 'stopped@example.com'`))
+}
