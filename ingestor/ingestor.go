@@ -76,6 +76,14 @@ type Config struct {
 	// refills at UnknownKeyRate per second. 0 disables the limit.
 	UnknownKeyRate  float64 `env:"INGEST_UNKNOWN_KEY_RATE" envDefault:"1"`
 	UnknownKeyBurst int     `env:"INGEST_UNKNOWN_KEY_BURST" envDefault:"100"`
+	// UnknownKeyPrefixRate and UnknownKeyPrefixBurst limit requests with unknown API keys
+	// per key prefix as well, whatever address they come from (issue 16 item 5): after
+	// UnknownKeyPrefixBurst unknown keys sharing their first 16 bytes, keys with that
+	// prefix that are not known valid get 429 until its bucket refills at
+	// UnknownKeyPrefixRate per second. 0 disables this dimension; UnknownKeyRate 0 turns
+	// off the whole unknown-key guard, this dimension included.
+	UnknownKeyPrefixRate  float64 `env:"INGEST_UNKNOWN_KEY_PREFIX_RATE" envDefault:"1"`
+	UnknownKeyPrefixBurst int     `env:"INGEST_UNKNOWN_KEY_PREFIX_BURST" envDefault:"20"`
 	// TrustedProxies are the reverse proxies (comma-separated CIDRs or addresses) whose
 	// ClientIPHeader names the client the unknown-key guard keys on; from any other peer
 	// the header is ignored. Empty: trust no one, the guard keys on the TCP peer.
@@ -119,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if c.UnknownKeyRate < 0 || c.UnknownKeyBurst < 1 {
 		errs = append(errs, errors.New("INGEST_UNKNOWN_KEY_RATE must be >= 0 and INGEST_UNKNOWN_KEY_BURST >= 1"))
+	}
+	if c.UnknownKeyPrefixRate < 0 || c.UnknownKeyPrefixBurst < 1 {
+		errs = append(errs, errors.New("INGEST_UNKNOWN_KEY_PREFIX_RATE must be >= 0 and INGEST_UNKNOWN_KEY_PREFIX_BURST >= 1"))
 	}
 	if _, err := clientip.ParseTrusted(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("INGEST_TRUSTED_PROXIES: %w", err))
@@ -191,6 +202,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	limiter.SetBytes(cfg.RateLimitBytes, max(cfg.MaxBodyBytes, cfg.MaxDecompressedBytes)) // a maximal request fits an idle bucket
 	h := intake.New(limits, keys, prod, limiter, deps.Logger, deps.Registerer)
 	h.SetKeyGuard(ratelimit.NewKeyGuard(cfg.UnknownKeyRate, cfg.UnknownKeyBurst))
+	if cfg.UnknownKeyRate > 0 { // the prefix dimension is part of the guard, off with it
+		h.SetPrefixGuard(ratelimit.NewPrefixGuard(cfg.UnknownKeyPrefixRate, cfg.UnknownKeyPrefixBurst))
+	}
 	trusted, _ := clientip.ParseTrusted(cfg.TrustedProxies) // checked by Validate
 	header, _ := clientip.ParseHeader(cfg.ClientIPHeader)
 	h.SetClientIP(clientip.New(trusted, header))
@@ -279,8 +293,8 @@ func (s *Service) connState(c net.Conn, st fasthttp.ConnState) {
 // Addr is the public listener's address.
 func (s *Service) Addr() net.Addr { return s.ln.Addr() }
 
-// Run serves until ctx is done, then shuts down gracefully: new requests get 503 (and
-// readiness is already false if the host set it), in-flight requests finish and get
+// Run serves until ctx is done, then shuts down gracefully: new requests get 503 and
+// readiness turns false (Deps.Ready draining), in-flight requests finish and get
 // their acknowledgement, the listener closes, and the Kafka writer is flushed and closed
 // (ShutdownTimeout bounds both waits, so a stalled broker cannot hold the process).
 func (s *Service) Run(ctx context.Context) error {
@@ -299,6 +313,9 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-gctx.Done():
 	}
 	s.handler.SetDraining()
+	if s.deps.Ready != nil {
+		s.deps.Ready.SetDraining() // the host may have done so already; /readyz fails from now
+	}
 	if s.cfg.DrainDelay > 0 && err == nil {
 		time.Sleep(s.cfg.DrainDelay) // let load balancers see /readyz fail before we close
 	}

@@ -391,6 +391,9 @@ func TestGracefulShutdown(t *testing.T) {
 
 	cancelled := time.Now()
 	b.cancel()
+	// Run marks readiness draining right after its handler: a request sent before that
+	// would be taken in and wait for the stalled broker like the 50.
+	require.Eventually(t, b.ready.Draining, 5*time.Second, time.Millisecond, "Run starts draining")
 	// Draining: new requests are refused with 503 (the listener is still open during the
 	// drain delay).
 	drained, err := b.try(http.MethodPost, "/ingest", mustJSON(t, validEvent(b.project.APIKey)), hdr{"Connection": "close"})
