@@ -178,13 +178,17 @@ func readAll(t *testing.T, kc *kafkatest.Cluster) []kafka.Message {
 // refuses a batch over the topic's max.message.bytes (1 MiB by default) with
 // MESSAGE_TOO_LARGE, for good; the writer is tuned for 4 MiB batches, so the producer
 // must cap them by the topic's limit (the real-broker tier runs this against Kafka's
-// defaults; the embedded broker allows 8 MiB).
+// defaults; the embedded broker allows 8 MiB). Batches are also capped at maxBatchBytes
+// (fairness, batcher.go).
 func TestBatchesFitTheTopicsMessageLimit(t *testing.T) {
 	t.Parallel()
 	p, kc := newTestProducer(t, Options{})
 	require.LessOrEqual(t, p.batchBytes, int64(kafkax.DefaultWriterOptions().BatchBytes))
-	if kc.Embedded != nil { // 8 MiB allowed: the limit was read, and the writer's 4 MiB stands
-		require.Equal(t, int64(kafkax.DefaultWriterOptions().BatchBytes), p.batchBytes)
+	require.LessOrEqual(t, p.batchBytes, int64(maxBatchBytes))
+	if kc.Embedded != nil { // 8 MiB allowed: only the fairness cap applies
+		require.Equal(t, int64(maxBatchBytes), p.batchBytes)
+	} else { // Kafka's default 1 MiB message limit, less the batch's framing
+		require.Less(t, p.batchBytes, int64(maxBatchBytes))
 	}
 	value := make([]byte, 60<<10) // the largest events the ingestor accepts are 64 KiB
 	const requests, perRequest = 16, 8
@@ -209,4 +213,13 @@ func TestBatchesFitTheTopicsMessageLimit(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Len(t, readAll(t, kc), requests*perRequest)
+}
+
+// TestFitBatchBytes: a batch's records plus framing fit the topic's max.message.bytes.
+func TestFitBatchBytes(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, int64(4<<20), fitBatchBytes(4<<20, 1000, 8<<20), "a roomy topic leaves the writer's size")
+	got := fitBatchBytes(4<<20, 1000, defaultMaxMessageBytes)
+	require.Equal(t, int64(defaultMaxMessageBytes-batchHeaderBytes-1000*recordHeaderBytes), got)
+	require.Equal(t, int64(defaultMaxMessageBytes/2), fitBatchBytes(4<<20, 100_000, defaultMaxMessageBytes), "never below half the limit")
 }

@@ -54,15 +54,17 @@ type Producer struct {
 	batchSize       int
 	batchBytes      int64
 	maxRequestBytes int64
-	writeTimeout    time.Duration
-	maxAttempts     int
-	backoffMin      time.Duration
-	backoffMax      time.Duration
-	timeout         time.Duration
-	maxBytes        int64
-	maxHold         time.Duration
-	inflight        atomic.Int64
-	shedding        atomic.Bool // a request was shed since the in-flight bytes were last low
+	// requestsPerBroker bounds the produce requests in flight to one broker.
+	requestsPerBroker int
+	writeTimeout      time.Duration
+	maxAttempts       int
+	backoffMin        time.Duration
+	backoffMax        time.Duration
+	timeout           time.Duration
+	maxBytes          int64
+	maxHold           time.Duration
+	inflight          atomic.Int64
+	shedding          atomic.Bool // a request was shed since the in-flight bytes were last low
 
 	mu         sync.Mutex // guards closed and growing queues
 	closed     bool
@@ -114,8 +116,9 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 	if err != nil || limit <= 0 {
 		limit = defaultMaxMessageBytes
 	}
-	p.batchBytes = fitBatchBytes(p.batchBytes, p.batchSize, limit)
-	p.maxRequestBytes = max(defaultMaxRequestBytes, p.batchBytes)
+	p.batchBytes = min(maxBatchBytes, fitBatchBytes(p.batchBytes, p.batchSize, limit))
+	p.maxRequestBytes = max(maxRequestBytes, p.batchBytes)
+	p.requestsPerBroker = defaultRequestsPerBroker
 	p.writeTimeout, p.maxAttempts = w.WriteTimeout, w.MaxAttempts
 	p.backoffMin, p.backoffMax = max(w.WriteBackoffMin, time.Millisecond), max(w.WriteBackoffMax, w.WriteBackoffMin)
 	go p.dispatch()

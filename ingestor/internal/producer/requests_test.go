@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -29,8 +30,9 @@ type scriptedBroker struct {
 	failPart int32
 	requests [][]int32 // partitions of each produce request, in order
 	stored   map[int32][]string
-	release  chan struct{} // when set, produce requests wait for it
-	arrived  atomic.Int32  // produce requests received
+	release  chan struct{}  // when set, produce requests wait for it
+	holdOnly map[int32]bool // when set, only requests with one of these partitions wait
+	arrived  atomic.Int32   // produce requests received
 }
 
 func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
@@ -41,7 +43,11 @@ func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol
 		}}}}, nil
 	case *produceAPI.Request:
 		b.arrived.Add(1)
-		if b.release != nil {
+		held := b.holdOnly == nil
+		for _, p := range r.Topics[0].Partitions {
+			held = held || b.holdOnly[p.Partition]
+		}
+		if b.release != nil && held {
 			select {
 			case <-b.release:
 			case <-ctx.Done():
@@ -106,13 +112,15 @@ func newScriptedProducer(t *testing.T, b *scriptedBroker) *Producer {
 }
 
 // TestOneRequestPerLeader: batches of partitions led by one broker that are ready at the
-// same time share one produce request, and a partition that failed in it is retried alone
-// (the one that succeeded is not sent twice), before anything queued after it.
+// same time (every lane to the broker busy) share one produce request, and a partition
+// that failed in it is retried alone (the one that succeeded is not sent twice), before
+// anything queued after it.
 func TestOneRequestPerLeader(t *testing.T) {
 	t.Parallel()
 	// The second request fails partition 0.
 	b := &scriptedBroker{failReq: 2, failPart: 0, release: make(chan struct{})}
 	p := newScriptedProducer(t, b)
+	p.requestsPerBroker = 1
 	k0, k1 := keyFor(t, 0), keyFor(t, 1)
 
 	// The first request (partition 0 alone) is held by the broker; meanwhile both
@@ -164,6 +172,55 @@ func TestRequestBytesBounded(t *testing.T) {
 	require.NotEqual(t, b.requests[1], b.requests[2])
 	require.Len(t, b.stored[0], 2)
 	require.Len(t, b.stored[1], 1)
+}
+
+// TestSmallBatchNotBehindBigRequest (issue 16 item 4): while one partition's big batch
+// is out to the broker, another partition's messages travel in a request of their own
+// (another lane) and are acknowledged; a big body is split into batches of at most
+// maxBatchBytes that go one after the other, in order.
+func TestSmallBatchNotBehindBigRequest(t *testing.T) {
+	t.Parallel()
+	b := &scriptedBroker{release: make(chan struct{}), holdOnly: map[int32]bool{0: true}}
+	p := newScriptedProducer(t, b)
+	require.Equal(t, defaultRequestsPerBroker, p.requestsPerBroker)
+	k0, k1 := keyFor(t, 0), keyFor(t, 1)
+
+	// Partition 0: 3 MiB in one call (a flooder's batch), held by the broker.
+	big := make([]kafka.Message, 48)
+	for i := range big {
+		big[i] = kafka.Message{Key: k0, Value: []byte(fmt.Sprintf("%02d:%s", i, strings.Repeat("a", 64<<10)))}
+	}
+	bigDone := make(chan error, 1)
+	go func() { bigDone <- p.Produce(context.Background(), big, nil) }()
+	require.Eventually(t, func() bool { return b.arrived.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	// Partition 1's single event is acknowledged while partition 0 is held.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, p.Produce(ctx, []kafka.Message{{Key: k1, Value: []byte("b0")}}, nil))
+	select {
+	case err := <-bigDone:
+		t.Fatalf("the big batch finished while held: %v", err)
+	default:
+	}
+	close(b.release)
+	require.NoError(t, <-bigDone)
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Equal(t, []string{"b0"}, b.stored[1])
+	require.Len(t, b.stored[0], len(big))
+	for i, v := range b.stored[0] {
+		require.True(t, strings.HasPrefix(v, fmt.Sprintf("%02d:", i)), "partition 0 in order")
+	}
+	var zeros int
+	for _, r := range b.requests {
+		require.Len(t, r, 1, "no request mixes the big batch with another partition: %v", b.requests)
+		if r[0] == 0 {
+			zeros++
+		}
+	}
+	require.GreaterOrEqual(t, zeros, 3, "3 MiB went as batches of at most %d bytes", maxBatchBytes)
 }
 
 // produceAsync produces one message in a goroutine of wg.
