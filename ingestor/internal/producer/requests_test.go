@@ -152,6 +152,7 @@ func TestRequestBytesBounded(t *testing.T) {
 	b := &scriptedBroker{release: make(chan struct{})}
 	p := newScriptedProducer(t, b)
 	p.maxRequestBytes = 100
+	p.requestsPerBroker = 1 // the later batches wait for the first request together
 	k0, k1 := keyFor(t, 0), keyFor(t, 1)
 	var wg sync.WaitGroup
 	produce := func(key []byte, v string) { produceAsync(t, p, &wg, key, v) }
