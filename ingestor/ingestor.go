@@ -38,7 +38,7 @@ type Config struct {
 	Kafka config.Kafka
 	// Host and Port of the public listener.
 	Host string `env:"INGEST_HOST" envDefault:"0.0.0.0"`
-	Port int    `env:"INGEST_PORT" envDefault:"3001"`
+	Port int    `env:"INGEST_PORT" envDefault:"3002"`
 	// RateLimit is the default per-project limit in events/s (0 = unlimited); a project's
 	// own setting overrides it. The bucket holds twice that, at least one full batch.
 	RateLimit float64 `env:"INGEST_RATE_LIMIT" envDefault:"5000"`

@@ -1,10 +1,13 @@
 package intake
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,24 +43,7 @@ func guardHandler(t *testing.T, burst int) *Handler {
 }
 
 func serveGuard(h *Handler, r guardReq) int {
-	var req fasthttp.Request
-	req.Header.SetMethod(fasthttp.MethodPost)
-	if r.route == "" {
-		r.route = "/ingest"
-	}
-	req.SetRequestURI(r.route)
-	req.Header.SetContentType("application/json")
-	if r.header != "" {
-		req.Header.Set("X-API-Key", r.header)
-	}
-	for _, v := range r.xff {
-		req.Header.Add("X-Forwarded-For", v)
-	}
-	req.SetBodyString(r.body)
-	var ctx fasthttp.RequestCtx
-	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(r.peer), Port: 40000}, nil)
-	h.ServeFastHTTP(&ctx)
-	return ctx.Response.StatusCode()
+	return serveGuardCtx(h, r).Response.StatusCode()
 }
 
 func single(key string) string {
@@ -155,4 +141,100 @@ func peerOf(h *Handler, peer string, xff string) netip.Addr {
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(peer), Port: 1}, nil)
 	return h.clientAddr(&ctx)
+}
+
+// Issue 16 item 5, bad keys keyed on their prefix too: unknown keys sharing a prefix
+// (fuzzKeyA's and fuzzKeyB's, "pb_live_fuzzProj"), each from a different client address
+// so that no address runs out, empty the prefix's bucket; then keys with that prefix that
+// are not known valid get 429 with Retry-After before any lookup, from any address and on
+// every route, while the known-valid key with that prefix keeps being accepted and other
+// prefixes are untouched. One warning names the prefix, never a whole key.
+func TestGuardRefusesFloodedKeyPrefix(t *testing.T) {
+	t.Parallel()
+	const prefixBurst = 4
+	h := guardHandler(t, 100)
+	var logs bytes.Buffer
+	h.logger = slog.New(slog.NewTextHandler(&logs, nil))
+	h.SetPrefixGuard(ratelimit.NewPrefixGuard(0.001, prefixBurst))
+	const prefix = "pb_live_fuzzProj"
+	if ratelimit.KeyPrefix(fuzzKeyA) != prefix || ratelimit.KeyPrefix(fuzzKeyB) != prefix {
+		t.Fatal("the fake resolver's keys no longer share a prefix")
+	}
+	bad := func(i int) string { return prefix + "ectZ" + strings.Repeat(strconv.Itoa(i%10), 17) }
+	addr := func(i int) string { return "198.51.100." + strconv.Itoa(i+1) }
+	for i := range prefixBurst {
+		if got := serveGuard(h, guardReq{peer: addr(i), body: single(bad(i))}); got != fasthttp.StatusUnauthorized {
+			t.Fatalf("unknown key %d with the prefix: %d, want 401", i, got)
+		}
+	}
+	// The next unknown key with that prefix, from yet another address: refused before
+	// lookup, with the guard's answer.
+	ctx := serveGuardCtx(h, guardReq{peer: addr(prefixBurst), body: single(bad(prefixBurst))})
+	if got := ctx.Response.StatusCode(); got != fasthttp.StatusTooManyRequests {
+		t.Fatalf("unknown key with the flooded prefix from a fresh address: %d, want 429", got)
+	}
+	if ra, err := strconv.Atoi(string(ctx.Response.Header.Peek("Retry-After"))); err != nil || ra < 1 {
+		t.Fatalf("Retry-After %q, want a positive number of seconds", ctx.Response.Header.Peek("Retry-After"))
+	}
+	if body := string(ctx.Response.Body()); !strings.Contains(body, `"RATE_LIMITED"`) {
+		t.Fatalf("body %s, want code RATE_LIMITED", body)
+	}
+	other := "pb_live_otherPfx" + strings.Repeat("0", 21)
+	for _, tc := range []struct {
+		name string
+		r    guardReq
+		want int
+	}{
+		{"unknown key with the prefix, another fresh address", guardReq{peer: "203.0.113.77", body: single(bad(7))}, fasthttp.StatusTooManyRequests},
+		{"unknown header key with the prefix, batch", guardReq{peer: "203.0.113.78", route: "/ingest/batch", header: bad(8), body: "[" + single(fuzzKeyA) + "]"}, fasthttp.StatusTooManyRequests},
+		{"unknown event key with the prefix, batch", guardReq{peer: "203.0.113.79", route: "/ingest/batch", body: "[" + single(fuzzKeyA) + "," + single(bad(9)) + "]"}, fasthttp.StatusTooManyRequests},
+		{"known-valid key with the prefix", guardReq{peer: "203.0.113.80", body: single(fuzzKeyA)}, fasthttp.StatusAccepted},
+		{"known-valid key with the prefix, from an address that flooded it", guardReq{peer: addr(0), body: single(fuzzKeyA)}, fasthttp.StatusAccepted},
+		{"known-valid header key with the prefix, batch", guardReq{peer: "203.0.113.81", route: "/ingest/batch", header: fuzzKeyA, body: "[" + single(fuzzKeyA) + "]"}, fasthttp.StatusAccepted},
+		{"known-valid event keys with the prefix, batch", guardReq{peer: "203.0.113.82", route: "/ingest/batch", body: "[" + single(fuzzKeyA) + "]"}, fasthttp.StatusAccepted},
+		// The documented limit, as for a blocked address: a valid key with the flooded
+		// prefix that this ingestor has not resolved recently is not looked up either.
+		{"cold valid key with the prefix", guardReq{peer: "203.0.113.83", body: single(fuzzKeyB)}, fasthttp.StatusTooManyRequests},
+		{"unknown key with another prefix", guardReq{peer: "203.0.113.84", body: single(other)}, fasthttp.StatusUnauthorized},
+		{"unknown key with another prefix, again", guardReq{peer: "203.0.113.84", body: single(other)}, fasthttp.StatusUnauthorized},
+		{"no key at all", guardReq{peer: "203.0.113.85", body: `{"type":"event","name":"x"}`}, fasthttp.StatusUnauthorized},
+	} {
+		if got := serveGuard(h, tc.r); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	out := logs.String()
+	if n := strings.Count(out, "sharing one prefix"); n != 1 {
+		t.Fatalf("%d prefix warnings, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "key_prefix="+prefix) {
+		t.Fatalf("the warning does not name the prefix:\n%s", out)
+	}
+	for i := range prefixBurst + 10 {
+		if strings.Contains(out, bad(i)) {
+			t.Fatalf("a whole key is logged:\n%s", out)
+		}
+	}
+}
+
+// serveGuardCtx is serveGuard returning the whole response.
+func serveGuardCtx(h *Handler, r guardReq) *fasthttp.RequestCtx {
+	var req fasthttp.Request
+	req.Header.SetMethod(fasthttp.MethodPost)
+	if r.route == "" {
+		r.route = "/ingest"
+	}
+	req.SetRequestURI(r.route)
+	req.Header.SetContentType("application/json")
+	if r.header != "" {
+		req.Header.Set("X-API-Key", r.header)
+	}
+	for _, v := range r.xff {
+		req.Header.Add("X-Forwarded-For", v)
+	}
+	req.SetBodyString(r.body)
+	ctx := new(fasthttp.RequestCtx)
+	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(r.peer), Port: 40000}, nil)
+	h.ServeFastHTTP(ctx)
+	return ctx
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/pulseboard/pulseboard/ingestor/internal/keycache"
 	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
+	"github.com/pulseboard/pulseboard/pkg/apikey"
 	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/connlimit"
 	"github.com/pulseboard/pulseboard/pkg/event"
@@ -87,9 +88,10 @@ type Handler struct {
 	keys     KeyResolver
 	prod     Producer
 	limiter  *ratelimit.Limiter
-	guard    *ratelimit.KeyGuard // nil: no per-address limit on unknown keys
-	known    knownKeys           // nil: no key counts as known valid to the guard
-	clientIP *clientip.Resolver  // nil: the client is the TCP peer
+	guard    *ratelimit.KeyGuard    // nil: no per-address limit on unknown keys
+	prefixes *ratelimit.PrefixGuard // nil: no per-key-prefix limit on unknown keys
+	known    knownKeys              // nil: no key counts as known valid to the guard
+	clientIP *clientip.Resolver     // nil: the client is the TCP peer
 	logger   *slog.Logger
 	draining atomic.Bool
 	decoders sync.Pool // *event.Decoder
@@ -101,7 +103,7 @@ type Handler struct {
 	duration *prometheus.HistogramVec
 	accepted prometheus.Counter
 	rejected *prometheus.CounterVec
-	routes   [3]routeMetrics // routeSingle, routeBatch, routeOther
+	routes   [4]routeMetrics // routeSingle, routeBatch, routeOther, routeAnalytics
 	dropped  [numCauses]prometheus.Counter
 	// Requests refused by the per-project limits, by the bucket that refused them.
 	limitedEvents, limitedBytes prometheus.Counter
@@ -148,7 +150,7 @@ func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, 
 	for c, name := range causeNames {
 		h.dropped[c] = h.rejected.WithLabelValues(name)
 	}
-	for i, route := range []string{routeSingle, routeBatch, routeOther} {
+	for i, route := range []string{routeSingle, routeBatch, routeOther, routeAnalytics} {
 		h.routes[i].init(route, h.requests, h.duration)
 	}
 	limited := f.NewCounterVec(prometheus.CounterOpts{
@@ -203,6 +205,10 @@ func (m *routeMetrics) observer() prometheus.Observer {
 // SetKeyGuard limits unknown-key attempts per client address (B34); nil disables it.
 func (h *Handler) SetKeyGuard(g *ratelimit.KeyGuard) { h.guard = g }
 
+// SetPrefixGuard limits unknown-key attempts per key prefix as well (issue 16 item 5);
+// nil disables it.
+func (h *Handler) SetPrefixGuard(g *ratelimit.PrefixGuard) { h.prefixes = g }
+
 // SetClientIP makes the guard key on the client address that trusted proxies report
 // (pkg/clientip) instead of the TCP peer's; nil trusts no proxy.
 func (h *Handler) SetClientIP(r *clientip.Resolver) { h.clientIP = r }
@@ -224,6 +230,8 @@ func routeIndex(route string) int {
 		return 0
 	case routeBatch:
 		return 1
+	case routeAnalytics:
+		return 3
 	}
 	return 2
 }
@@ -237,6 +245,8 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 		route = routeSingle
 	case "/ingest/batch":
 		route = routeBatch
+	case pathCrash, pathSession, pathScreenView, pathAPICall: // analytics.go
+		route = routeAnalytics
 	default:
 		h.fail(ctx, routeOther, httperr.NotFound, "Route "+string(ctx.Method())+":"+string(ctx.Path())+" not found", 0)
 		h.routes[routeIndex(routeOther)].request(ctx.Response.StatusCode()).Inc()
@@ -267,9 +277,12 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 		h.unavailable(ctx, route, "the ingestor is shutting down; retry", 1)
 		return
 	}
-	if route == routeSingle {
+	switch route {
+	case routeSingle:
 		h.single(ctx)
-	} else {
+	case routeAnalytics:
+		h.analytics(ctx)
+	default:
 		h.batch(ctx)
 	}
 }
@@ -535,8 +548,8 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 	// project resolves the project of an event without a header key from its apiKey; on
 	// failure it records the event's result and returns nil.
 	project := func(key string) *pgstore.KeyProject {
-		if h.guard != nil && h.guard.Active() {
-			if !addrFound {
+		if h.guarding() {
+			if !addrFound && h.guard != nil && h.guard.Active() {
 				addr, addrFound = h.clientAddr(ctx), true
 			}
 			if wait, refused := h.keyRefused(addr, key); refused {
@@ -548,7 +561,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		p, err := h.keys.Resolve(context.Background(), key)
 		switch {
 		case errors.Is(err, keycache.ErrUnknownKey):
-			h.unknownKey(ctx)
+			h.unknownKey(ctx, key)
 			results = append(results, result{code: string(httperr.InvalidAPIKey), message: "Invalid API key"})
 			return nil
 		case err != nil:
@@ -825,8 +838,12 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 }
 
 func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.KeyProject, bool) {
-	if h.guard != nil && h.guard.Active() {
-		if wait, refused := h.keyRefused(h.clientAddr(ctx), key); refused {
+	if h.guarding() {
+		var addr netip.Addr // only the address guard needs it
+		if h.guard != nil && h.guard.Active() {
+			addr = h.clientAddr(ctx)
+		}
+		if wait, refused := h.keyRefused(addr, key); refused {
 			h.guardRefused(ctx, route, wait, 1)
 			return pgstore.KeyProject{}, false
 		}
@@ -836,7 +853,7 @@ func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.
 	case err == nil:
 		return p, true
 	case errors.Is(err, keycache.ErrUnknownKey):
-		h.unknownKey(ctx)
+		h.unknownKey(ctx, key)
 		h.fail(ctx, route, httperr.InvalidAPIKey, "Invalid API key", 1)
 	default:
 		h.logger.Warn("API key lookup failed", "err", err)
@@ -845,33 +862,65 @@ func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.
 	return p, false
 }
 
-// unknownKey counts an unknown key against the client's address (B34).
-func (h *Handler) unknownKey(ctx *fasthttp.RequestCtx) {
-	if h.guard == nil {
-		return
+// unknownKey counts an unknown key against the client's address (B34) and against the
+// key's prefix (issue 16 item 5).
+func (h *Handler) unknownKey(ctx *fasthttp.RequestCtx, key string) {
+	now := h.now()
+	if h.guard != nil {
+		addr := h.clientAddr(ctx)
+		if h.guard.Failed(addr, now) {
+			// The key itself is never logged; the address is what an operator acts on.
+			h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429 to its keys not known valid",
+				"client", addr.String(), "peer", peerAddr(ctx).String())
+		}
 	}
-	addr := h.clientAddr(ctx)
-	if h.guard.Failed(addr, h.now()) {
-		// The key itself is never logged; the address is what an operator acts on.
-		h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429 to its keys not known valid",
-			"client", addr.String(), "peer", peerAddr(ctx).String())
+	if h.prefixes != nil {
+		if prefix, first := h.prefixes.Failed(key, now); first {
+			// Never the whole key: only its prefix, or, for a key that is its own prefix
+			// (shorter than a PulseBoard key's), the prefix's hash.
+			attr := slog.String("key_prefix", prefix)
+			if len(prefix) >= len(key) {
+				attr = slog.String("key_prefix_sha256", apikey.HashOf(prefix).String())
+			}
+			h.logger.Warn("many requests with unknown API keys sharing one prefix: possible key enumeration or a revoked key in wide use; answering 429 to its keys not known valid",
+				attr, "client", h.clientAddr(ctx).String(), "peer", peerAddr(ctx).String())
+		}
 	}
 }
 
+// guarding reports whether the unknown-key guard may refuse anything yet: until some
+// address or key prefix was charged an unknown key, nothing is blocked and a request
+// needs neither its client address nor any lock.
+func (h *Handler) guarding() bool {
+	return (h.guard != nil && h.guard.Active()) || (h.prefixes != nil && h.prefixes.Active())
+}
+
 // guardMessage answers a key the unknown-key guard refused.
-const guardMessage = "Too many requests with invalid API keys from this address; retry after the Retry-After delay"
+const guardMessage = "Too many requests with invalid API keys from this address or for this key prefix; retry after the Retry-After delay"
 
 // keyRefused is the unknown-key guard's rule (B34, issue 16 item 5): a key presented from
-// addr is refused before any lookup when addr has used up its unknown-key attempts and the
-// key is not known valid, i.e. it did not resolve to a project recently (a local cache
-// entry, no I/O). So other clients' bad keys at the same address (a NAT, a proxy nobody
-// configured as trusted) never refuse a valid key in use, while a blocked address still
-// cannot have keys it guesses looked up: a guess passes only if it is a key somebody is
-// using, which with 190-bit keys is no guess at all. A valid key that this ingestor has
-// not seen in the last cache TTLs is still refused from a blocked address until its
-// bucket refills.
+// addr is refused before any lookup when addr has used up its unknown-key attempts, or the
+// key's prefix has (ratelimit.PrefixGuard), and the key is not known valid, i.e. it did
+// not resolve to a project recently (a local cache entry, no I/O). So other clients' bad
+// keys at the same address (a NAT, a proxy nobody configured as trusted) or with the same
+// prefix never refuse a valid key in use, while a blocked address or prefix still cannot
+// have keys looked up: a guess passes only if it is a key somebody is using, which with
+// 190-bit keys is no guess at all. A valid key that this ingestor has not seen in the last
+// cache TTLs is still refused from a blocked address, or with a blocked prefix, until the
+// bucket refills. addr is unused (may be the zero Addr) while the address guard is not
+// Active.
 func (h *Handler) keyRefused(addr netip.Addr, key string) (time.Duration, bool) {
-	wait, blocked := h.guard.Blocked(addr, h.now())
+	now := h.now()
+	var wait time.Duration
+	var blocked bool
+	if h.guard != nil {
+		wait, blocked = h.guard.Blocked(addr, now)
+	}
+	if h.prefixes != nil {
+		if w, b := h.prefixes.Blocked(key, now); b {
+			wait, blocked = max(wait, w), true
+		}
+	}
 	if !blocked || (h.known != nil && h.known.Known(key)) {
 		return 0, false
 	}
