@@ -8,7 +8,8 @@ import (
 )
 
 // NewLive builds the WebSocket and SSE live streams (api/internal/live) that the api
-// serves at /realtime/{projectId}, for the host to pass as Deps.Live. They must verify
+// serves at /realtime/{projectId}, and the Socket.IO endpoint at /socket.io/ (it
+// implements SocketIOStreams), for the host to pass as Deps.Live. They must verify
 // tokens with the same *auth.Tokens as the api (in development the secret is random per
 // process), and they allow the api's CORS origins.
 func NewLive(cfg Config, deps Deps, tokens *auth.Tokens) (LiveStreams, error) {

@@ -2,7 +2,8 @@
 # Installs (when missing) and starts (when stopped) what `make test` needs, idempotently:
 # PostgreSQL on 127.0.0.1:5432 (user postgres, trust on loopback), Redis on
 # 127.0.0.1:6379, kcat, promtool, nginx, Java and Maven (the real-Kafka tier runs Apache Kafka as
-# a JVM process and resolves its jars from Maven Central once per version).
+# a JVM process and resolves its jars from Maven Central once per version), and Chromium
+# (the browser test of the Socket.IO live feed).
 #
 # `make test` and `.ci/run` both run it. Installing needs root and Debian's apt; where a
 # tool is missing and cannot be installed, the script fails and says which: with
@@ -70,3 +71,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light
 # Java 17+ and Maven for the real Apache Kafka brokers.
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
+# Debian's Chromium: cmd/pulseboard's browser test drives it headless with playwright-core
+# (an npm package that downloads no browser of its own); PULSEBOARD_SKIP_BROWSER=1 skips
+# that test where no browser can be installed.
+[ -x /usr/bin/chromium ] || apt_install chromium

@@ -59,13 +59,13 @@ type caller struct {
 	bearerSubprotocol bool
 }
 
-// authenticate runs every check that must pass before an upgrade (RELIABILITY.md W3,
+// authenticate runs every check that must pass before an upgrade (docs/reliability.md W3,
 // B71, B74, B82): the Origin, the access token (signature, issuer, audience, exp
 // without leeway, not revoked by "logout everywhere") and the project's owner.
 func (h *Hub) authenticate(r *http.Request, t transport) (caller, *rejection) {
 	var c caller
 	if o := r.Header.Values("Origin"); len(o) > 0 {
-		if _, ok := h.origin[normalizeOrigin(o[0])]; !ok || len(o) > 1 {
+		if _, ok := h.origin[normalizeOrigin(o[0])]; !ok && !SameOrigin(r, o[0]) || len(o) > 1 {
 			return c, errOrigin
 		}
 	}

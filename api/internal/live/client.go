@@ -42,6 +42,16 @@ type client struct {
 	// topic and idx locate the client in its topic's client list; guarded by Hub.mu.
 	topic *topic
 	idx   int
+	// muted: the dispatcher skips the client (guarded by Hub.mu). A Socket.IO
+	// subscription is muted until its "subscribed" reply is queued, so that no event
+	// precedes it.
+	muted bool
+
+	// sub marks a Socket.IO subscription: its socket (an admitted client of its own)
+	// counts against MaxConnsPerUser and the connections gauge, the subscription does
+	// not (Hub.attach). onKill, when set, is called once by kill (it must not block).
+	sub    bool
+	onKill func()
 
 	killOnce   sync.Once
 	killed     chan struct{}
@@ -75,6 +85,9 @@ func (c *client) kill(code ws.StatusCode, reason, slow string) {
 	c.killOnce.Do(func() {
 		c.killCode, c.killReason, c.slowReason = code, reason, slow
 		close(c.killed)
+		if c.onKill != nil {
+			c.onKill()
+		}
 	})
 }
 
@@ -93,14 +106,14 @@ func (c *client) force() {
 	}
 }
 
-// offer queues m for the client without ever blocking (RELIABILITY.md R1): the Redis
+// offer queues m for the client without ever blocking (docs/reliability.md R1): the Redis
 // receive loop must not wait for one slow client. It runs on the dispatch goroutine only.
 // It reports whether the client was found stuck and should be closed as slow.
 func (c *client) offer(m *message, stallLimit time.Duration) (stuck bool) {
 	// A pending resync goes first, so the client learns of the gap at its position; it
 	// is queued together with m or not at all.
 	if n := c.missed.Swap(0); n != 0 {
-		if c.queue.push(&message{missed: n}, m) {
+		if c.queue.push(&message{missed: n, project: c.projectID}, m) {
 			c.fullSince = time.Time{}
 			return false
 		}
@@ -120,7 +133,7 @@ func (c *client) offer(m *message, stallLimit time.Duration) (stuck bool) {
 // reconnect) and queues a resync marker if there is room.
 func (c *client) offerResync() {
 	c.missed.Store(-1)
-	if n := c.missed.Swap(0); n != 0 && !c.queue.push(&message{missed: n}) {
+	if n := c.missed.Swap(0); n != 0 && !c.queue.push(&message{missed: n, project: c.projectID}) {
 		c.restoreMissed(n)
 	}
 }

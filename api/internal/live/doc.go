@@ -1,8 +1,10 @@
 // Package live serves PulseBoard's live streams: GET /realtime/{projectId} (WebSocket,
-// github.com/gobwas/ws) and GET /realtime/{projectId}/sse (Server-Sent Events). The
+// github.com/gobwas/ws), GET /realtime/{projectId}/sse (Server-Sent Events) and
+// /socket.io/ (Socket.IO v4 on Engine.IO 4, for the reference dashboard's
+// socket.io-client; see "Socket.IO" below, sio.go and eio.go). The
 // consumer PUBLISHes every newly stored event's JSON to the Redis channel
-// project:<id>:events; a Hub relays it to that project's connected clients (API.md "Live
-// streams", RELIABILITY.md promise 13).
+// project:<id>:events; a Hub relays it to that project's connected clients (docs/api.md "Live
+// streams", docs/reliability.md promise 13).
 //
 // # Before a stream starts
 //
@@ -28,7 +30,7 @@
 // published after "connected" reaches it. A confirmation that arrives with none of our
 // commands pending is go-redis re-subscribing after a reconnect: what was published in
 // between is lost, so that topic's clients are sent {"type":"resync","missed":-1}
-// (RELIABILITY.md R2). One client leaving never touches the others' subscription (the old
+// (docs/reliability.md R2). One client leaving never touches the others' subscription (the old
 // backend unsubscribed everyone).
 //
 // # Fan-out, queues and slow clients
@@ -113,6 +115,21 @@
 // connection and its goroutine are released (the client reconnects with the id of the
 // last event it did read). WebSocket streams have no replay.
 //
+// # Socket.IO
+//
+// A Socket.IO socket authenticates at its CONNECT (not before an upgrade: the
+// protocol has no other place for auth.token) and is then a client of its own, with no
+// project, admitted like a stream (MaxConnsPerUser, the connections gauge, Close,
+// CloseUser and the revocation check). Each subscribed project is another client
+// (sub), attached rather than admitted, joined to the project's topic like any stream
+// and sharing the socket's one queue, so a socket's memory is bounded by QueueSize and
+// QueueBytes whatever it subscribes to, and the dispatcher's fan-out is unchanged (a
+// third encoding, the Engine.IO packet, built once per event when a Socket.IO client
+// needs it). A subscription is muted until its "subscribed" reply is queued, under the
+// topics' lock, so no event precedes it. The session's writer is the polling GET or,
+// once upgraded, the session's run goroutine; eio.go explains the goroutines and why no
+// library was used.
+//
 // # Metrics
 //
 // pulseboard_api_live_connections{transport}, _messages_sent_total{transport},
@@ -121,5 +138,5 @@
 // _replayed_events_total, _replays_running, _redis_subscriptions and
 // _redis_resubscriptions_total (resync reasons: overflow, reconnect, replay,
 // replay_busy); no
-// label carries a project, user or token.
+// label carries a project, user or token. transport is ws, sse or socketio.
 package live

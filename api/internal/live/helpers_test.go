@@ -88,6 +88,7 @@ func setup(t testing.TB, mod ...func(*setupOpts)) *bundle {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /realtime/{projectId}", hub.ServeWS)
 	mux.HandleFunc("GET /realtime/{projectId}/sse", hub.ServeSSE)
+	mux.HandleFunc("/socket.io/", hub.ServeSocketIO)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)

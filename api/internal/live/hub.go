@@ -15,7 +15,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/auth"
 )
 
-// redisChannelSize is the go-redis PubSub buffer (RELIABILITY.md "Redis and live
+// redisChannelSize is the go-redis PubSub buffer (docs/reliability.md "Redis and live
 // stream"). The dispatch loop never blocks, so it only absorbs scheduling hiccups.
 const redisChannelSize = 10_000
 
@@ -44,6 +44,9 @@ type Hub struct {
 	// replaying counts them per user (ReplayPerUser).
 	replaySlots chan struct{}
 	replaying   map[uuid.UUID]int
+
+	// eio holds the Engine.IO sessions of the Socket.IO endpoint (eio.go).
+	eio eioSessions
 
 	kick      chan struct{}
 	stop      chan struct{}
@@ -114,6 +117,7 @@ func (h *Hub) Close(ctx context.Context) {
 		for _, c := range open {
 			c.kill(closeGoingAway, "going away", "")
 		}
+		h.eio.terminateAll() // Socket.IO sessions not yet authenticated have no client
 		done := make(chan struct{})
 		go func() { h.streams.Wait(); close(done) }()
 		select {
@@ -125,6 +129,7 @@ func (h *Hub) Close(ctx context.Context) {
 				c.force()
 			}
 			h.connMu.Unlock()
+			h.eio.forceAll()
 		}
 		close(h.stop)
 		_ = h.pubsub.Close() // ends the go-redis receive loop, which closes ch
@@ -155,24 +160,43 @@ func (h *Hub) admit(c *client) (ok bool, closing bool) {
 	return true, false
 }
 
+// attach registers a Socket.IO subscription (c.sub) of an admitted socket: it is
+// checked for revocation and closed by Close and CloseUser like a stream, but counts
+// against neither MaxConnsPerUser nor the connections gauge (its socket does). It
+// reports false while closing. The caller must call release exactly once.
+func (h *Hub) attach(c *client) bool {
+	h.connMu.Lock()
+	defer h.connMu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.clients[c] = struct{}{}
+	h.streams.Add(1)
+	return true
+}
+
 func (h *Hub) release(c *client) {
 	h.leave(c)
 	h.connMu.Lock()
-	if n := h.perUser[c.userID]; n <= 1 {
-		delete(h.perUser, c.userID)
-	} else {
-		h.perUser[c.userID] = n - 1
+	if !c.sub {
+		if n := h.perUser[c.userID]; n <= 1 {
+			delete(h.perUser, c.userID)
+		} else {
+			h.perUser[c.userID] = n - 1
+		}
 	}
 	delete(h.clients, c)
 	h.connMu.Unlock()
-	c.tm.connections.Dec()
+	if !c.sub {
+		c.tm.connections.Dec()
+	}
 	h.streams.Done()
 }
 
 // revocationLoop closes open streams whose session was logged out (or revoked for
 // refresh-token reuse), whose user logged out everywhere (tokens issued before
 // users.tokens_valid_after) or was deleted, or whose project was deleted, within
-// RevocationCheckInterval (RELIABILITY.md B55). A few queries per interval cover them all.
+// RevocationCheckInterval (docs/reliability.md B55). A few queries per interval cover them all.
 func (h *Hub) revocationLoop() {
 	defer h.loops.Done()
 	t := time.NewTicker(h.cfg.RevocationCheckInterval)
@@ -204,7 +228,9 @@ func (h *Hub) checkRevocations() error {
 	sessionSet := map[uuid.UUID]struct{}{}
 	for _, c := range open {
 		userSet[c.userID] = struct{}{}
-		projectSet[c.project] = struct{}{}
+		if c.project != uuid.Nil { // a Socket.IO socket: its subscriptions name projects
+			projectSet[c.project] = struct{}{}
+		}
 		if c.session != uuid.Nil {
 			sessionSet[c.session] = struct{}{}
 		}
@@ -262,7 +288,7 @@ func (h *Hub) checkRevocations() error {
 		switch {
 		case !ok || revoked(c.issuedAt, va), c.session != uuid.Nil && !sessionLive:
 			c.kill(closeTokenExpired, "token revoked", "")
-		case owner[c.project] != c.userID:
+		case c.project != uuid.Nil && owner[c.project] != c.userID:
 			c.kill(ws4004ProjectGone, "project not found", "")
 		}
 	}

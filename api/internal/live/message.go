@@ -18,15 +18,26 @@ type message struct {
 	hasCur bool
 	ws     []byte // a complete unmasked text frame carrying the event
 	sse    []byte // "id: <cursor>\ndata: <event>\n\n"
+	// sio is the Engine.IO message packet of a Socket.IO client: `42["event",<event>]`
+	// for an event (framed per transport by the writer), or a Socket.IO reply queued for
+	// one socket (sioReply set: "subscribed", "error", ...; not counted as an event).
+	sio      []byte
+	sioReply bool
+	// project is the project a resync marker is about (Socket.IO names it; a socket can
+	// have several).
+	project string
 }
 
 // newEventMessage builds the shared message for a published event (exactly the bytes
 // published). Only the encodings some client of the project needs are built, and the
 // cursor is only parsed for SSE clients.
-func newEventMessage(payload string, needWS, needSSE bool) *message {
+func newEventMessage(payload string, needWS, needSSE, needSIO bool) *message {
 	m := &message{}
 	if needWS {
 		m.ws = wsTextFrame(payload)
+	}
+	if needSIO {
+		m.sio = sioEventPacket(payload)
 	}
 	if needSSE {
 		m.cur, m.hasCur = eventCursor([]byte(payload))

@@ -11,6 +11,7 @@ type transport string
 const (
 	transportWS  transport = "ws"
 	transportSSE transport = "sse"
+	transportSIO transport = "socketio" // Socket.IO (sio.go, eio.go)
 )
 
 // Resync reasons (label values).
@@ -99,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Project channels re-subscribed after a Redis reconnect (each one sent its clients a resync).",
 		}),
 	}
-	for _, t := range []transport{transportWS, transportSSE} {
+	for _, t := range []transport{transportWS, transportSSE, transportSIO} {
 		m.byTransport[t] = &transportMetrics{
 			connections: connections.WithLabelValues(string(t)),
 			sent:        sent.WithLabelValues(string(t)),

@@ -23,9 +23,9 @@ const ptrBytes = 8
 // published at once) fits, yet an idle client holds nothing. A chan of that capacity
 // would preallocate capacity × 8 bytes per client.
 //
-// push never blocks: the dispatcher must not wait for one client (RELIABILITY.md R1).
+// push never blocks: the dispatcher must not wait for one client (docs/reliability.md R1).
 type msgQueue struct {
-	sse      bool // which encoding the client writes, for the byte count
+	t        transport // which encoding the client writes, for the byte count
 	maxLen   int
 	maxBytes int64
 	// ready has room for one signal: push sends one (without blocking) whenever it
@@ -41,7 +41,7 @@ type msgQueue struct {
 
 func newMsgQueue(t transport, maxLen int, maxBytes int64) *msgQueue {
 	return &msgQueue{
-		sse:      t == transportSSE,
+		t:        t,
 		maxLen:   maxLen,
 		maxBytes: maxBytes,
 		ready:    make(chan struct{}, 1),
@@ -53,8 +53,10 @@ func (q *msgQueue) size(m *message) int64 {
 	switch {
 	case m.missed != 0:
 		return markerBytes
-	case q.sse:
+	case q.t == transportSSE:
 		return int64(len(m.sse)) + ptrBytes
+	case q.t == transportSIO:
+		return int64(len(m.sio)) + ptrBytes
 	default:
 		return int64(len(m.ws)) + ptrBytes
 	}

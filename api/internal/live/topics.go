@@ -16,11 +16,12 @@ import (
 // message published from then on reaches this instance. Redis answers commands on one
 // connection in order, so once pending is back to 0 after a SUBSCRIBE the channel is
 // live; a "subscribe" confirmation with nothing pending is go-redis re-subscribing after
-// a reconnect, and whatever was published in between is lost (RELIABILITY.md R2).
+// a reconnect, and whatever was published in between is lost (docs/reliability.md R2).
 type topic struct {
 	channel   string
 	clients   []*client
 	nWS, nSSE int
+	nSIO      int // Socket.IO subscriptions
 
 	requested bool
 	pending   int
@@ -39,9 +40,12 @@ func newTopic(channel string) *topic {
 func (t *topic) add(c *client) {
 	c.topic, c.idx = t, len(t.clients)
 	t.clients = append(t.clients, c)
-	if c.transport == transportWS {
+	switch c.transport {
+	case transportWS:
 		t.nWS++
-	} else {
+	case transportSIO:
+		t.nSIO++
+	default:
 		t.nSSE++
 	}
 }
@@ -53,9 +57,12 @@ func (t *topic) remove(c *client) {
 	t.clients[last] = nil
 	t.clients = t.clients[:last]
 	c.topic = nil
-	if c.transport == transportWS {
+	switch c.transport {
+	case transportWS:
 		t.nWS--
-	} else {
+	case transportSIO:
+		t.nSIO--
+	default:
 		t.nSSE--
 	}
 }
@@ -231,8 +238,11 @@ func (h *Hub) fanOut(v *redis.Message) {
 		h.mu.RUnlock()
 		return
 	}
-	m := newEventMessage(v.Payload, t.nWS > 0, t.nSSE > 0)
+	m := newEventMessage(v.Payload, t.nWS > 0, t.nSSE > 0, t.nSIO > 0)
 	for _, c := range t.clients {
+		if c.muted {
+			continue // a Socket.IO subscription not yet answered "subscribed" (sio.go)
+		}
 		if c.offer(m, h.cfg.WriteTimeout) {
 			stuck = append(stuck, c)
 		}
@@ -260,7 +270,9 @@ func (h *Hub) confirm(s *redis.Subscription) {
 		h.m.reconnects.Inc()
 		h.logger.Info("live: Redis subscription restored; clients told to resync", "clients", len(t.clients))
 		for _, c := range t.clients {
-			c.offerResync()
+			if !c.muted {
+				c.offerResync()
+			}
 		}
 	}
 	if s.Kind == "subscribe" && t.pending == 0 && t.requested && !t.confirmed {
