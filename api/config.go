@@ -94,6 +94,13 @@ type Config struct {
 	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies whose
 	// X-Forwarded-For is believed when finding the client IP [none].
 	TrustedProxies []string `env:"API_TRUSTED_PROXIES" envSeparator:","`
+	// IngestURL is the ingestor's base URL (e.g. http://ingestor:3002) to which the api
+	// forwards POST /ingest, /ingest/batch and /analytics/… so that SDKs pointed at the
+	// api's origin lose nothing (issue 17 item 2; forward.go) [unset: not forwarded,
+	// those paths answer 404]. The ingestor must list the api's address in
+	// INGEST_TRUSTED_PROXIES to key its guard on the client the api reports. The
+	// all-in-one forwards to its own ingest listener when this is unset.
+	IngestURL string `env:"API_INGEST_URL"`
 
 	// MaxBodyBytes caps request bodies [65536]; larger ones get 413.
 	MaxBodyBytes int64 `env:"API_MAX_BODY_BYTES" envDefault:"65536"`
@@ -191,6 +198,7 @@ func (c Config) Validate() error {
 	if _, err := clientip.ParseTrusted(strings.Join(c.TrustedProxies, ",")); err != nil {
 		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
 	}
+	check(validIngestURL(c.IngestURL), "API_INGEST_URL must be an absolute http(s) URL without query, fragment or user info, like http://ingestor:3002, got %q", c.IngestURL)
 	check(c.MaxBodyBytes >= 1024 && c.MaxBodyBytes <= 16<<20, "API_MAX_BODY_BYTES must be between 1024 and 16777216, got %d", c.MaxBodyBytes)
 	check(c.MaxResponseBytes == 0 || (c.MaxResponseBytes >= 64<<10 && c.MaxResponseBytes <= 1<<30),
 		"API_MAX_RESPONSE_BYTES must be between 65536 and 1073741824, got %d", c.MaxResponseBytes)

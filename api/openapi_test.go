@@ -162,7 +162,7 @@ func TestOpenAPIDescribesIngestAnswers(t *testing.T) {
 		{"/ingest/batch", 415, `{"success":false,"code":"UNSUPPORTED_ENCODING","message":"Content-Encoding must be gzip, zstd or absent"}`},
 	}
 	for _, tc := range cases {
-		u, _ := url.Parse("http://localhost:3001" + tc.path)
+		u, _ := url.Parse("http://localhost:3002" + tc.path)
 		req := &http.Request{Method: "POST", URL: u, Header: http.Header{}}
 		resp := &http.Response{StatusCode: tc.status, Request: req, Body: io.NopCloser(strings.NewReader(tc.body)),
 			Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}}}
@@ -173,7 +173,7 @@ func TestOpenAPIDescribesIngestAnswers(t *testing.T) {
 		require.True(t, ok, "%s %d", tc.path, tc.status)
 	}
 	// And a wrong shape is caught: the validator is not vacuous.
-	u, _ := url.Parse("http://localhost:3001/ingest")
+	u, _ := url.Parse("http://localhost:3002/ingest")
 	req := &http.Request{Method: "POST", URL: u, Header: http.Header{}}
 	ok, _ := v.ValidateHttpResponse(req, &http.Response{StatusCode: 202, Request: req, Header: http.Header{"Content-Type": {"application/json"}},
 		Body: io.NopCloser(strings.NewReader(`{"success":true,"message":"Event accepted","data":{"id":"nope"}}`))})

@@ -212,6 +212,9 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	ready.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 
+	// The api port serves the ingest routes too, forwarded to the ingest listener
+	// (oneorigin.go); the ingestor must trust the api's address before it is built.
+	origin := planOneOrigin(&cfg)
 	ing, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
 		Pool: pool, Redis: rdb, Brokers: brokers, Logger: logger.With("component", "ingestor"), Registerer: reg, Ready: ready,
 	})
@@ -230,6 +233,7 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	origin.apply(&cfg, ing.Addr(), logger)
 	tokens, err := api.NewAccessTokens(cfg.API, logger.With("component", "api"))
 	if err != nil {
 		return err

@@ -32,6 +32,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -59,6 +60,7 @@ var thirdPartyVars = map[string][]string{
 	"axllent/mailpit":  {"MP_"},
 	"prom/prometheus":  {},
 	"grafana/grafana":  {"GF_"},
+	"nginx":            {},
 	"pulseboard/dummy": nil,
 }
 
@@ -462,6 +464,7 @@ func TestComposeFileParsesAndIsComplete(t *testing.T) {
 		pprof := s.Environment["ADMIN_PPROF"]
 		assert(t, pprof == nil || *pprof != "true", "docker-compose.yml: %s turns pprof on (ADMIN_PPROF)", name)
 	}
+	checkComposeOneOrigin(t, p)
 	consumerSvc := svc("consumer")
 	require.Empty(t, consumerSvc.ContainerName, "--scale consumer=N needs no fixed container name")
 	require.Empty(t, consumerSvc.Ports, "--scale consumer=N needs no published port")
@@ -648,6 +651,7 @@ type k8sObjects struct {
 	jobs        map[string]*batchv1.Job
 	pdbs        map[string]*policyv1.PodDisruptionBudget
 	namespaces  map[string]*corev1.Namespace
+	ingresses   map[string]*networkingv1.Ingress
 	files       []string
 }
 
@@ -660,6 +664,7 @@ func loadK8s(t *testing.T) k8sObjects {
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		configMaps: map[string]*corev1.ConfigMap{}, hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		jobs: map[string]*batchv1.Job{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}, namespaces: map[string]*corev1.Namespace{},
+		ingresses: map[string]*networkingv1.Ingress{},
 	}
 	files, err := filepath.Glob(filepath.Join(repoRoot, "deploy/k8s/*.yaml"))
 	require.NoError(t, err)
@@ -716,6 +721,10 @@ func loadK8s(t *testing.T) k8sObjects {
 				var n corev1.Namespace
 				strict(&n)
 				o.namespaces[n.Name] = &n
+			case "networking.k8s.io/v1/Ingress":
+				var i networkingv1.Ingress
+				strict(&i)
+				o.ingresses[i.Name] = &i
 			default:
 				t.Fatalf("%s: unexpected kind %s; teach loadK8s its type", base, gvk)
 			}
@@ -836,7 +845,7 @@ func TestKubernetesManifestsParseAndAreComplete(t *testing.T) {
 	}
 
 	// A Service per public port, selecting the Deployment's pods and a named port.
-	for name, port := range map[string]int32{"ingestor": 3001, "api": 3000} {
+	for name, port := range map[string]int32{"ingestor": 3002, "api": 3000} {
 		s, ok := o.services[name]
 		require.True(t, ok, "no Service %s", name)
 		d := o.deployments[name]
@@ -848,6 +857,7 @@ func TestKubernetesManifestsParseAndAreComplete(t *testing.T) {
 	for name := range o.services {
 		require.Contains(t, []string{"ingestor", "api"}, name, "only public ports get a Service; the admin port is scraped per pod")
 	}
+	checkIngress(t, o, envOf)
 	// HPAs for the stateless front ends.
 	for _, name := range []string{"ingestor", "api"} {
 		h, ok := o.hpas[name]

@@ -36,7 +36,7 @@ flags:
 	}
 	var o loadgen.Options
 	keys := ""
-	fs.StringVar(&o.URL, "url", "http://127.0.0.1:3001", "ingestor base URL (loopback only in benchmarks)")
+	fs.StringVar(&o.URL, "url", "http://127.0.0.1:3002", "ingestor base URL (loopback only in benchmarks)")
 	fs.StringVar(&o.APIKey, "key", os.Getenv("PULSEBOARD_API_KEY"), "project API key (default $PULSEBOARD_API_KEY)")
 	fs.StringVar(&keys, "keys", "", "comma-separated API keys of several projects; events go round-robin over them (and -key)")
 	fs.StringVar(&o.Mode, "mode", "single", "single (POST /ingest, one event per request) or batch (POST /ingest/batch)")

@@ -70,7 +70,7 @@ func TestIngestAnswersMatchOpenAPIDocument(t *testing.T) {
 		require.Equal(t, tc.want, resp.StatusCode, "%s: %s", tc.name, body)
 
 		// Validate against the document's ingestor server address.
-		u, _ := url.Parse("http://localhost:3001" + tc.path)
+		u, _ := url.Parse("http://localhost:3002" + tc.path)
 		vreq := &http.Request{Method: http.MethodPost, URL: u, Header: http.Header{}}
 		vresp := &http.Response{StatusCode: resp.StatusCode, Header: resp.Header, Request: vreq, Body: io.NopCloser(bytes.NewReader(body))}
 		ok, errs := v.ValidateHttpResponse(vreq, vresp)
@@ -81,7 +81,7 @@ func TestIngestAnswersMatchOpenAPIDocument(t *testing.T) {
 	}
 
 	// The check is not vacuous: a wrong body for a documented status fails.
-	u, _ := url.Parse("http://localhost:3001/ingest")
+	u, _ := url.Parse("http://localhost:3002/ingest")
 	vreq := &http.Request{Method: http.MethodPost, URL: u, Header: http.Header{}}
 	ok, _ = v.ValidateHttpResponse(vreq, &http.Response{StatusCode: 202, Request: vreq,
 		Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}},

@@ -1,4 +1,4 @@
-// Package client sends events to PulseBoard's ingestor (POST /ingest/batch, API.md
+// Package client sends events to PulseBoard's ingestor (POST /ingest/batch, docs/api.md
 // "Ingest") for SDK authors.
 //
 // Enqueue never blocks: events go into a bounded queue of batches, cut by event count
@@ -42,7 +42,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// Limits of the batch endpoint (API.md).
+// Limits of the batch endpoint (docs/api.md).
 const (
 	MaxEventsPerBatch = 1000    // events per request accepted by the server
 	MaxWireBytes      = 1 << 20 // request body size accepted by the server
@@ -102,7 +102,7 @@ type Doer interface {
 
 // Options configure a Client. Zero fields take the defaults above.
 type Options struct {
-	Endpoint       string        // base URL of the ingestor, e.g. http://127.0.0.1:3001 (required)
+	Endpoint       string        // base URL of the ingestor, e.g. http://127.0.0.1:3002 (required)
 	APIKey         string        // project API key, sent as X-API-Key (required)
 	MaxBatchEvents int           // events per request, default 100, at most 1000
 	MaxBatchBytes  int           // uncompressed JSON per request, default 512 KiB, below 1 MiB

@@ -21,7 +21,7 @@ func Example() {
 	defer srv.Close()
 
 	c, err := client.New(client.Options{
-		Endpoint:      srv.URL, // e.g. http://127.0.0.1:3001
+		Endpoint:      srv.URL, // e.g. http://127.0.0.1:3002
 		APIKey:        "pb_live_…",
 		FlushInterval: 500 * time.Millisecond,
 		Gzip:          true,

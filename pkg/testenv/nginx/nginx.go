@@ -39,6 +39,12 @@ type Options struct {
 	Locations string
 	// Upstream is the proxied origin, host:port.
 	Upstream string
+	// Server, when set, replaces the whole server block (and the map of
+	// $connection_upgrade that DefaultLocations uses): a configuration file of the
+	// http context as operators deploy it (deploy/nginx/pulseboard.conf), with
+	// {{.Listen}} where its listen directive takes the address nginx must listen on.
+	// Locations and Upstream are then unused.
+	Server string
 }
 
 // DefaultLocations proxies everything to the upstream the way production configs do:
@@ -75,6 +81,7 @@ http {
 	uwsgi_temp_path {{.Dir}}/uwsgi;
 	scgi_temp_path {{.Dir}}/scgi;
 	client_max_body_size 16m;
+{{if .Server}}{{.Server}}{{else}}
 	map $http_upgrade $connection_upgrade {
 		default upgrade;
 		''      '';
@@ -83,6 +90,7 @@ http {
 		listen 127.0.0.1:{{.Port}};
 		{{.Locations}}
 	}
+{{end}}
 }
 `
 
@@ -127,7 +135,13 @@ func Start(t testing.TB, o Options) *Proxy {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conf, err := render(confTemplate, map[string]string{"Dir": dir, "Port": strconv.Itoa(port), "Locations": locs})
+		server := ""
+		if o.Server != "" {
+			if server, err = render(o.Server, map[string]string{"Listen": net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}); err != nil {
+				t.Fatalf("nginx server block: %v", err)
+			}
+		}
+		conf, err := render(confTemplate, map[string]string{"Dir": dir, "Port": strconv.Itoa(port), "Locations": locs, "Server": server})
 		if err != nil {
 			t.Fatalf("nginx config: %v", err)
 		}

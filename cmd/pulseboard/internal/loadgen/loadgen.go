@@ -35,7 +35,7 @@ import (
 
 // Options describe one run.
 type Options struct {
-	URL         string        // ingestor base URL, e.g. http://127.0.0.1:3001
+	URL         string        // ingestor base URL, e.g. http://127.0.0.1:3002
 	APIKey      string        // a project key (added in front of Keys)
 	Keys        []string      // project keys; events go round-robin over them
 	Mode        string        // "single" (POST /ingest, one event per request) or "batch" (POST /ingest/batch)
