@@ -23,8 +23,8 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/httperr"
 )
 
-// refreshCookie is the old backend's cookie name, kept for its clients (API.md wins
-// over the __Host- prefix suggested in RELIABILITY.md).
+// refreshCookie is the old backend's cookie name, kept for its clients (docs/api.md wins
+// over the __Host- prefix the first design suggested; docs/reliability.md B56).
 const refreshCookie = "refreshToken"
 
 // refreshTokenLen is the length of a refresh token: 32 random bytes in unpadded base64url.
@@ -353,10 +353,11 @@ var errInvalidRefresh = newError(httperr.InvalidRefreshToken, "Invalid refresh t
 
 // checkOrigin protects the cookie-authenticated endpoints against cross-site requests
 // (B57): a browser always sends Origin on a cross-origin POST, so a present Origin must
-// be one of CORS_ORIGIN ("null" never is). Non-browser clients send none.
+// be one of CORS_ORIGIN ("null" never is) or the api's own (sameOrigin: the dashboard
+// it serves). Non-browser clients send none.
 func (s *Service) checkOrigin(r *http.Request) error {
 	origins, present := r.Header["Origin"]
-	if present && (len(origins) != 1 || !s.origins[origins[0]]) {
+	if present && (len(origins) != 1 || !s.origins[origins[0]] && !sameOrigin(r, origins[0])) {
 		return newError(httperr.ForbiddenOrigin, "Origin not allowed")
 	}
 	if !present && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
