@@ -66,7 +66,7 @@ bench-go:
 	cd consumer && $(GO) test -run '^$$' -bench . -benchmem ./internal/eventstore/
 	cd ingestor && $(GO) test -run '^$$' -bench . -benchmem ./internal/intake/
 
-# Every fault-injection scenario of chaos/ (RELIABILITY.md "Fault tests"), the long ones
+# Every fault-injection scenario of chaos/ (docs/reliability.md "Fault tests"), the long ones
 # too (CHAOS_LONG=1), against the services as processes built with -tags failpoints. The
 # report (markdown and JSON) goes to chaos/results/. make test runs the fast subset only.
 CHAOSFLAGS ?= -count=1 -timeout 90m

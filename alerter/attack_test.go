@@ -1,6 +1,6 @@
 package alerter_test
 
-// The email half of the bad-input suite (RELIABILITY.md "Alerter, email", issue 7):
+// The email half of the bad-input suite (docs/reliability.md "Alerter, email", issue 7):
 // stored text that reaches mail headers — a user's name in the digest, project names, a
 // recipient address from data the api would refuse today — can neither add a header nor
 // a recipient. (Project and error names in threshold alerts: escaping_test.go.)

@@ -205,7 +205,7 @@ func (s *Service) deliverDigest(ctx, work context.Context, date *time.Time) (boo
 // records the outcome in the claiming transaction: sent (plus an email_deliveries row),
 // pending with a later next_attempt_at, or failed with the reason. If the process dies
 // between the server's acceptance and this commit the email is sent again later: the
-// one duplicate RELIABILITY.md promise 14 allows.
+// one duplicate docs/reliability.md promise 14 allows.
 //
 // Failpoints (pkg/failpoint): alerter/before-smtp right before the email is handed to
 // the Mailer, alerter/after-smtp-before-record after the server accepted it and before

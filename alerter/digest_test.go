@@ -178,7 +178,7 @@ func (c *cancelAfterSend) Send(ctx context.Context, m alerter.Message) error {
 
 // A digest run (RunJob, by the scheduler or an operator) stopped right after the SMTP
 // server accepted an email still records it as sent: otherwise the next run sends it
-// again, a duplicate outside the one crash window RELIABILITY.md allows.
+// again, a duplicate outside the one crash window docs/reliability.md allows.
 func TestDigestAcceptedEmailRecordedWhenRunIsStopped(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

@@ -1,7 +1,7 @@
 // Package alerter is PulseBoard's alerting service: error-threshold alerts by email,
 // the daily digest and retention. One replica is New(cfg, deps).Run(ctx); the
 // standalone binary is cmd/alerter, and the all-in-one wires the same New/Run. It keeps
-// RELIABILITY.md promises 12 and 14.
+// docs/reliability.md promises 12 and 14.
 //
 // # Threshold alerts
 //

@@ -1,6 +1,6 @@
 package api_test
 
-// The attack half of the bad-input suite (RELIABILITY.md "Bad input and attacks", issue
+// The attack half of the bad-input suite (docs/reliability.md "Bad input and attacks", issue
 // 7) for the api: smuggling and malformed HTTP over raw TCP, slow clients, header
 // injection, forged JWTs beyond TestAccessTokenAttacksAre401, cookies on Bearer-only
 // routes, and account enumeration through register and the login lockout.
@@ -289,7 +289,7 @@ func TestCookiesDoNotAuthenticateBearerRoutes(t *testing.T) {
 	require.Zero(t, b.count(`SELECT count(*) FROM projects`))
 }
 
-// TestRegisterDoesNotLeakMoreThanEmailTaken (B62, enumeration): API.md keeps the old
+// TestRegisterDoesNotLeakMoreThanEmailTaken (B62, enumeration): docs/api.md keeps the old
 // backend's 409 EMAIL_TAKEN (compat; the accepted risk documented in auth.go). It is
 // all that leaks: the same body for any variant of the address, no cookie, no session,
 // no account data, and (the password is hashed before the address is looked at) about

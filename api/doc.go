@@ -2,7 +2,7 @@
 // stats and alert history, and the mount point of the live WebSocket/SSE streams
 // (api/internal/live, behind the LiveStreams interface). New(cfg, deps).Run(ctx) is the
 // whole service; the standalone binary (cmd/api) and the all-in-one wire exactly this.
-// API.md is the contract; openapi.json (served at GET /openapi.json) describes it.
+// docs/api.md is the contract; openapi.json (served at GET /openapi.json) describes it.
 //
 // # Layering
 //
@@ -35,10 +35,12 @@
 // Reuse policy. Presenting a rotated token again means it was copied — unless two tabs
 // of one browser refreshed at the same moment. So:
 //   - within API_REFRESH_REUSE_GRACE (default 10 s) of its rotation, a rotated token
-//     gets 401 INVALID_REFRESH_TOKEN and nothing else happens: one request won, the
-//     other is refused, the family stays valid, and the browser already holds the
-//     winner's cookie (a refused refresh never sets or clears the cookie). Clients
-//     that get 401 from a refresh may retry it once.
+//     is answered with the same successor the first refresh got (issue 17 item 6):
+//     successors are derived from the presented token (successorToken in auth.go:
+//     HMAC-SHA256 under a key derived from the access-token secret), so tabs that
+//     refresh at once with the cookie they share, on any replica, all get the one new
+//     token, and a chain of rotations within the grace is followed a few links. A
+//     refused refresh never sets or clears the cookie.
 //   - after the grace window, it revokes the whole family (every token of it, including
 //     the current one), counts pulseboard_api_refresh_reuse_detected_total and logs a
 //     security event; the user must log in again (RFC 9700 §4.14.2).
@@ -47,7 +49,7 @@
 // family and clears the cookie. The family is the session: access tokens carry its id
 // (sid), so a logout (or a detected reuse) also ends the session's access tokens at
 // once and its live streams within LIVE_REVOCATION_CHECK_INTERVAL, not at exp
-// (RELIABILITY.md B55); the user's other sessions are untouched. /auth/refresh and /auth/logout refuse a request whose
+// (docs/reliability.md B55); the user's other sessions are untouched. /auth/refresh and /auth/logout refuse a request whose
 // Origin header is present and not in CORS_ORIGIN (403 FORBIDDEN_ORIGIN), on top of
 // SameSite=Strict.
 //

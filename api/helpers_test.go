@@ -113,6 +113,9 @@ type setupOpts struct {
 	live api.LiveStreams
 	// allow500: the test forces an internal error on purpose.
 	allow500 bool
+	// realLive: the api's own live streams (api.NewLive: the Hub on this test's
+	// database and Redis), instead of live.
+	realLive bool
 }
 
 type option func(*setupOpts)
@@ -126,6 +129,9 @@ func withEnv(kv ...string) option {
 }
 
 func withLive(l api.LiveStreams) option { return func(o *setupOpts) { o.live = l } }
+
+// withRealLive mounts the real live streams (WebSocket, SSE, Socket.IO), as the hosts do.
+func withRealLive() option { return func(o *setupOpts) { o.realLive = true } }
 
 // allowingInternalErrors is for the one test that breaks the database to see a 500.
 func allowingInternalErrors() option { return func(o *setupOpts) { o.allow500 = true } }
@@ -145,11 +151,19 @@ func setup(t *testing.T, opts ...option) *bundle {
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	b.svc, err = api.New(cfg, api.Deps{
+	deps := api.Deps{
 		Pool: pool, Redis: b.rdb, Listener: ln, Live: o.live,
 		Logger:     slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer: b.reg, Now: b.clock.Now,
-	})
+	}
+	if o.realLive {
+		deps.Tokens, err = api.NewAccessTokens(cfg, nil)
+		require.NoError(t, err)
+		deps.Live, err = api.NewLive(cfg, deps, deps.Tokens)
+		require.NoError(t, err)
+		b.live = deps.Live
+	}
+	b.svc, err = api.New(cfg, deps)
 	if err != nil {
 		_ = ln.Close()
 	}

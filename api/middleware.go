@@ -60,7 +60,7 @@ func (s *Service) instrument(next http.Handler) http.Handler {
 		h.Set("Cache-Control", "no-store")
 		// net/http frames a request with Transfer-Encoding: chunked even when it also
 		// carried a Content-Length (it drops that header). A front end that believed the
-		// length would see another request boundary: request smuggling (RELIABILITY.md
+		// length would see another request boundary: request smuggling (docs/reliability.md
 		// H6, B40). RFC 9112 §6.3: close the connection after answering such a request.
 		// Chunked requests therefore lose keep-alive; browsers and the SDKs send lengths.
 		if len(r.TransferEncoding) > 0 {

@@ -165,7 +165,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 
 	s.mux = http.NewServeMux()
 	s.routes()
-	s.handler = s.drainRejectedBody(s.instrument(s.cors(http.HandlerFunc(s.router))))
+	// The ingest routes bypass the api's CORS and body cap: forwarded to the ingestor
+	// (API_INGEST_URL), whose own rules apply (forward.go).
+	s.handler = s.forwardIngest(s.drainRejectedBody(s.instrument(s.cors(http.HandlerFunc(s.router)))))
 	s.server = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -299,7 +301,7 @@ func NewAccessTokens(cfg Config, logger *slog.Logger) (*auth.Tokens, error) {
 	return auth.NewTokens(secret, cfg.AccessTTL.D())
 }
 
-// routes registers every route; API.md is the contract, openapi.json its description
+// routes registers every route; docs/api.md is the contract, openapi.json its description
 // (a test checks that every pattern registered here is documented there).
 func (s *Service) routes() {
 	m := func(pattern string, h http.Handler) {
@@ -329,10 +331,15 @@ func (s *Service) routes() {
 
 	m("GET /events", s.handle(s.eventsByKey))
 	m("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+	s.dashboardRoutes(m) // GET / and /app/…: the dashboard (dashboard.go), not JSON routes
 
 	if s.deps.Live != nil {
 		m("GET /realtime/{projectId}", http.HandlerFunc(s.deps.Live.ServeWS))
 		m("GET /realtime/{projectId}/sse", http.HandlerFunc(s.deps.Live.ServeSSE))
+	}
+	if sio, ok := s.deps.Live.(SocketIOStreams); ok {
+		m("GET /socket.io/", http.HandlerFunc(sio.ServeSocketIO))
+		m("POST /socket.io/", http.HandlerFunc(sio.ServeSocketIO))
 	}
 }
 

@@ -211,7 +211,7 @@ func waitAlertsSent(t *testing.T, s *harness.Scenario, c *harness.Cluster, thres
 // checkAlertEmails checks the alerts table against what the SMTP server received: one
 // threshold alert per crossing; every alert sent with exactly one recorded delivery;
 // one email per alert, except copies whose sender was killed after sending them (see
-// senders.check: the documented window of RELIABILITY.md promise 14).
+// senders.check: the documented window of docs/reliability.md promise 14).
 func checkAlertEmails(t *testing.T, s *harness.Scenario, c *harness.Cluster, mail *harness.SMTPServer, x *senders, crossings int) {
 	t.Helper()
 	ctx := context.Background()
@@ -527,7 +527,7 @@ func storeEvent(t *testing.T, c *harness.Cluster, project uuid.UUID, at time.Tim
 
 // senders names every alerter incarnation by the envelope sender it mails from
 // (SMTP_FROM alerts+N@pulseboard.test) and records when each was seen dead.
-// RELIABILITY.md promise 14 allows a second copy of an email only when the process that
+// docs/reliability.md promise 14 allows a second copy of an email only when the process that
 // sent the first died between the SMTP 250 and recording "sent"; a process may have two
 // emails in that window at once (the delivery loop and the digest job send
 // concurrently), so the check is per copy, not per kill.

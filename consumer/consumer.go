@@ -75,7 +75,7 @@ type Config struct {
 	PartitionCheckInterval time.Duration `env:"CONSUMER_PARTITION_CHECK_INTERVAL" envDefault:"1h"`
 	// MaxEventBytes is the largest event the consumer accepts. It is deliberately the
 	// ingestor's variable: one setting for both, so the consumer can never dead-letter an
-	// event the ingestor accepted (RELIABILITY.md promise 4) [65536].
+	// event the ingestor accepted (docs/reliability.md promise 4) [65536].
 	MaxEventBytes int `env:"INGEST_MAX_EVENT_BYTES" envDefault:"65536"`
 }
 

@@ -1,6 +1,6 @@
 // Package consumer is PulseBoard's Kafka → PostgreSQL → Redis stage: one member of the
 // consumer group (Config.GroupID) that stores every event of the events topic exactly
-// once and publishes the newly stored ones to the live feed. It keeps RELIABILITY.md
+// once and publishes the newly stored ones to the live feed. It keeps docs/reliability.md
 // promises 2, 5, 8–11 and 13; the standalone binary is cmd/consumer, and the all-in-one
 // wires the same New/Run.
 //

@@ -37,7 +37,7 @@ type letter struct {
 
 // process takes one batch through the pipeline. Every step runs on ctx, the work
 // context that survives a shutdown request by the shutdown bound. The order is the
-// guarantee (RELIABILITY.md promises 8, 10, 11, 13):
+// guarantee (docs/reliability.md promises 8, 10, 11, 13):
 //
 //  1. decode (done by the fetcher, decode); undecodable messages become dead letters;
 //  2. store the rest in Postgres, retrying transient failures with backoff on the same

@@ -10,7 +10,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/failpoint"
 )
 
-// unsafeCommitBeforeStore is the negative control of the fault tests (RELIABILITY.md,
+// unsafeCommitBeforeStore is the negative control of the fault tests (docs/reliability.md,
 // "Fault tests": "prove the harness can fail"). With the switch
 // consumer/unsafe-commit-before-store on, the consumer commits a batch's offsets as soon
 // as it is fetched, before storing it, the way kafka-go's ReadMessage would (K10); a

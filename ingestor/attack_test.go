@@ -1,6 +1,6 @@
 package ingestor_test
 
-// The attack half of the bad-input suite (RELIABILITY.md "Bad input and attacks", issue
+// The attack half of the bad-input suite (docs/reliability.md "Bad input and attacks", issue
 // 7) for the ingestor, over raw TCP where a client library would refuse to send the
 // request: smuggling and malformed framing, slow clients, oversized and injected
 // headers, structures that are big without being long, and credentials that are not

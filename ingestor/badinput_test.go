@@ -19,7 +19,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/apikey"
 )
 
-// TestIngestBadInput is RELIABILITY.md's "Ingest payloads" and "HTTP layer" tables: every
+// TestIngestBadInput is docs/reliability.md's "Ingest payloads" and "HTTP layer" tables: every
 // request that can never succeed gets its 4xx and code, and nothing reaches Kafka.
 func TestIngestBadInput(t *testing.T) {
 	t.Parallel()

@@ -298,7 +298,7 @@ func mustJSON(tb testing.TB, v any) []byte {
 	return b
 }
 
-// requireJSONError checks an error answer: status, code and the API.md conventions.
+// requireJSONError checks an error answer: status, code and the docs/api.md conventions.
 func requireJSONError(tb testing.TB, r response, status int, code string) {
 	tb.Helper()
 	require.Equal(tb, status, r.status, "body: %s", r.body)
@@ -311,7 +311,7 @@ func requireJSONError(tb testing.TB, r response, status int, code string) {
 	require.NotEmpty(tb, r.env.Message)
 }
 
-// wireEvent is the event object of API.md as returned and produced.
+// wireEvent is the event object of docs/api.md as returned and produced.
 type wireEvent struct {
 	ID         uuid.UUID       `json:"id"`
 	ProjectID  uuid.UUID       `json:"projectId"`

@@ -51,12 +51,12 @@ type Config struct {
 	ProduceTimeout time.Duration `env:"INGEST_PRODUCE_TIMEOUT" envDefault:"5s"`
 	// MaxInflightBytes bounds event bytes waiting for the broker; past it: 503.
 	MaxInflightBytes int64 `env:"INGEST_MAX_INFLIGHT_BYTES" envDefault:"67108864"`
-	// Body and event limits (API.md).
+	// Body and event limits (docs/api.md).
 	MaxBodyBytes         int `env:"INGEST_MAX_BODY_BYTES" envDefault:"1048576"`
 	MaxDecompressedBytes int `env:"INGEST_MAX_DECOMPRESSED_BYTES" envDefault:"10485760"`
 	MaxBatchEvents       int `env:"INGEST_MAX_BATCH_EVENTS" envDefault:"1000"`
 	MaxEventBytes        int `env:"INGEST_MAX_EVENT_BYTES" envDefault:"65536"`
-	// Slow-client protection (fasthttp has no timeouts by default, RELIABILITY.md H1).
+	// Slow-client protection (fasthttp has no timeouts by default, docs/reliability.md H1).
 	ReadTimeout   time.Duration `env:"INGEST_READ_TIMEOUT" envDefault:"10s"`
 	WriteTimeout  time.Duration `env:"INGEST_WRITE_TIMEOUT" envDefault:"10s"`
 	IdleTimeout   time.Duration `env:"INGEST_IDLE_TIMEOUT" envDefault:"60s"`

@@ -184,7 +184,7 @@ func TestIngestAcceptedBoundaries(t *testing.T) {
 }
 
 // TestIngestSanitises: invalid UTF-8, NUL and lone surrogates are accepted and replaced
-// with U+FFFD (API.md), so the produced value is always storable (promise 4, X3/X4).
+// with U+FFFD (docs/api.md), so the produced value is always storable (promise 4, X3/X4).
 func TestIngestSanitises(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

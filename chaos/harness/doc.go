@@ -1,4 +1,4 @@
-// Package harness runs PulseBoard's fault-injection tests (RELIABILITY.md, "Fault tests")
+// Package harness runs PulseBoard's fault-injection tests (docs/reliability.md, "Fault tests")
 // against the real services as separate processes: it builds the binaries with the
 // failpoints build tag, starts a standalone broker, Redis and the services on fixed
 // loopback ports, drives ledger load through the Go SDK, injects faults (SIGKILL,

@@ -23,7 +23,7 @@ func (d Decrease) String() string {
 }
 
 // OffsetWatcher polls the consumer group's committed offsets every 100 ms and records
-// every decrease per partition (RELIABILITY.md promise 9: committed offsets never move
+// every decrease per partition (docs/reliability.md promise 9: committed offsets never move
 // backwards). Polls that fail (the broker is down) are counted and skipped.
 type OffsetWatcher struct {
 	c    *Cluster

@@ -17,7 +17,7 @@ import (
 
 // Result is one scenario's row in the report.
 type Result struct {
-	ID   string `json:"id"`   // the RELIABILITY.md fault id, e.g. F04
+	ID   string `json:"id"`   // the docs/reliability.md fault id, e.g. F04
 	Name string `json:"name"` // what was done
 	Pass bool   `json:"pass"`
 	// NegativeControl: a safety was disabled on purpose and loss had to be seen.

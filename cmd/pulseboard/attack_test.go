@@ -1,6 +1,6 @@
 package main_test
 
-// The attack half of the bad-input suite (RELIABILITY.md "Bad input and attacks", issue
+// The attack half of the bad-input suite (docs/reliability.md "Bad input and attacks", issue
 // 7) across the whole system, as a real all-in-one process: secrets never reach the
 // logs, a logout ends the session's live streams, streams refuse foreign origins, and
 // client timestamps at the edges of time are stored without odd partitions.

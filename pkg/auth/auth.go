@@ -1,5 +1,5 @@
 // Package auth issues and verifies PulseBoard's access tokens: HS256 JWTs with the
-// algorithm pinned, exp required, and issuer and audience checked (RELIABILITY.md promise
+// algorithm pinned, exp required, and issuer and audience checked (docs/reliability.md promise
 // 15, pitfalls J1–J5). Refresh tokens are not JWTs (they are opaque random strings stored
 // hashed), so a refresh token can never pass as an access token or the other way round.
 package auth
@@ -33,7 +33,7 @@ var ErrInvalidToken = errors.New("invalid access token")
 // Claims of an access token. ID and Email are kept for the old backend's clients.
 // SessionID is the session the token was issued to (the api's refresh-token family):
 // logging out revokes the session, and with it every access token and live stream that
-// carries its id (RELIABILITY.md B55). Tokens of the old backend have none.
+// carries its id (docs/reliability.md B55). Tokens of the old backend have none.
 type Claims struct {
 	ID        string `json:"id"`
 	Email     string `json:"email"`

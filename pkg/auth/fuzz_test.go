@@ -37,7 +37,7 @@ func fuzzTokens(f *testing.F) *auth.Tokens {
 }
 
 // FuzzVerifyToken feeds arbitrary strings to Verify. Whatever it accepts must be
-// exactly what a correct HS256 verifier accepts (RELIABILITY.md promise 15, J1-J5): three
+// exactly what a correct HS256 verifier accepts (docs/reliability.md promise 15, J1-J5): three
 // segments, a header whose alg is exactly HS256, an HMAC-SHA256 under our secret over
 // the first two segments, exp present and not past, our issuer and audience, a UUID
 // subject, at most MaxTokenBytes, and the claims returned are the ones signed.

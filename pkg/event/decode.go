@@ -7,7 +7,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// Error codes a decoded event can fail with (API.md).
+// Error codes a decoded event can fail with (docs/api.md).
 const (
 	CodeInvalidJSON      = "INVALID_JSON"
 	CodeValidationFailed = "VALIDATION_FAILED"
@@ -15,7 +15,7 @@ const (
 	CodePayloadTooLarge  = "PAYLOAD_TOO_LARGE"
 )
 
-// Error is why one event (or a whole body) was refused, with its API.md code and a
+// Error is why one event (or a whole body) was refused, with its docs/api.md code and a
 // message that names the field in the old backend's style ("body/name must be string").
 type Error struct {
 	Code    string
@@ -433,7 +433,7 @@ func storable(t time.Time) (time.Time, bool) {
 // Numbers and duplicate keys are the exception: they are held only to what PostgreSQL
 // stores (numbers within storableNumber; the last of duplicate keys wins, as in jsonb),
 // not to the client's stricter rules, so that what any ingestor accepted, an older one
-// included, is stored (RELIABILITY.md promise 4). The returned Event owns its memory.
+// included, is stored (docs/reliability.md promise 4). The returned Event owns its memory.
 func (d *Decoder) DecodeMessage(value []byte) (Event, error) {
 	var ev Event
 	if len(value) > d.Limits.MaxEventBytes {

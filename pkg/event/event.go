@@ -4,7 +4,7 @@
 // by the ingestor, published to Redis and sent to live-stream clients.
 //
 // The rule that shapes this package: everything the ingestor accepts must be storable by
-// the consumer (RELIABILITY.md promise 4). Strings are sanitised on the raw bytes before
+// the consumer (docs/reliability.md promise 4). Strings are sanitised on the raw bytes before
 // decoding, JSON syntax is checked strictly, nesting depth, sizes and numbers are bounded,
 // and the payload is re-encoded canonically, so a jsonb COPY of an accepted event cannot
 // fail.
@@ -25,7 +25,7 @@ const (
 	TypeMetric = "metric"
 )
 
-// Default limits (API.md).
+// Default limits (docs/api.md).
 const (
 	DefaultMaxNameChars  = 200
 	DefaultMaxEventBytes = 64 << 10
@@ -43,7 +43,7 @@ type Limits struct {
 	MaxDepth int
 }
 
-// DefaultLimits returns the limits of API.md.
+// DefaultLimits returns the limits of docs/api.md.
 func DefaultLimits() Limits {
 	return Limits{MaxNameChars: DefaultMaxNameChars, MaxEventBytes: DefaultMaxEventBytes, MaxDepth: DefaultMaxDepth}
 }
@@ -68,7 +68,7 @@ const TimeLayout = "2006-01-02T15:04:05.000Z"
 // created so that what the client sees, what is stored and keyset cursors all agree.
 const Precision = time.Millisecond
 
-// AppendJSON appends the event object of API.md:
+// AppendJSON appends the event object of docs/api.md:
 // {"id","projectId","type","name","payload","timestamp","receivedAt"} plus "context" when set.
 func (e *Event) AppendJSON(dst []byte) []byte { return e.appendJSON(dst, nil, nil) }
 
@@ -217,7 +217,7 @@ var hexPairs = func() (t [256][2]byte) {
 
 // AppendString appends s as a JSON string. s must be valid UTF-8 (everything that reaches
 // here has been sanitised); control characters, quotes and backslashes are escaped and
-// nothing else is, so stored text stays verbatim (RELIABILITY.md B31).
+// nothing else is, so stored text stays verbatim (docs/reliability.md B31).
 func AppendString(dst []byte, s string) []byte { return appendString(dst, s) }
 
 func appendString[S string | []byte](dst []byte, s S) []byte {

@@ -13,7 +13,7 @@ const replacementEscape = `\ufffd`
 //
 // This must happen on the raw bytes, before decoding: encoding/json and fastjson both
 // map invalid UTF-8 silently, and once a NUL has been re-marshalled it is the escape
-// text \u0000 again (RELIABILITY.md X3/X4). The second result reports whether anything
+// text \u0000 again (docs/reliability.md X3/X4). The second result reports whether anything
 // was replaced, which the consumer uses to reject messages that bypassed the ingestor.
 func Sanitize(dst, src []byte) ([]byte, bool) {
 	changed := false

@@ -99,7 +99,7 @@ func TestSanitizeOutputIsValidUTF8(t *testing.T) {
 	}
 }
 
-// TestSanitizeThroughBuild checks the documented ingest behaviour (API.md): invalid UTF-8,
+// TestSanitizeThroughBuild checks the documented ingest behaviour (docs/api.md): invalid UTF-8,
 // NUL characters and unpaired surrogates are replaced with U+FFFD and the event is accepted.
 func TestSanitizeThroughBuild(t *testing.T) {
 	t.Parallel()

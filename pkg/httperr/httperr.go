@@ -1,4 +1,4 @@
-// Package httperr holds PulseBoard's machine-readable error codes (API.md) and the JSON
+// Package httperr holds PulseBoard's machine-readable error codes (docs/api.md) and the JSON
 // error body both servers send: {"success":false,"code":"…","message":"…"}.
 package httperr
 
@@ -11,7 +11,7 @@ import (
 // Code is a stable, machine-readable error code.
 type Code string
 
-// The codes of API.md.
+// The codes of docs/api.md.
 const (
 	ValidationFailed     Code = event.CodeValidationFailed
 	InvalidJSON          Code = event.CodeInvalidJSON

@@ -15,7 +15,7 @@ import (
 // GroupReader is a consumer group member with the methods of kafka-go's Reader that
 // PulseBoard uses (FetchMessage, CommitMessages, Close), built on kafka-go's
 // ConsumerGroup API so that a rebalance can never move a committed offset backwards
-// (RELIABILITY.md K12, promise 9).
+// (docs/reliability.md K12, promise 9).
 //
 // kafka-go's Reader keeps handing out messages it fetched before a rebalance until the
 // next generation has started, and commits them through whatever generation is current

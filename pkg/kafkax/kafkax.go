@@ -1,6 +1,7 @@
 // Package kafkax configures segmentio/kafka-go the way PulseBoard's promises need it
-// (RELIABILITY.md K1–K14) and runs the embedded Kafka-protocol broker used in development
-// and tests. Nothing here relies on a kafka-go zero value for anything that matters.
+// (docs/reliability.md K1–K14). The embedded Kafka-protocol broker of development and
+// tests is pkg/kafkax/embedded, which the standalone services do not link. Nothing here
+// relies on a kafka-go zero value for anything that matters.
 package kafkax
 
 import (
@@ -33,7 +34,7 @@ type WriterOptions struct {
 	Completion func(messages []kafka.Message, err error)
 }
 
-// DefaultWriterOptions are the tuned defaults of RELIABILITY.md's starting configuration.
+// DefaultWriterOptions are the tuned defaults of docs/reliability.md's starting configuration.
 func DefaultWriterOptions() WriterOptions {
 	return WriterOptions{
 		BatchTimeout: 2 * time.Millisecond,

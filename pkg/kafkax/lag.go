@@ -16,7 +16,7 @@ import (
 // because that is where a group member starting with FirstOffset would begin (K13).
 //
 // Because the consumer commits an offset only after everything before it is stored
-// (RELIABILITY.md promise 8), a lag of 0 means every message produced so far is in
+// (docs/reliability.md promise 8), a lag of 0 means every message produced so far is in
 // Postgres or in the dead-letter topic: the all-in-one's drain and the tests wait for it.
 //
 // Retriable Kafka errors (a coordinator or leader that is moving or still loading) are

@@ -1,5 +1,5 @@
 // Package ledger is the measure of "nothing lost, nothing duplicated" used by the load
-// generator and the fault tests (RELIABILITY.md, "Fault tests"): it records every event id a
+// generator and the fault tests (docs/reliability.md, "Fault tests"): it records every event id a
 // client sent and the best answer it got, then checks that record against the events
 // Postgres stored.
 //

@@ -35,7 +35,7 @@ func APIKeyCacheKey(h apikey.Hash) string { return "pulseboard:apikey:" + h.Stri
 // own. It is for services that keep working while Redis is down (the ingestor resolves
 // API keys from PostgreSQL, the consumer still stores events), which must then also be
 // able to start while it is down: refusing would turn a Redis outage into an outage of
-// theirs as soon as one of them restarts (RELIABILITY.md F14).
+// theirs as soon as one of them restarts (docs/reliability.md F14).
 func Connect(ctx context.Context, redisURL string, logger *slog.Logger, meanwhile string) (*redis.Client, error) {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {

@@ -2,7 +2,7 @@
 // by email from its own consumer group, the daily digest and retention, with /healthz,
 // /readyz, /metrics (and /debug/pprof with ADMIN_PPROF=true) on ADMIN_PORT (default
 // 9103, on 127.0.0.1 unless ADMIN_HOST says otherwise). Configuration comes from the
-// environment (and .env); see alerter.Config and ARCHITECTURE.md.
+// environment (and .env); see alerter.Config and docs/architecture.md.
 package main
 
 import (

@@ -1,5 +1,5 @@
 // Package retention keeps PostgreSQL within the retention period without ever stalling
-// ingest (RELIABILITY.md promise 12, pitfall X7):
+// ingest (docs/reliability.md promise 12, pitfall X7):
 //
 //  1. Partitions ahead: pulseboard_ensure_event_partitions from yesterday to a week ahead.
 //  2. Whole day partitions of events whose upper bound is at or before the cutoff (the

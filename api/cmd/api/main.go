@@ -67,7 +67,7 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	defer pool.Close()
 	// A Redis that does not answer at start is logged, not fatal: accounts, projects and
-	// queries need only PostgreSQL, and go-redis reconnects by itself (RELIABILITY.md F14:
+	// queries need only PostgreSQL, and go-redis reconnects by itself (docs/reliability.md F14:
 	// login unaffected by a Redis outage).
 	rdb, err := redisx.Connect(ctx, cfg.RedisURL, logger, "live streams wait for it; everything else is served")
 	if err != nil {

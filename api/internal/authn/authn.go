@@ -4,11 +4,11 @@
 //
 //   - the token is a pkg/auth access JWT (HS256 pinned, exp required, iss/aud checked);
 //   - the user still exists, and the token was issued at or after the user's
-//     tokens_valid_after (the "log out everywhere" hook, RELIABILITY.md J6). JWT iat has
+//     tokens_valid_after (the "log out everywhere" hook, docs/reliability.md J6). JWT iat has
 //     one-second resolution, so tokens_valid_after is compared truncated to the second:
 //     a token issued in the same second as the revocation stays valid until it expires.
 //   - the session the token names (sid, the refresh-token family) has not been logged
-//     out or revoked for reuse (RELIABILITY.md B55); tokens without one are the old
+//     out or revoked for reuse (docs/reliability.md B55); tokens without one are the old
 //     backend's and are not bound to a session.
 package authn
 

@@ -1,6 +1,6 @@
 package live_test
 
-// The attack half of the bad-input suite (RELIABILITY.md "WebSocket and SSE", issue 7)
+// The attack half of the bad-input suite (docs/reliability.md "WebSocket and SSE", issue 7)
 // over real TCP: hand-made WebSocket frames that no client library sends (unmasked,
 // reserved bits and opcodes, bad fragmentation, lying lengths, bad close frames, a ping
 // flood), Origin look-alikes on both transports, hostile SSE Last-Event-IDs, and an SSE

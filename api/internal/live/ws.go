@@ -24,7 +24,7 @@ const (
 	writeBatch      = 256
 	writeBatchBytes = 64 << 10
 	// A client has no reason to send more than pongs and the odd ping; a flood is cut
-	// off with 1008 (RELIABILITY.md B78).
+	// off with 1008 (docs/reliability.md B78).
 	clientFrameBurst  = 100
 	clientFramesPerS  = 10
 	closeRateLimited  = ws.StatusPolicyViolation
@@ -51,7 +51,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request) {
 		// Browsers that sent "bearer, <jwt>" fail the handshake unless one offered
 		// subprotocol is selected; the token itself is never echoed.
 		Protocol: func(p string) bool { return p == bearerSubprotocol },
-		// No Negotiate: permessage-deflate stays off (RELIABILITY.md W7).
+		// No Negotiate: permessage-deflate stays off (docs/reliability.md W7).
 	}
 	conn, rw, _, err := up.Upgrade(r, w)
 	if err != nil {

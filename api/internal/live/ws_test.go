@@ -430,7 +430,7 @@ func TestCloseSendsGoingAway(t *testing.T) {
 	requireSSERefused(t, b.sseURL(b.project.ID.String())+"?token="+b.token, nil, 503, "UNAVAILABLE")
 }
 
-// Redis goes away (RELIABILITY.md F14): open streams stay; a stream of a project not yet
+// Redis goes away (docs/reliability.md F14): open streams stay; a stream of a project not yet
 // subscribed is refused with 503 rather than told "connected" with nothing behind it;
 // once Redis is back, go-redis re-subscribes, the clients are told to resync (whatever
 // was published in the gap is lost) and delivery resumes.

@@ -1,4 +1,4 @@
-// Package passwords hashes and verifies account passwords with bcrypt (RELIABILITY.md
+// Package passwords hashes and verifies account passwords with bcrypt (docs/reliability.md
 // promise 17, pitfall X6).
 //
 //   - Cost 12 by default, so hashes written by the old Node.js backend ($2a$/$2b$, cost

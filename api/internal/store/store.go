@@ -6,7 +6,7 @@
 //
 // Every project query takes the caller's user id and filters on it in SQL, so another
 // user's project is indistinguishable from a missing one (tenant isolation,
-// RELIABILITY.md promise 19).
+// docs/reliability.md promise 19).
 package store
 
 import (

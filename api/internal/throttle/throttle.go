@@ -1,4 +1,4 @@
-// Package throttle slows down password guessing (RELIABILITY.md promise 18, B59).
+// Package throttle slows down password guessing (docs/reliability.md promise 18, B59).
 //
 // A key (an account, a client IP) accumulates failures. The first Free failures cost
 // nothing; each further failure locks the key for Base·2^(n−Free−1), at most Max, so an

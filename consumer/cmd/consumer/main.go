@@ -2,7 +2,7 @@
 // PostgreSQL (exactly once) → Redis live feed, with /healthz, /readyz, /metrics (and
 // /debug/pprof with ADMIN_PPROF=true) on ADMIN_PORT (default 9102, on 127.0.0.1 unless
 // ADMIN_HOST says otherwise). Configuration comes from the environment (and .env); see
-// consumer.Config and ARCHITECTURE.md.
+// consumer.Config and docs/architecture.md.
 package main
 
 import (
@@ -58,7 +58,7 @@ type processConfig struct {
 	// DBMaxConns bounds the pool; the consumer uses one connection at a time, the rest
 	// serve readiness and partition maintenance [4].
 	DBMaxConns int32 `env:"CONSUMER_DB_MAX_CONNS" envDefault:"4"`
-	// StatementTimeout is set on the consumer's sessions (RELIABILITY.md starting
+	// StatementTimeout is set on the consumer's sessions (docs/reliability.md starting
 	// configuration) [30s].
 	StatementTimeout time.Duration `env:"CONSUMER_STATEMENT_TIMEOUT" envDefault:"30s"`
 }

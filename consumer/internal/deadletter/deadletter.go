@@ -1,7 +1,7 @@
 // Package deadletter writes messages the consumer can neither decode nor store to the
 // dead-letter topic: the original key and value, the original headers, and headers that
 // say why and where from. A dead letter is written synchronously with acks=all before
-// the offset past it is committed (RELIABILITY.md promises 8 and 10), so a message is
+// the offset past it is committed (docs/reliability.md promises 8 and 10), so a message is
 // always either stored, dead-lettered, or redelivered.
 package deadletter
 

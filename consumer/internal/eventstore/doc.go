@@ -12,7 +12,7 @@
 //     KEY SHARE in id order so that a concurrent project deletion waits for this
 //     transaction instead of leaving orphans behind it; then INSERT INTO event_ids …
 //     SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING, the dedup gate
-//     (RELIABILITY.md X2 option a), in key order so two consumers never lock in opposite
+//     (docs/reliability.md X2 option a), in key order so two consumers never lock in opposite
 //     orders. Only what this returns is new: redelivery, replays and producer retries
 //     all end here as conflicts. It also returns the projects that do not exist;
 //  3. binary COPY of exactly the fresh rows straight into events (partition routing is
@@ -24,7 +24,7 @@
 //
 // # Why no staging table
 //
-// COPY cannot do ON CONFLICT (pgx #437, #992), which is why RELIABILITY.md X1 suggests
+// COPY cannot do ON CONFLICT (pgx #437, #992), which is why docs/reliability.md X1 suggests
 // COPY into a temporary staging table and one INSERT … SELECT … ON CONFLICT from it. Here
 // the conflicts are decided before the COPY, by the gate insert on (project_id, id) only
 // (three small columns, sent as arrays), and events itself has no unique constraint, so

@@ -1,5 +1,5 @@
 // Package livefeed publishes newly stored events to their projects' Redis channels for
-// the live streams. Live streams are best-effort (RELIABILITY.md promise 13), so this
+// the live streams. Live streams are best-effort (docs/reliability.md promise 13), so this
 // package never holds the pipeline up: batches are handed to one publishing goroutine
 // through a queue bounded in bytes, a full queue drops the batch, and a failed PUBLISH
 // pipeline is counted and logged, never retried. One goroutine keeps the order in which

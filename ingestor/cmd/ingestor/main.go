@@ -67,7 +67,7 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	defer pool.Close()
 	// A Redis that does not answer at start is logged, not fatal: API keys are then
-	// resolved from PostgreSQL (never a 401 for a Redis outage, RELIABILITY.md promise 7).
+	// resolved from PostgreSQL (never a 401 for a Redis outage, docs/reliability.md promise 7).
 	rdb, err := redisx.Connect(ctx, cfg.RedisURL, logger, "API keys are resolved from PostgreSQL until it does")
 	if err != nil {
 		return err

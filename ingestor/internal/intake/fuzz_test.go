@@ -544,7 +544,7 @@ func refUnzstd(b []byte, limit int) ([]byte, error) {
 	return out, nil
 }
 
-// countEvents counts the events of a batch body the way API.md defines them: NDJSON
+// countEvents counts the events of a batch body the way docs/api.md defines them: NDJSON
 // lines that are not blank, or the elements of the top-level array (or of "events").
 func countEvents(contentType string, plain []byte) (int, bool) {
 	if strings.Contains(contentType, "ndjson") {

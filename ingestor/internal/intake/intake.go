@@ -1,8 +1,8 @@
 // Package intake is the ingestor's HTTP surface (fasthttp): POST /ingest (the old
-// backend's body, apiKey inside) and POST /ingest/batch, exactly as API.md describes.
+// backend's body, apiKey inside) and POST /ingest/batch, exactly as docs/api.md describes.
 //
 // A request goes through, in order: route and method, content type, decompression with a
-// cap on the output (never fasthttp's unlimited BodyGunzip, RELIABILITY.md H3), sanitising
+// cap on the output (never fasthttp's unlimited BodyGunzip, docs/reliability.md H3), sanitising
 // and strict JSON parsing (pkg/event), API key resolution, validation of every event,
 // the per-project rate limit, and finally one produce call that returns only after Kafka
 // acknowledged every event with acks=all. Nothing is produced unless the whole request
@@ -52,7 +52,7 @@ type Limits struct {
 	Event                 event.Limits
 }
 
-// DefaultLimits are API.md's.
+// DefaultLimits are docs/api.md's.
 func DefaultLimits() Limits {
 	return Limits{
 		MaxBodyBytes:          1 << 20,
@@ -258,7 +258,7 @@ func (h *Handler) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
 		m.observer().Observe(time.Since(start).Seconds())
 	}()
 	// Browser SDKs may post cross-origin; ingest is authenticated by key, not cookies, so
-	// any origin may call it, never with credentials (RELIABILITY.md B68).
+	// any origin may call it, never with credentials (docs/reliability.md B68).
 	ctx.Response.Header.SetCanonical(headerAllowOrigin, anyOrigin)
 	switch {
 	case ctx.IsOptions():
@@ -1106,7 +1106,7 @@ func (h *Handler) respond(ctx *fasthttp.RequestCtx, status int, body []byte) {
 }
 
 // ErrorHandler answers errors fasthttp hits before the handler runs. Its default answers
-// 400 for an oversized body (RELIABILITY.md H2); these are the documented statuses.
+// 400 for an oversized body (docs/reliability.md H2); these are the documented statuses.
 func ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error

@@ -1,6 +1,6 @@
 // Package keycache resolves ingest API keys to projects through three layers: an
 // in-process LRU, Redis, then Postgres. It is built for the failure modes of
-// RELIABILITY.md promise 7 and pitfall R6:
+// docs/reliability.md promise 7 and pitfall R6:
 //   - a flood of unknown keys reaches Postgres at most once per key per negative TTL
 //     (negative entries in both caches, and singleflight for concurrent misses);
 //   - a Redis outage degrades to Postgres lookups, never to 401s;

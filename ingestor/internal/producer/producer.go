@@ -5,7 +5,7 @@
 // for the broker.
 //
 // The bound is the subtle part. A batch is retried after the caller's context has ended
-// (RELIABILITY.md K3/K4, as kafka-go's Writer does), so bytes are not free when Produce
+// (docs/reliability.md K3/K4, as kafka-go's Writer does), so bytes are not free when Produce
 // returns with an error; they are free when the batch's final outcome is known. Each
 // request's messages carry a ticket in Message.WriterData that the completion releases.
 // A request whose messages never reached a batch is released at once, and every ticket

@@ -17,7 +17,7 @@ import (
 // that presented unknown keys most recently.
 const guardEntries = 100_000
 
-// KeyGuard slows down clients that present unknown API keys (RELIABILITY.md B34): every
+// KeyGuard slows down clients that present unknown API keys (docs/reliability.md B34): every
 // 401 takes a token from the client address's bucket, and an address whose bucket is
 // empty is refused with 429 before any key lookup until it refills. A client with a valid
 // key never touches its bucket, so a mistyped key costs a real SDK nothing it would notice,

@@ -145,7 +145,7 @@ type Case struct {
 	Request []byte
 }
 
-// Smuggling returns the request-smuggling and malformed-framing cases of RELIABILITY.md
+// Smuggling returns the request-smuggling and malformed-framing cases of docs/reliability.md
 // H6/B40 against method and path on host: each front request carries the smuggled one
 // where a parser that disagrees with another one (a proxy in front) would find it.
 // header lines go on the front request (e.g. its Content-Type and credentials).

@@ -27,7 +27,7 @@ type LiveOptions struct {
 	Protocol string // "sse" (default) or "ws"
 }
 
-// apiSession is a logged-in dashboard user (API.md "Auth").
+// apiSession is a logged-in dashboard user (docs/api.md "Auth").
 type apiSession struct {
 	base  string
 	token string
