@@ -26,10 +26,8 @@ package intake
 // startedAt. The required fields and their types are the old backend's schema's.
 
 import (
-	"context"
 	"strings"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 
@@ -302,27 +300,9 @@ func (h *Handler) analytics(ctx *fasthttp.RequestCtx) {
 		h.fail(ctx, routeAnalytics, httperr.Code(verr.Code), analyticsMessage(verr.Message), 1)
 		return
 	}
-	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{}, &w.enc)
-	if msg, ok := h.sizeOK(len(value), d); !ok {
-		if !h.shorten(d, &ev, len(value)) {
-			h.fail(ctx, routeAnalytics, httperr.PayloadTooLarge, msg, 1)
-			return
-		}
-		_, msgKey, value = encodeEvent(nil, &ev, keyCache{}, &w.enc)
-		if msg, ok := h.sizeOK(len(value), d); !ok {
-			h.fail(ctx, routeAnalytics, httperr.PayloadTooLarge, msg, 1)
-			return
-		}
-	}
-	if !h.allow(ctx, routeAnalytics, proj, 1, len(body)) {
+	if _, ok := h.produceOne(ctx, routeAnalytics, d, w, &ev, proj, len(body)); !ok {
 		return
 	}
-	w.msgs = append(w.msgs, kafka.Message{Key: msgKey.key, Value: value, Time: ev.ReceivedAt})
-	if err := h.prod.Produce(context.Background(), w.msgs, nil); err != nil {
-		h.produceFailed(ctx, routeAnalytics, err, 1)
-		return
-	}
-	h.accepted.Inc()
 	out := append(w.out, `{"success":true`...)
 	if kind == analyticsCrash {
 		out = append(out, `,"data":{"crashGroupId":"`...)

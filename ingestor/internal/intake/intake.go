@@ -397,33 +397,45 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
-	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), &ev, keyCache{}, &w.enc)
+	value, ok := h.produceOne(ctx, routeSingle, d, w, &ev, proj, len(body))
+	if !ok {
+		return
+	}
+	out := append(w.out, `{"success":true,"message":"Event accepted","data":`...)
+	out = append(out, value...)
+	w.out = append(out, '}')
+	h.respond(ctx, fasthttp.StatusAccepted, w.out)
+}
+
+// produceOne encodes one event of proj (shortened to fit when it is too large), charges
+// it to the project's limits (bodyBytes of request body) and produces it, answering the
+// failure itself; on success it counts the event and returns its encoding (valid until w
+// is put back).
+func (h *Handler) produceOne(ctx *fasthttp.RequestCtx, route string, d *event.Decoder, w *work, ev *event.Event, proj pgstore.KeyProject, bodyBytes int) ([]byte, bool) {
+	_, msgKey, value := encodeEvent(make([]byte, 0, eventOverhead+2*len(ev.Name)+len(ev.Payload)+len(ev.Context)), ev, keyCache{}, &w.enc)
 	if msg, ok := h.sizeOK(len(value), d); !ok {
-		if !h.shorten(d, &ev, len(value)) {
-			h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
-			return
+		if !h.shorten(d, ev, len(value)) {
+			h.fail(ctx, route, httperr.PayloadTooLarge, msg, 1)
+			return nil, false
 		}
-		_, msgKey, value = encodeEvent(nil, &ev, keyCache{}, &w.enc)
+		_, msgKey, value = encodeEvent(nil, ev, keyCache{}, &w.enc)
 		if msg, ok := h.sizeOK(len(value), d); !ok {
-			h.fail(ctx, routeSingle, httperr.PayloadTooLarge, msg, 1)
-			return
+			h.fail(ctx, route, httperr.PayloadTooLarge, msg, 1)
+			return nil, false
 		}
 	}
-	if !h.allow(ctx, routeSingle, proj, 1, len(body)) {
-		return
+	if !h.allow(ctx, route, proj, 1, bodyBytes) {
+		return nil, false
 	}
 	w.msgs = append(w.msgs, kafka.Message{Key: msgKey.key, Value: value, Time: ev.ReceivedAt})
 	// Not the RequestCtx: its Done closes when the server shuts down, and a request in
 	// flight must still get its acknowledgement. The producer applies its own deadline.
 	if err := h.prod.Produce(context.Background(), w.msgs, nil); err != nil {
-		h.produceFailed(ctx, routeSingle, err, 1)
-		return
+		h.produceFailed(ctx, route, err, 1)
+		return nil, false
 	}
 	h.accepted.Inc()
-	out := append(w.out, `{"success":true,"message":"Event accepted","data":`...)
-	out = append(out, value...)
-	w.out = append(out, '}')
-	h.respond(ctx, fasthttp.StatusAccepted, w.out)
+	return value, true
 }
 
 // decodeSingle validates the body of POST /ingest and resolves its apiKey, answering the
