@@ -952,27 +952,7 @@ func (s *eioSession) readWS(t *eioWS, upgraded bool) {
 		_ = t.conn.Close()
 	}()
 	cfg := &s.h.cfg
-	lim := limiter{tokens: clientFrameBurst}
-	count := func() error {
-		if !lim.allow(time.Now()) {
-			return errTooManyFrames
-		}
-		return nil
-	}
-	rd := &wsutil.Reader{
-		Source:         t.src,
-		State:          ws.StateServerSide,
-		CheckUTF8:      true,
-		MaxFrameSize:   cfg.MaxFrameBytes,
-		MaxMessageSize: cfg.MaxMessageBytes,
-		OnIntermediate: func(h ws.Header, r io.Reader) error {
-			if err := count(); err != nil {
-				return err
-			}
-			return t.control(h, r, cfg.WriteTimeout)
-		},
-		OnContinuation: func(ws.Header, io.Reader) error { return count() },
-	}
+	rd, count := frameReader(t.src, cfg, func(h ws.Header, r io.Reader) error { return t.control(h, r, cfg.WriteTimeout) })
 	readTimeout := cfg.PingInterval * 5 / 2
 	probeEnd := time.Now().Add(eioUpgradeTimeout)
 	var msg bytes.Buffer

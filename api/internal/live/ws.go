@@ -122,10 +122,12 @@ type wsStream struct {
 	graceEnd  time.Time
 }
 
-func (s *wsStream) readLoop() {
-	cfg := &s.h.cfg
-	// Every frame counts against the flood limit, including continuation frames and
-	// control frames inside a fragmented message, which the Reader handles itself.
+// frameReader reads a client's WebSocket frames within the configured frame and message
+// sizes, with UTF-8 checked and control frames inside a fragmented message handed to
+// control. Every frame counts against the flood limit, continuation and control
+// frames included: count charges a frame NextFrame returned, and errTooManyFrames ends
+// the stream.
+func frameReader(src io.Reader, cfg *Config, control func(ws.Header, io.Reader) error) (*wsutil.Reader, func() error) {
 	lim := limiter{tokens: clientFrameBurst}
 	count := func() error {
 		if !lim.allow(time.Now()) {
@@ -133,8 +135,8 @@ func (s *wsStream) readLoop() {
 		}
 		return nil
 	}
-	rd := &wsutil.Reader{
-		Source:         s.src,
+	return &wsutil.Reader{
+		Source:         src,
 		State:          ws.StateServerSide,
 		CheckUTF8:      true,
 		MaxFrameSize:   cfg.MaxFrameBytes,
@@ -143,10 +145,15 @@ func (s *wsStream) readLoop() {
 			if err := count(); err != nil {
 				return err
 			}
-			return s.control(h, r)
+			return control(h, r)
 		},
 		OnContinuation: func(ws.Header, io.Reader) error { return count() },
-	}
+	}, count
+}
+
+func (s *wsStream) readLoop() {
+	cfg := &s.h.cfg
+	rd, count := frameReader(s.src, cfg, s.control)
 	readTimeout := cfg.PingInterval * 5 / 2
 	drain := false
 	for {
