@@ -20,6 +20,7 @@ import (
 	"github.com/pulseboard/pulseboard/api"
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/testenv/nodefetch"
+	"github.com/pulseboard/pulseboard/pkg/testenv/rawhttp"
 )
 
 // Issue 17 item 2: with API_INGEST_URL the api forwards the ingest routes to the
@@ -426,21 +427,8 @@ func TestForwardIngestEarlyRefusalIsReadable(t *testing.T) {
 	for i := range 2 {
 		c := b.dialFrom("127.0.0.1")
 		require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
-		rest := body[:2<<20]
-		head := "POST /ingest/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(rest)) + "\r\n\r\n"
-		_, err := c.Write(append([]byte(head), rest[:128<<10]...))
-		require.NoError(t, err)
-		for rest = rest[128<<10:]; len(rest) > 0; {
-			time.Sleep(150 * time.Millisecond)
-			n := min(len(rest), 256<<10)
-			_, err = c.Write(rest[:n])
-			require.NoError(t, err, "attempt %d: the whole body is written (the api drains it)", i)
-			rest = rest[n:]
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		require.NoError(t, err, "attempt %d", i)
-		rb, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
+		resp, rb, err := rawhttp.SlowPost(c, "/ingest/batch", body[:2<<20], 128<<10)
+		require.NoError(t, err, "attempt %d: the whole body is written (the api drains it), the answer read", i)
 		require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode, "body: %s", rb)
 		require.Equal(t, tooLarge, string(rb))
 		require.True(t, resp.Close, "the connection closes after an early refusal")

@@ -338,6 +338,17 @@ func (c *client) createProject(name string) map[string]any {
 
 // counter reads a counter (summing the series that match labels).
 func (b *bundle) counter(name string, labels map[string]string) float64 {
+	return b.metricSum(name, labels, false)
+}
+
+// labelledGauge reads a gauge (summing the series that match labels).
+func (b *bundle) labelledGauge(name string, labels map[string]string) float64 {
+	return b.metricSum(name, labels, true)
+}
+
+// metricSum sums the series of metric name (a gauge, or a counter) that carry every
+// label of labels.
+func (b *bundle) metricSum(name string, labels map[string]string, gauge bool) float64 {
 	b.t.Helper()
 	mfs, err := b.reg.Gather()
 	require.NoError(b.t, err)
@@ -359,7 +370,11 @@ func (b *bundle) counter(name string, labels map[string]string) float64 {
 					continue metrics
 				}
 			}
-			sum += m.GetCounter().GetValue()
+			if gauge {
+				sum += m.GetGauge().GetValue()
+			} else {
+				sum += m.GetCounter().GetValue()
+			}
 		}
 	}
 	return sum

@@ -361,35 +361,6 @@ func (l sioLine) arg0Data(t *testing.T) map[string]any {
 	return m
 }
 
-// labelledGauge reads a gauge (summing the series that match labels).
-func (b *bundle) labelledGauge(name string, labels map[string]string) float64 {
-	b.t.Helper()
-	mfs, err := b.reg.Gather()
-	require.NoError(b.t, err)
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for k, v := range labels {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == k && lp.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			sum += m.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
-
 // eventually polls cond until it holds or waitFor passes.
 func eventually(t *testing.T, cond func() bool, msg string) {
 	t.Helper()

@@ -35,6 +35,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/testenv/kafkatest"
 	"github.com/pulseboard/pulseboard/pkg/testenv/nodefetch"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
+	"github.com/pulseboard/pulseboard/pkg/testenv/rawhttp"
 	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
 )
 
@@ -188,24 +189,10 @@ func TestOversizedBodyGets413ThatAClientWritingEverythingFirstCanRead(t *testing
 		for i := range 3 { // a reset is a race: try a few times
 			c := dialFrom(t, strings.TrimPrefix(b.url, "http://"), "127.0.0.1")
 			require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
-			head := "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
 			// The head and a first part, then a pause in which the server has answered and
 			// would have closed, then the rest: a client on a slow link.
-			_, err := c.Write(append([]byte(head), body[:64<<10]...))
-			require.NoError(t, err)
-			// The rest in 256 KiB parts 150 ms apart: longer than net/http's 500 ms
-			// rstAvoidanceDelay.
-			for rest := body[64<<10:]; len(rest) > 0; {
-				time.Sleep(150 * time.Millisecond)
-				n := min(len(rest), 256<<10)
-				_, err = c.Write(rest[:n])
-				require.NoError(t, err, "attempt %d: the whole body is written (the server reads it)", i)
-				rest = rest[n:]
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			require.NoError(t, err, "attempt %d", i)
-			rb, err := io.ReadAll(resp.Body)
-			require.NoError(t, err)
+			resp, rb, err := rawhttp.SlowPost(c, "/ingest", body, 64<<10)
+			require.NoError(t, err, "attempt %d: the whole body is written (the server reads it), the answer read", i)
 			require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode, "body: %s", rb)
 			require.Contains(t, string(rb), `"code":"PAYLOAD_TOO_LARGE"`)
 			require.True(t, resp.Close)

@@ -46,13 +46,7 @@ type dashboardLine struct {
 // testdata/dashboard-browser/artifacts/ (ignored by git). PULSEBOARD_SKIP_BROWSER=1 skips
 // it; a missing /usr/bin/chromium fails it.
 func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
-	if os.Getenv("PULSEBOARD_SKIP_BROWSER") != "" {
-		t.Skip("PULSEBOARD_SKIP_BROWSER is set")
-	}
-	chromium := "/usr/bin/chromium"
-	if _, err := os.Stat(chromium); err != nil {
-		t.Fatalf("Debian's chromium is required (apt-get install chromium; scripts/test-services.sh does), or set PULSEBOARD_SKIP_BROWSER=1: %v", err)
-	}
+	chromium := requireChromium(t)
 	t.Parallel()
 	dir := nodepkg.Install(t, filepath.Join("testdata", "dashboard-browser"))
 	artifacts := filepath.Join(dir, "artifacts")

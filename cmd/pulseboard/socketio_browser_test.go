@@ -36,13 +36,7 @@ type browserLine struct {
 // is in the page's DOM within 1 s of the 202. PULSEBOARD_SKIP_BROWSER=1 skips it; a
 // missing /usr/bin/chromium fails it (scripts/test-services.sh installs it).
 func TestAllInOneSocketIOLiveFeedInHeadlessChromium(t *testing.T) {
-	if os.Getenv("PULSEBOARD_SKIP_BROWSER") != "" {
-		t.Skip("PULSEBOARD_SKIP_BROWSER is set")
-	}
-	chromium := "/usr/bin/chromium"
-	if _, err := os.Stat(chromium); err != nil {
-		t.Fatalf("Debian's chromium is required (apt-get install chromium; scripts/test-services.sh does), or set PULSEBOARD_SKIP_BROWSER=1: %v", err)
-	}
+	chromium := requireChromium(t)
 	t.Parallel()
 	dir := nodepkg.Install(t, filepath.Join("testdata", "socketio-browser"))
 
@@ -144,4 +138,19 @@ func TestAllInOneSocketIOLiveFeedInHeadlessChromium(t *testing.T) {
 		worst = max(worst, took)
 	}
 	t.Logf("ingest 202 → shown in the page: at most %s", worst)
+}
+
+// requireChromium returns Debian's Chromium for the browser tests: it skips the test when
+// PULSEBOARD_SKIP_BROWSER is set and fails it when the browser is missing
+// (scripts/test-services.sh installs it).
+func requireChromium(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("PULSEBOARD_SKIP_BROWSER") != "" {
+		t.Skip("PULSEBOARD_SKIP_BROWSER is set")
+	}
+	const chromium = "/usr/bin/chromium"
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("Debian's chromium is required (apt-get install chromium; scripts/test-services.sh does), or set PULSEBOARD_SKIP_BROWSER=1: %v", err)
+	}
+	return chromium
 }

@@ -220,3 +220,31 @@ func (r Result) String() string {
 	fmt.Fprintf(&b, "; closed=%v after %s", r.Closed, r.Elapsed)
 	return b.String()
 }
+
+// SlowPost writes a request (head, then body) on c as a client on a slow link does: the
+// head and the body's first part, then the rest in 256 KiB parts 150 ms apart (longer in
+// all than net/http's 500 ms rstAvoidanceDelay), and reads the answer. A server that
+// answered early (a 413) and closed without reading on makes a write fail: that error
+// is returned, so a test can require that the server drains the body before closing.
+func SlowPost(c net.Conn, path string, body []byte, first int) (*http.Response, []byte, error) {
+	head := "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
+	first = min(first, len(body))
+	if _, err := c.Write(append([]byte(head), body[:first]...)); err != nil {
+		return nil, nil, fmt.Errorf("writing the head: %w", err)
+	}
+	for rest := body[first:]; len(rest) > 0; {
+		time.Sleep(150 * time.Millisecond)
+		n := min(len(rest), 256<<10)
+		if _, err := c.Write(rest[:n]); err != nil {
+			return nil, nil, fmt.Errorf("writing the body (%d bytes left): %w", len(rest), err)
+		}
+		rest = rest[n:]
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(resp.Body)
+	return resp, rb, err
+}
