@@ -262,10 +262,11 @@ func (h *Handler) analytics(ctx *fasthttp.RequestCtx) {
 		h.fail(ctx, routeAnalytics, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
 		return
 	}
-	body, ok := h.body(ctx, routeAnalytics, h.limits.MaxSingleDecompressed)
+	body, release, ok := h.body(ctx, routeAnalytics, h.limits.MaxSingleDecompressed)
 	if !ok {
 		return
 	}
+	defer release()
 	d := h.decoder()
 	defer h.release(d)
 	w := h.getWork()

@@ -385,10 +385,11 @@ func (h *Handler) single(ctx *fasthttp.RequestCtx) {
 		h.fail(ctx, routeSingle, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
 		return
 	}
-	body, ok := h.body(ctx, routeSingle, h.limits.MaxSingleDecompressed)
+	body, release, ok := h.body(ctx, routeSingle, h.limits.MaxSingleDecompressed)
 	if !ok {
 		return
 	}
+	defer release()
 	d := h.decoder()
 	defer h.release(d)
 	w := h.getWork()
@@ -520,10 +521,11 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	body, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
+	body, release, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
 	if !ok {
 		return
 	}
+	defer release()
 	if headerProj != nil && len(body) > declared && !h.bytesFit(ctx, *headerProj, len(body)) {
 		return
 	}
@@ -809,8 +811,9 @@ func appendBatchBody(dst []byte, failure httperr.Code, failureMsg string, result
 	return append(dst, "]}}"...)
 }
 
-// body returns the request body decompressed with a cap on the output.
-func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int) ([]byte, bool) {
+// body returns the request body decompressed with a cap on the output, and a release
+// to call once the body is no longer used (a gzip body is in a pooled buffer, gunzip.go).
+func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int) ([]byte, func(), bool) {
 	ce := bytes.TrimSpace(ctx.Request.Header.ContentEncoding())
 	if len(ce) > 0 && !bytes.EqualFold(ce, []byte("identity")) {
 		ce = bytes.ToLower(ce)
@@ -819,6 +822,7 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 	}
 	var (
 		b   []byte
+		buf gzipBuf
 		err error
 	)
 	switch string(ce) {
@@ -828,25 +832,26 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 			err = fasthttp.ErrBodyTooLarge
 		}
 	case "gzip", "x-gzip":
-		b, err = ctx.Request.BodyGunzipWithLimit(maxDecompressed)
+		b, buf, err = gunzip(ctx.PostBody(), declaredSize(&ctx.Request), maxDecompressed)
 	case "zstd":
 		b, err = ctx.Request.BodyUnzstdWithLimit(maxDecompressed)
 	default:
 		h.fail(ctx, route, httperr.UnsupportedEncoding, "Content-Encoding must be gzip, zstd or absent", 1)
-		return nil, false
+		return nil, nil, false
 	}
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		h.fail(ctx, route, httperr.PayloadTooLarge, "body is larger than "+strconv.Itoa(maxDecompressed)+" bytes after decompression", 1)
-		return nil, false
+		return nil, nil, false
 	case err != nil:
 		h.fail(ctx, route, httperr.BadRequest, "body could not be decompressed as "+string(ce), 1)
-		return nil, false
+		return nil, nil, false
 	case len(b) == 0:
+		buf.release()
 		h.fail(ctx, route, httperr.InvalidJSON, "body is empty", 1)
-		return nil, false
+		return nil, nil, false
 	}
-	return b, true
+	return b, buf.release, true
 }
 
 func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.KeyProject, bool) {
