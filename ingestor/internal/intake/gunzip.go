@@ -17,14 +17,15 @@ import (
 // project flooded, and the garbage collection they caused (assists, stop-the-world
 // pauses) was much of the neighbour's tail latency (issue 16 item 4).
 
-// gzipBufClasses are the capacities of the pooled buffers: a body is decompressed into
-// the smallest class that holds its declared size, and grows past it (append) only if
-// the declaration was false or a later member adds more.
-var gzipBufClasses = [...]int{64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
+// bufClasses are the capacities of the pooled buffers (decompressed bodies here, and the
+// batch arenas): a body is decompressed into the smallest class that holds its declared
+// size, and grows past it (append) only if the declaration was false or a later member
+// adds more.
+var bufClasses = [...]int{64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
 
 var (
-	gzipBufPools [len(gzipBufClasses)]sync.Pool // *[]byte of that class's capacity
-	gzipReaders  sync.Pool                      // *gzip.Reader
+	gzipBufPools [len(bufClasses)]sync.Pool // *[]byte of that class's capacity
+	gzipReaders  sync.Pool                  // *gzip.Reader
 )
 
 // gzipBuf is a decompressed body in a pooled buffer; release returns the buffer.
@@ -35,16 +36,16 @@ type gzipBuf struct {
 
 // release returns the buffer to its pool. The body must not be used afterwards.
 func (g gzipBuf) release() {
-	if g.b == nil || g.class < 0 || cap(*g.b) != gzipBufClasses[g.class] {
+	if g.b == nil || g.class < 0 || cap(*g.b) != bufClasses[g.class] {
 		return // grown past its class (a false declaration): left to the collector
 	}
 	*g.b = (*g.b)[:0]
 	gzipBufPools[g.class].Put(g.b)
 }
 
-// gzipClass is the index of the smallest class holding n bytes, or -1.
-func gzipClass(n int) int {
-	for i, c := range gzipBufClasses {
+// sizeClass is the index of the smallest class holding n bytes, or -1.
+func sizeClass(n int) int {
+	for i, c := range bufClasses {
 		if n <= c {
 			return i
 		}
@@ -54,7 +55,7 @@ func gzipClass(n int) int {
 
 // getGzipBuf returns an empty buffer for a body declared as n bytes.
 func getGzipBuf(n int) gzipBuf {
-	c := gzipClass(n)
+	c := sizeClass(n)
 	if c < 0 {
 		b := make([]byte, 0, n)
 		return gzipBuf{b: &b, class: -1}
@@ -62,7 +63,7 @@ func getGzipBuf(n int) gzipBuf {
 	if p, ok := gzipBufPools[c].Get().(*[]byte); ok {
 		return gzipBuf{b: p, class: c}
 	}
-	b := make([]byte, 0, gzipBufClasses[c])
+	b := make([]byte, 0, bufClasses[c])
 	return gzipBuf{b: &b, class: c}
 }
 

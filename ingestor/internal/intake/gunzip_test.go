@@ -29,8 +29,8 @@ func TestGunzip(t *testing.T) {
 	b, g, err := gunzip(body, declaredISIZE(body), 4<<20)
 	require.NoError(t, err)
 	require.Equal(t, data, b)
-	require.Equal(t, gzipClass(len(data)+1), g.class, "sized by the declaration")
-	require.Equal(t, gzipBufClasses[g.class], cap(b), "not grown")
+	require.Equal(t, sizeClass(len(data)+1), g.class, "sized by the declaration")
+	require.Equal(t, bufClasses[g.class], cap(b), "not grown")
 	g.release()
 
 	// Two members: the declaration is the last member's only; the buffer grows.
