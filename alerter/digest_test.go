@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulseboard/pulseboard/alerter"
@@ -186,16 +187,15 @@ func TestDigestAcceptedEmailRecordedWhenRunIsStopped(t *testing.T) {
 	_, ps := b.user(t, "stopped@example.com", "p")
 	b.rollup(t, ps[0].ID, slot.Add(-time.Hour), "error", 2)
 	cfg := b.config(t, "pulseboard-alerter")
-	cfg.DeliveryInterval = time.Hour // only RunJob sends
 	smtp, err := mail.NewSMTP(cfg.SMTP)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	m := &cancelAfterSend{next: smtp, cancel: cancel}
-	b.clock.Set(slot.Add(-time.Hour)) // before the slot: the scheduler does not run it
-	r := b.start(t, cfg, func(d *alerter.Deps) { d.Mailer = m })
+	// Not running: no delivery loop may send the digest instead of RunJob.
+	svc := b.service(t, cfg, prometheus.NewRegistry(), func(d *alerter.Deps) { d.Mailer = m })
 
-	_, err = r.svc.RunJob(ctx, alerter.JobDigest, slot)
+	_, err = svc.RunJob(ctx, alerter.JobDigest, slot)
 	require.Error(t, err, "the run was stopped before it could finish")
 	require.EqualValues(t, 1, m.sent.Load())
 	require.Len(t, b.smtp.To("stopped@example.com"), 1)

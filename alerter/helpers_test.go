@@ -314,16 +314,7 @@ type running struct {
 func (b *bundle) start(t *testing.T, cfg alerter.Config, mutate func(*alerter.Deps)) *running {
 	t.Helper()
 	r := &running{reg: prometheus.NewRegistry(), done: make(chan error, 1)}
-	deps := alerter.Deps{
-		Pool: b.pool, Brokers: b.kc.Brokers,
-		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Registerer: r.reg, Ready: obs.NewReadiness(), Now: b.clock.Now,
-	}
-	if mutate != nil {
-		mutate(&deps)
-	}
-	svc, err := alerter.New(cfg, deps)
-	require.NoError(t, err)
+	svc := b.service(t, cfg, r.reg, mutate)
 	r.svc = svc
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -337,6 +328,23 @@ func (b *bundle) start(t *testing.T, cfg alerter.Config, mutate func(*alerter.De
 		}
 	})
 	return r
+}
+
+// service builds an alerter replica without running it (RunJob works without Run);
+// mutate may change its dependencies.
+func (b *bundle) service(t *testing.T, cfg alerter.Config, reg *prometheus.Registry, mutate func(*alerter.Deps)) *alerter.Service {
+	t.Helper()
+	deps := alerter.Deps{
+		Pool: b.pool, Brokers: b.kc.Brokers,
+		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Registerer: reg, Ready: obs.NewReadiness(), Now: b.clock.Now,
+	}
+	if mutate != nil {
+		mutate(&deps)
+	}
+	svc, err := alerter.New(cfg, deps)
+	require.NoError(t, err)
+	return svc
 }
 
 // stop cancels Run and returns its result.
