@@ -4,15 +4,17 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/valyala/fastjson"
 )
 
-// Error codes a decoded event can fail with (docs/api.md).
+// Error codes a decoded event can fail with (docs/api.md): pkg/httperr's codes, which
+// import nothing of the domain.
 const (
-	CodeInvalidJSON      = "INVALID_JSON"
-	CodeValidationFailed = "VALIDATION_FAILED"
-	CodeInvalidTimestamp = "INVALID_TIMESTAMP"
-	CodePayloadTooLarge  = "PAYLOAD_TOO_LARGE"
+	CodeInvalidJSON      = string(httperr.InvalidJSON)
+	CodeValidationFailed = string(httperr.ValidationFailed)
+	CodeInvalidTimestamp = string(httperr.InvalidTimestamp)
+	CodePayloadTooLarge  = string(httperr.PayloadTooLarge)
 )
 
 // Error is why one event (or a whole body) was refused, with its docs/api.md code and a

@@ -1,11 +1,12 @@
 // Package httperr holds PulseBoard's machine-readable error codes (docs/api.md) and the JSON
 // error body both servers send: {"success":false,"code":"…","message":"…"}.
+//
+// It imports no PulseBoard package (TestImportsNoProjectPackage): the domain packages take
+// their codes from here (pkg/event's Code* constants are these codes), never the reverse.
 package httperr
 
 import (
 	"net/http"
-
-	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
 // Code is a stable, machine-readable error code.
@@ -13,9 +14,9 @@ type Code string
 
 // The codes of docs/api.md.
 const (
-	ValidationFailed     Code = event.CodeValidationFailed
-	InvalidJSON          Code = event.CodeInvalidJSON
-	InvalidTimestamp     Code = event.CodeInvalidTimestamp
+	ValidationFailed     Code = "VALIDATION_FAILED"
+	InvalidJSON          Code = "INVALID_JSON"
+	InvalidTimestamp     Code = "INVALID_TIMESTAMP"
 	Unauthorized         Code = "UNAUTHORIZED"
 	InvalidAPIKey        Code = "INVALID_API_KEY"
 	InvalidCredentials   Code = "INVALID_CREDENTIALS"
@@ -26,7 +27,7 @@ const (
 	ProjectNotFound      Code = "PROJECT_NOT_FOUND"
 	MethodNotAllowed     Code = "METHOD_NOT_ALLOWED"
 	EmailTaken           Code = "EMAIL_TAKEN"
-	PayloadTooLarge      Code = event.CodePayloadTooLarge
+	PayloadTooLarge      Code = "PAYLOAD_TOO_LARGE"
 	UnsupportedMediaType Code = "UNSUPPORTED_MEDIA_TYPE"
 	UnsupportedEncoding  Code = "UNSUPPORTED_ENCODING"
 	HeadersTooLarge      Code = "HEADERS_TOO_LARGE"
@@ -85,6 +86,33 @@ func AppendBody(dst []byte, code Code, message string) []byte {
 	dst = append(dst, `{"success":false,"code":"`...)
 	dst = append(dst, code...)
 	dst = append(dst, `","message":`...)
-	dst = event.AppendString(dst, message)
+	dst = appendString(dst, message)
 	return append(dst, '}')
 }
+
+// appendString appends s as a JSON string exactly as pkg/event.AppendString does (the
+// same bytes: control characters, quotes and backslashes escaped, nothing else), without
+// its word-at-a-time scan: error bodies are not a hot path. pkg/event's tests check that
+// the two agree.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if esc := escapes[s[i]]; esc != "" {
+			dst = append(append(dst, s[start:i]...), esc...)
+			start = i + 1
+		}
+	}
+	return append(append(dst, s[start:]...), '"')
+}
+
+// escapes[c] is how byte c is written inside a JSON string, "" when verbatim.
+var escapes = func() (t [256]string) {
+	const hex = "0123456789abcdef"
+	for c := range 0x20 {
+		t[c] = `\u00` + string(hex[c>>4]) + string(hex[c&0xf])
+	}
+	t['"'], t['\\'] = `\"`, `\\`
+	t['\n'], t['\r'], t['\t'] = `\n`, `\r`, `\t`
+	return t
+}()
