@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -207,30 +206,6 @@ func (s *Service) notify() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
-	}
-}
-
-// backoff returns the delay before retry number attempt (0-based): exponential from
-// minD to maxD with equal jitter, so replicas that failed together do not retry together.
-func backoff(minD, maxD time.Duration, attempt int) time.Duration {
-	d := minD
-	for i := 0; i < attempt && d < maxD; i++ {
-		d *= 2
-	}
-	d = min(d, maxD)
-	half := d / 2
-	return half + time.Duration(rand.Int64N(int64(half)+1))
-}
-
-// sleep waits d or until ctx ends; it reports whether the full delay passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/google/uuid"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/retry"
 )
 
 // projectErrors is what a batch holds for one project: the receive times of its errors.
@@ -48,60 +48,21 @@ func (s *Service) consumeLoop(ctx context.Context) error {
 	client := &kafka.Client{Addr: kafka.TCP(s.brokers...), Transport: transport, Timeout: 10 * time.Second}
 	dec := event.NewDecoder(event.DefaultLimits())
 
-	var failures int
-	for {
-		batch, err := s.fetch(ctx, reader)
-		if len(batch) > 0 {
-			if err := s.handleBatch(ctx, reader, client, dec, batch); err != nil {
-				if ctx.Err() != nil {
-					return nil // stopping: the batch stays uncommitted and is redelivered
-				}
-				return err
-			}
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil {
-			failures = 0
-			continue
-		}
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("alerter: the Kafka reader closed: %w", err)
-		}
-		s.m.fetchErrors.Inc()
-		s.logger.Warn("fetching from Kafka failed; retrying", "error", err)
-		if !sleep(ctx, backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)) {
-			return nil
-		}
-		failures++
-	}
-}
-
-// fetch returns the next batch: it waits for a first message, then takes messages
-// until the batch is full or BatchWait has passed.
-func (s *Service) fetch(ctx context.Context, r *kafkax.GroupReader) ([]kafka.Message, error) {
-	first, err := r.FetchMessage(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		return nil, err
-	}
-	batch := []kafka.Message{first}
-	fctx, cancel := context.WithTimeout(ctx, s.cfg.BatchWait)
-	defer cancel()
-	for len(batch) < s.cfg.BatchSize {
-		m, err := r.FetchMessage(fctx)
-		if err != nil {
-			if fctx.Err() != nil && ctx.Err() == nil {
-				return batch, nil
-			}
-			return batch, err
-		}
-		batch = append(batch, m)
-	}
-	return batch, nil
+	return kafkax.FetchLoop{
+		Name: "alerter",
+		// Batches close when full or BatchWait after their first message: the alerter
+		// needs no group commit of its own (it waits for the consumer anyway).
+		Fetch: func(ctx context.Context) ([]kafka.Message, error) {
+			return kafkax.FetchBatch(ctx, reader, kafkax.BatchPolicy{Size: s.cfg.BatchSize, Wait: s.cfg.BatchWait})
+		},
+		Handle: func(batch []kafka.Message) error {
+			return s.handleBatch(ctx, reader, client, dec, batch)
+		},
+		BackoffMin: s.cfg.BackoffMin,
+		BackoffMax: s.cfg.BackoffMax,
+		Logger:     s.logger,
+		OnError:    func(error) { s.m.fetchErrors.Inc() },
+	}.Run(ctx)
 }
 
 // handleBatch evaluates the batch and commits its offsets. It retries PostgreSQL and
@@ -151,7 +112,7 @@ func (s *Service) handleBatch(ctx context.Context, r *kafkax.GroupReader, client
 				s.m.evalErrors.Inc()
 				s.setFailing(err)
 				s.logger.Warn("evaluating an alert window failed; retrying", "project", id, "error", err)
-				if !sleep(ctx, backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)) {
+				if !retry.Sleep(ctx, retry.Backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)) {
 					return ctx.Err()
 				}
 			}
@@ -172,7 +133,7 @@ func (s *Service) handleBatch(ctx context.Context, r *kafkax.GroupReader, client
 			// The evaluations are durable; redelivery re-evaluates idempotently.
 			return nil
 		}
-		if !sleep(ctx, backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)) {
+		if !retry.Sleep(ctx, retry.Backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)) {
 			return ctx.Err()
 		}
 	}
@@ -203,7 +164,7 @@ func (s *Service) waitStored(ctx context.Context, client *kafka.Client, maxOffse
 				return nil
 			}
 			failures = 0
-			if !sleep(ctx, s.cfg.StoredPoll) {
+			if !retry.Sleep(ctx, s.cfg.StoredPoll) {
 				return ctx.Err()
 			}
 			continue
@@ -213,7 +174,7 @@ func (s *Service) waitStored(ctx context.Context, client *kafka.Client, maxOffse
 		}
 		s.m.fetchErrors.Inc()
 		s.logger.Warn("reading the consumer group's offsets failed; retrying", "group", s.cfg.StoredGroup, "error", err)
-		if !sleep(ctx, backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)) {
+		if !retry.Sleep(ctx, retry.Backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)) {
 			return ctx.Err()
 		}
 		failures++

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pulseboard/pulseboard/alerter/internal/mail"
 	"github.com/pulseboard/pulseboard/pkg/failpoint"
+	"github.com/pulseboard/pulseboard/pkg/retry"
 )
 
 // deliveryLoop sends pending emails (verification mails first: someone is waiting for
@@ -257,7 +258,7 @@ func (s *Service) send(ctx, work context.Context, tx pgx.Tx, msg Message, id uui
 	if permanent {
 		label = "permanent"
 	}
-	next := now.Add(backoff(s.cfg.RetryMin, s.cfg.RetryMax, attempts))
+	next := now.Add(retry.Backoff(s.cfg.RetryMin, s.cfg.RetryMax, attempts))
 	clear := ""
 	if state == "failed" {
 		clear = clearLink(table)

@@ -354,127 +354,52 @@ type fetched struct {
 }
 
 // fetchLoop forms batches and sends them to out until ctx is cancelled (it sends the
-// batch in hand first) or the reader is closed. Fetch errors are retried with backoff:
-// kafka-go reports group and connection trouble here and heals on its own.
+// batch in hand first) or the reader is closed. Fetch errors are retried with backoff
+// (kafkax.FetchLoop, the alerter's loop too).
 func (s *Service) fetchLoop(ctx context.Context, r messageReader, out chan<- fetched) error {
-	var failures int
-	for {
-		batch, ferr := s.fetch(ctx, r)
-		if len(batch) > 0 {
+	return kafkax.FetchLoop{
+		Name:  "consumer",
+		Fetch: func(ctx context.Context) ([]kafkaMessage, error) { return s.fetch(ctx, r) },
+		Handle: func(batch []kafkaMessage) error {
 			b := s.decode(batch)
 			s.ahead.Store(true)
 			out <- b // the processor takes it once it is done with the last batch
 			s.ahead.Store(false)
 			s.inHand.forming.Store(0)
-		}
-		if ctx.Err() != nil {
 			return nil
-		}
-		if ferr == nil {
-			failures = 0
-			continue
-		}
-		if errors.Is(ferr, io.EOF) {
-			return fmt.Errorf("consumer: the Kafka reader closed: %w", ferr)
-		}
-		s.m.fetchErrors.Inc()
-		s.logger.Warn("fetching from Kafka failed; retrying", "error", ferr)
-		if !sleep(ctx, backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)) {
-			return nil
-		}
-		failures++
-	}
+		},
+		BackoffMin: s.cfg.BackoffMin,
+		BackoffMax: s.cfg.BackoffMax,
+		Logger:     s.logger,
+		OnError:    func(error) { s.m.fetchErrors.Inc() },
+	}.Run(ctx)
 }
 
 // fetch returns the next batch: it waits for a first message, then takes messages until
 // the batch is full, BatchWait has passed since the first one, or the batch holds every
 // message fetched and has been open as long as the last store took. When ctx is cancelled
 // it returns what it has; the caller finishes it.
+//
+// Group commit: once every message fetched so far is in the batch, the batch closes as
+// soon as it has been open as long as the last store took (BatchWait at most). At low
+// load batches are small and stored within milliseconds of arriving; as the load grows
+// so do the stores and the batches with them, until BatchSize, where the store's fixed
+// cost per batch is small. (A fixed BatchWait held every event 0 to 100 ms at any load;
+// closing the batch whenever the buffer was empty stored 40k events/s in batches so small
+// that their fixed cost took the store to 90 % busy.)
 func (s *Service) fetch(ctx context.Context, r messageReader) ([]kafkaMessage, error) {
-	first, err := r.FetchMessage(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		return nil, err
-	}
-	batch := make([]kafkaMessage, 1, min(s.cfg.BatchSize, 1024))
-	batch[0] = first
-	// The batch is in hand from its first message on (the oldest-message age counts
-	// from here; trackBatch refines it once the batch is complete).
-	oldest := first.Time
-	if oldest.IsZero() {
-		oldest = time.Now()
-	}
-	s.inHand.forming.Store(oldest.UnixNano())
-	fctx, cancel := context.WithTimeout(ctx, s.cfg.BatchWait)
-	defer cancel()
-	// Group commit: once every message fetched so far is in the batch, the batch closes
-	// as soon as it has been open as long as the last store took (BatchWait at most).
-	// At low load batches are small and stored within milliseconds of arriving; as the
-	// load grows so do the stores and the batches with them, until BatchSize, where the
-	// store's fixed cost per batch is small. (A fixed BatchWait held every event 0 to
-	// 100 ms at any load; closing the batch whenever the buffer was empty stored 40k
-	// events/s in batches so small that their fixed cost took the store to 90 % busy.)
-	start := time.Now()
-	minAge := min(time.Duration(s.lastStore.Load()), s.cfg.BatchWait)
-	buffered, _ := r.(interface{ Buffered() int })
-	for len(batch) < s.cfg.BatchSize {
-		if buffered != nil && buffered.Buffered() == 0 {
-			wait := minAge - time.Since(start)
-			if wait <= 0 {
-				return batch, nil
+	return kafkax.FetchBatch(ctx, r, kafkax.BatchPolicy{
+		Size:   s.cfg.BatchSize,
+		Wait:   s.cfg.BatchWait,
+		Linger: func() time.Duration { return time.Duration(s.lastStore.Load()) },
+		// The batch is in hand from its first message on (the oldest-message age counts
+		// from here; trackBatch refines it once the batch is complete).
+		OnFirst: func(first kafkaMessage) {
+			oldest := first.Time
+			if oldest.IsZero() {
+				oldest = time.Now()
 			}
-			m, err := fetchWithin(fctx, r, wait)
-			if err != nil {
-				if fctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-					return batch, nil
-				}
-				return batch, err
-			}
-			batch = append(batch, m)
-			continue
-		}
-		m, err := r.FetchMessage(fctx)
-		if err != nil {
-			if fctx.Err() != nil {
-				return batch, nil
-			}
-			return batch, err
-		}
-		batch = append(batch, m)
-	}
-	return batch, nil
-}
-
-// fetchWithin is FetchMessage bounded by d as well as by ctx.
-func fetchWithin(ctx context.Context, r messageReader, d time.Duration) (kafkaMessage, error) {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	return r.FetchMessage(ctx)
-}
-
-// backoff returns the delay before retry number attempt (0-based): exponential from min
-// to max, with "equal jitter" (half fixed, half random) so that consumers that failed
-// together do not retry together.
-func backoff(minD, maxD time.Duration, attempt int) time.Duration {
-	d := minD
-	for i := 0; i < attempt && d < maxD; i++ {
-		d *= 2
-	}
-	d = min(d, maxD)
-	half := d / 2
-	return half + time.Duration(rand64n(int64(half)+1))
-}
-
-// sleep waits d or until ctx ends; it reports whether the full delay passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+			s.inHand.forming.Store(oldest.UnixNano())
+		},
+	})
 }

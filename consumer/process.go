@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/failpoint"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
+	"github.com/pulseboard/pulseboard/pkg/retry"
 )
 
 type kafkaMessage = kafka.Message
@@ -25,8 +25,6 @@ type messageReader interface {
 	FetchMessage(ctx context.Context) (kafka.Message, error)
 	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
 }
-
-func rand64n(n int64) int64 { return rand.Int64N(n) }
 
 // letter is a dead letter with its position in the batch (they are written in batch,
 // hence offset, order).
@@ -219,14 +217,14 @@ func (s *Service) storeAll(ctx context.Context, evs []event.Event) ([]eventstore
 		for j, i := range pending {
 			sub[j] = evs[i]
 		}
-		delay := backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)
+		delay := retry.Backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)
 		level := s.logger.Warn
 		if kind == eventstore.KindUnexpected {
 			level = s.logger.Error
 		}
 		level("storing events failed; retrying the same batch without committing",
 			"kind", kind.String(), "pending", len(pending), "attempt", attempt+1, "retry_in", delay.String(), "error", err)
-		if !sleep(ctx, delay) {
+		if !retry.Sleep(ctx, delay) {
 			return nil, nil, fmt.Errorf("storing %d events: %w", len(pending), err)
 		}
 	}
@@ -271,10 +269,10 @@ func (s *Service) deadLetter(ctx context.Context, dlq *deadletter.Writer, letter
 			next = append(next, todo[i])
 		}
 		todo = next
-		delay := backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)
+		delay := retry.Backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, attempt)
 		s.logger.Warn("writing dead letters failed; retrying before committing offsets",
 			"pending", len(todo), "attempt", attempt+1, "retry_in", delay.String(), "error", err)
-		if ctx.Err() != nil || !sleep(ctx, delay) {
+		if ctx.Err() != nil || !retry.Sleep(ctx, delay) {
 			return fmt.Errorf("writing %d dead letters: %w", len(todo), err)
 		}
 	}
