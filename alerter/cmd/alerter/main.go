@@ -10,33 +10,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/pulseboard/pulseboard/alerter"
 	"github.com/pulseboard/pulseboard/pkg/config"
-	"github.com/pulseboard/pulseboard/pkg/fdlimit"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
-	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	env, err := config.FromOS(".env")
-	if err == nil {
-		err = run(ctx, env, os.Stdout)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "alerter:", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("alerter", run) }
 
 // processConfig is what the standalone binary needs beyond alerter.Config.
 type processConfig struct {
@@ -85,12 +68,12 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	logger, err := obs.NewLogger(stdout, pcfg.LogLevel)
+	proc, err := service.Start(stdout, service.Options{Name: "alerter", LogLevel: pcfg.LogLevel,
+		AdminHost: pcfg.AdminHost, AdminPort: pcfg.AdminPort, AdminPprof: pcfg.AdminPprof})
 	if err != nil {
 		return err
 	}
-	logger = logger.With("service", "alerter")
-	fdlimit.Init(logger, 0)
+	logger := proc.Logger
 
 	pool, err := pgstore.Open(ctx, pcfg.DatabaseURL, pgstore.PoolOptions{
 		MaxConns:        pcfg.DBMaxConns,
@@ -108,12 +91,10 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 
-	reg := obs.NewRegistry()
-	ready := obs.NewReadiness()
-	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	proc.Ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	svc, err := alerter.New(cfg, alerter.Deps{
 		Pool: pool, Brokers: cfg.Kafka.Brokers,
-		Logger: logger, Registerer: reg, Ready: ready,
+		Logger: logger, Registerer: proc.Registry, Ready: proc.Ready,
 	})
 	if err != nil {
 		return err
@@ -124,5 +105,5 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain,
 	// so /metrics and /readyz stay observable while the last batch finishes.
-	return obs.RunService(ctx, net.JoinHostPort(pcfg.AdminHost, strconv.Itoa(pcfg.AdminPort)), obs.AdminOptions{Pprof: pcfg.AdminPprof}, reg, ready, logger, svc.Run)
+	return proc.Run(ctx, svc.Run)
 }

@@ -5,34 +5,16 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 
 	"github.com/pulseboard/pulseboard/api"
 	"github.com/pulseboard/pulseboard/pkg/config"
-	"github.com/pulseboard/pulseboard/pkg/fdlimit"
-	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
+	"github.com/pulseboard/pulseboard/pkg/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	env, err := config.FromOS(".env")
-	if err == nil {
-		err = run(ctx, env, os.Stdout)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "api:", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("api", run) }
 
 type mainConfig struct {
 	API         api.Config
@@ -55,12 +37,12 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if err := cfg.API.Validate(); err != nil {
 		return err
 	}
-	logger, err := obs.NewLogger(stdout, cfg.LogLevel)
+	proc, err := service.Start(stdout, service.Options{Name: "api", LogLevel: cfg.LogLevel,
+		AdminHost: cfg.AdminHost, AdminPort: cfg.AdminPort, AdminPprof: cfg.AdminPprof, PublicListeners: 1})
 	if err != nil {
 		return err
 	}
-	logger = logger.With("service", "api")
-	fdlimit.Init(logger, 1)
+	logger := proc.Logger
 	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-api", MaxConns: 16})
 	if err != nil {
 		return err
@@ -75,16 +57,14 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	defer func() { _ = rdb.Close() }()
 
-	reg := obs.NewRegistry()
-	ready := obs.NewReadiness()
 	// Not Redis: a Redis outage must not take every api replica out of the load balancer
 	// when only live streams depend on it (they answer 503 and resync on their own).
-	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	proc.Ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	tokens, err := api.NewAccessTokens(cfg.API, logger)
 	if err != nil {
 		return err
 	}
-	deps := api.Deps{Pool: pool, Redis: rdb, Logger: logger, Registerer: reg, Ready: ready, Tokens: tokens}
+	deps := api.Deps{Pool: pool, Redis: rdb, Logger: logger, Registerer: proc.Registry, Ready: proc.Ready, Tokens: tokens}
 	// The live streams verify the same access tokens (a random development secret is per
 	// process, so they must share this value).
 	if deps.Live, err = api.NewLive(cfg.API, deps, tokens); err != nil {
@@ -95,5 +75,5 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain.
-	return obs.RunService(ctx, net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)), obs.AdminOptions{Pprof: cfg.AdminPprof}, reg, ready, logger, svc.Run)
+	return proc.Run(ctx, svc.Run)
 }

@@ -5,34 +5,16 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 
 	"github.com/pulseboard/pulseboard/ingestor"
 	"github.com/pulseboard/pulseboard/pkg/config"
-	"github.com/pulseboard/pulseboard/pkg/fdlimit"
-	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
+	"github.com/pulseboard/pulseboard/pkg/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	env, err := config.FromOS(".env")
-	if err == nil {
-		err = run(ctx, env, os.Stdout)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ingestor:", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("ingestor", run) }
 
 type mainConfig struct {
 	Ingestor    ingestor.Config
@@ -55,12 +37,12 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	if len(cfg.Ingestor.Kafka.Brokers) == 0 {
 		return errors.New("KAFKA_BROKERS is required (the embedded broker is only for `pulseboard run`)")
 	}
-	logger, err := obs.NewLogger(stdout, cfg.LogLevel)
+	proc, err := service.Start(stdout, service.Options{Name: "ingestor", LogLevel: cfg.LogLevel,
+		AdminHost: cfg.AdminHost, AdminPort: cfg.AdminPort, AdminPprof: cfg.AdminPprof, PublicListeners: 1})
 	if err != nil {
 		return err
 	}
-	logger = logger.With("service", "ingestor")
-	fdlimit.Init(logger, 1)
+	logger := proc.Logger
 	pool, err := pgstore.Open(ctx, cfg.DatabaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard-ingestor", MaxConns: 8})
 	if err != nil {
 		return err
@@ -74,18 +56,16 @@ func run(ctx context.Context, env config.Env, stdout io.Writer) error {
 	}
 	defer func() { _ = rdb.Close() }()
 
-	reg := obs.NewRegistry()
-	ready := obs.NewReadiness()
 	// Not PostgreSQL: cached API keys keep ingesting through a PostgreSQL outage (F11), so
 	// it must not take every ingestor out of the load balancer. Kafka and shedding are
 	// the service's own readiness checks.
 	svc, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
 		Pool: pool, Redis: rdb, Brokers: cfg.Ingestor.Kafka.Brokers,
-		Logger: logger, Registerer: reg, Ready: ready,
+		Logger: logger, Registerer: proc.Registry, Ready: proc.Ready,
 	})
 	if err != nil {
 		return err
 	}
 	// Readiness fails as soon as the stop is requested; the admin port outlives the drain.
-	return obs.RunService(ctx, net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)), obs.AdminOptions{Pprof: cfg.AdminPprof}, reg, ready, logger, svc.Run)
+	return proc.Run(ctx, svc.Run)
 }
