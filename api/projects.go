@@ -42,6 +42,7 @@ type settingsJSON struct {
 	AlertCooldownSeconds *int32 `json:"alertCooldownSeconds"`
 	AlertsEnabled        bool   `json:"alertsEnabled"`
 	RetentionDays        *int32 `json:"retentionDays"`
+	RateLimit            *int32 `json:"rateLimit"` // events/s; null: INGEST_RATE_LIMIT
 }
 
 func toProjectJSON(p store.Project) projectJSON {
@@ -55,6 +56,7 @@ func toProjectJSON(p store.Project) projectJSON {
 			AlertCooldownSeconds: p.Settings.AlertCooldownSeconds,
 			AlertsEnabled:        p.Settings.AlertsEnabled,
 			RetentionDays:        p.Settings.RetentionDays,
+			RateLimit:            p.Settings.RateLimit,
 		},
 	}
 }
@@ -124,7 +126,8 @@ func (s *Service) getProject(w http.ResponseWriter, r *http.Request, p authn.Pri
 }
 
 // updateProject: PATCH (and PUT) /projects/{id}: the name and the settings, validated
-// against the ranges of the database's CHECK constraints. Every other field, including
+// against the ranges of the database's CHECK constraints (rateLimit: 1–1,000,000
+// events/s, narrower than the column's, whose 0 would mean unlimited). Every other field, including
 // id, apiKey, userId and timestamps, is ignored (mass assignment, B65).
 func (s *Service) updateProject(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
 	id, err := projectID(r)
@@ -166,10 +169,21 @@ func (s *Service) updateProject(w http.ResponseWriter, r *http.Request, p authn.
 		if patch.RetentionDays, err = settings.optionalInt("retentionDays", store.MinRetentionDays, store.MaxRetentionDays); err != nil {
 			return err
 		}
+		if patch.RateLimit, err = settings.optionalInt("rateLimit", store.MinRateLimit, store.MaxRateLimit); err != nil {
+			return err
+		}
 	}
 	proj, err := s.store.UpdateProject(r.Context(), p.UserID, id, patch)
 	if err != nil {
 		return err
+	}
+	if patch.RateLimit.Set {
+		// The ingestors cache the key's resolution, rate limit included (keycache: local
+		// LRU over Redis over Postgres). The same invalidation as a rotation drops it
+		// (the Redis entry at once, every ingestor's local entry where the message
+		// arrives), so the new limit applies on the next request; where the message is
+		// lost, within the cache TTL (60 s).
+		s.invalidateKey(r.Context(), apikey.HashOf(proj.APIKey))
 	}
 	return writeData(w, http.StatusOK, toProjectJSON(proj))
 }

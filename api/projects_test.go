@@ -23,7 +23,7 @@ const isoMillis = `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z`
 func projectRE(name string, events int) string {
 	return `\{"id":"[0-9a-f-]{36}","name":"` + regexp.QuoteMeta(name) + `","apiKey":"pb_live_[0-9A-Za-z]{32}","userId":"[0-9a-f-]{36}",` +
 		`"createdAt":"` + isoMillis + `","updatedAt":"` + isoMillis + `","_count":\{"events":` + strconv.Itoa(events) + `\},` +
-		`"settings":\{"alertThreshold":(null|\d+),"alertWindowSeconds":(null|\d+),"alertCooldownSeconds":(null|\d+),"alertsEnabled":(true|false),"retentionDays":(null|\d+)\}\}`
+		`"settings":\{"alertThreshold":(null|\d+),"alertWindowSeconds":(null|\d+),"alertCooldownSeconds":(null|\d+),"alertsEnabled":(true|false),"retentionDays":(null|\d+),"rateLimit":(null|\d+)\}\}`
 }
 
 // requireProjectBody checks {"success":true,"data":<project>} byte for byte.
@@ -44,7 +44,7 @@ func TestCompatProjectsCRUD(t *testing.T) {
 	requireProjectBody(t, r, "First <app>", 0)
 	first := r.data(t)
 	require.Equal(t, a.id, first["userId"])
-	require.Equal(t, map[string]any{"alertThreshold": nil, "alertWindowSeconds": nil, "alertCooldownSeconds": nil, "alertsEnabled": true, "retentionDays": nil}, first["settings"])
+	require.Equal(t, map[string]any{"alertThreshold": nil, "alertWindowSeconds": nil, "alertCooldownSeconds": nil, "alertsEnabled": true, "retentionDays": nil, "rateLimit": nil}, first["settings"])
 	second := c.createProject("Second")
 
 	c.do("POST", "/projects", map[string]string{"name": ""}).requireError(t, 400, "VALIDATION_FAILED", "body/name must NOT have fewer than 1 characters")
@@ -180,27 +180,28 @@ func TestUpdateProject(t *testing.T) {
 	r := c.do("PATCH", path, map[string]any{
 		"name": "After",
 		"settings": map[string]any{"alertThreshold": 25, "alertWindowSeconds": 120, "alertCooldownSeconds": 600,
-			"alertsEnabled": false, "retentionDays": 7, "rateLimit": 1},
+			"alertsEnabled": false, "retentionDays": 7, "rateLimit": 40},
 		"id": uuid.NewString(), "apiKey": "pb_live_forged", "userId": uuid.NewString(), "owner_id": uuid.NewString(),
 		"api_key_hash": "00", "createdAt": "2000-01-01T00:00:00.000Z", "created_at": "2000-01-01T00:00:00.000Z", "_count": map[string]any{"events": 99},
 	})
 	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
 	requireProjectBody(t, r, "After", 0)
 	d := r.data(t)
-	require.Equal(t, map[string]any{"alertThreshold": 25.0, "alertWindowSeconds": 120.0, "alertCooldownSeconds": 600.0, "alertsEnabled": false, "retentionDays": 7.0}, d["settings"])
+	require.Equal(t, map[string]any{"alertThreshold": 25.0, "alertWindowSeconds": 120.0, "alertCooldownSeconds": 600.0, "alertsEnabled": false, "retentionDays": 7.0, "rateLimit": 40.0}, d["settings"])
 	require.Equal(t, p["id"], d["id"])
 	require.Equal(t, p["apiKey"], d["apiKey"])
 	require.Equal(t, a.id, d["userId"])
 	require.Equal(t, p["createdAt"], d["createdAt"])
 	require.Equal(t, map[string]any{"events": 0.0}, d["_count"])
-	require.Equal(t, 1, b.count(`SELECT count(*) FROM projects WHERE id = $1 AND rate_limit IS NULL`, p["id"]))
+	// rateLimit is the column the ingestor's key resolution reads.
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM projects WHERE id = $1 AND rate_limit = 40`, p["id"]))
 
 	// A partial update leaves the rest alone; null restores the default; PUT is an alias.
 	r = c.do("PUT", path, map[string]any{"settings": map[string]any{"alertThreshold": nil}})
 	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
 	d = r.data(t)
 	require.Equal(t, "After", d["name"])
-	require.Equal(t, map[string]any{"alertThreshold": nil, "alertWindowSeconds": 120.0, "alertCooldownSeconds": 600.0, "alertsEnabled": false, "retentionDays": 7.0}, d["settings"])
+	require.Equal(t, map[string]any{"alertThreshold": nil, "alertWindowSeconds": 120.0, "alertCooldownSeconds": 600.0, "alertsEnabled": false, "retentionDays": 7.0, "rateLimit": 40.0}, d["settings"])
 
 	bad := map[string]struct {
 		body any
@@ -216,6 +217,10 @@ func TestUpdateProject(t *testing.T) {
 		"cooldown high":    {map[string]any{"settings": map[string]any{"alertCooldownSeconds": 604801}}, "body/settings/alertCooldownSeconds must be <= 604800"},
 		"retention low":    {map[string]any{"settings": map[string]any{"retentionDays": 0}}, "body/settings/retentionDays must be >= 1"},
 		"retention high":   {map[string]any{"settings": map[string]any{"retentionDays": 3651}}, "body/settings/retentionDays must be <= 3650"},
+		"rate limit low":   {map[string]any{"settings": map[string]any{"rateLimit": 0}}, "body/settings/rateLimit must be >= 1"},
+		"rate limit high":  {map[string]any{"settings": map[string]any{"rateLimit": 1000001}}, "body/settings/rateLimit must be <= 1000000"},
+		"rate limit float": {map[string]any{"settings": map[string]any{"rateLimit": 1.5}}, "body/settings/rateLimit must be integer"},
+		"rate limit str":   {map[string]any{"settings": map[string]any{"rateLimit": "100"}}, "body/settings/rateLimit must be integer"},
 		"enabled":          {map[string]any{"settings": map[string]any{"alertsEnabled": "yes"}}, "body/settings/alertsEnabled must be boolean"},
 		"settings":         {map[string]any{"settings": []int{1}}, "body/settings must be object"},
 		"empty name":       {map[string]any{"name": ""}, "body/name must NOT have fewer than 1 characters"},
@@ -233,6 +238,64 @@ func TestUpdateProject(t *testing.T) {
 		"alertCooldownSeconds": 60, "retentionDays": 1}})
 	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
 	require.Equal(t, http.StatusOK, c.do("PATCH", path, map[string]any{}).status)
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM projects WHERE id = $1 AND rate_limit = 40`, p["id"]), "refused patches change nothing")
+}
+
+// settings.rateLimit (issue 18: the dashboard's "rate limit"): set, extremes, cleared
+// with null. Every change drops the key's cached resolution (the Redis entry, and the
+// invalidation message every ingestor's local cache listens to), as a rotation does, so
+// the ingestors read the new limit on the next request; a patch without rateLimit
+// publishes nothing.
+func TestUpdateProjectRateLimit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := b.newUser("Limiter")
+	p := c.createProject("Limited")
+	path := "/projects/" + p["id"].(string)
+	h := apikey.HashOf(p["apiKey"].(string))
+	ctx := context.Background()
+	sub := b.rdb.Subscribe(ctx, redisx.KeyInvalidationChannel)
+	defer sub.Close()
+	_, err := sub.Receive(ctx)
+	require.NoError(t, err)
+	settings := func(r response) map[string]any {
+		t.Helper()
+		require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+		return r.data(t)["settings"].(map[string]any)
+	}
+
+	for _, v := range []int{1, 1000000, 250} {
+		require.NoError(t, b.rdb.Set(ctx, redisx.APIKeyCacheKey(h), `{"id":"`+p["id"].(string)+`"}`, time.Minute).Err())
+		r := c.do("PATCH", path, map[string]any{"settings": map[string]any{"rateLimit": v}})
+		requireProjectBody(t, r, "Limited", 0)
+		require.Equal(t, float64(v), settings(r)["rateLimit"])
+		requireInvalidation(t, sub, h)
+		n, err := b.rdb.Exists(ctx, redisx.APIKeyCacheKey(h)).Result()
+		require.NoError(t, err)
+		require.Zero(t, n, "the cached key resolution (with the old limit) is deleted")
+		require.Equal(t, 1, b.count(`SELECT count(*) FROM projects WHERE id = $1 AND rate_limit = $2`, p["id"], v))
+	}
+	require.Equal(t, 250.0, settings(c.do("GET", path, nil))["rateLimit"])
+
+	// Another setting leaves the limit alone and publishes nothing.
+	require.Equal(t, 250.0, settings(c.do("PATCH", path, map[string]any{"settings": map[string]any{"alertThreshold": 3}}))["rateLimit"])
+	for { // other tests may share the channel: only this key's messages count
+		msg, err := sub.ReceiveTimeout(ctx, 300*time.Millisecond)
+		if err != nil {
+			break
+		}
+		m, ok := msg.(*redis.Message)
+		require.False(t, ok && m.Payload == h.String(), "no invalidation without a rateLimit change")
+	}
+
+	// null: back to INGEST_RATE_LIMIT.
+	s := settings(c.do("PATCH", path, map[string]any{"settings": map[string]any{"rateLimit": nil}}))
+	require.Nil(t, s["rateLimit"])
+	require.Contains(t, s, "rateLimit")
+	requireInvalidation(t, sub, h)
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM projects WHERE id = $1 AND rate_limit IS NULL`, p["id"]))
+	c.do("PATCH", path, map[string]any{"settings": map[string]any{"rateLimit": -5}}).
+		requireError(t, http.StatusBadRequest, "VALIDATION_FAILED", "body/settings/rateLimit must be >= 1")
 }
 
 // B63/B64 (acceptance 3): user A cannot see, change or delete user B's projects,

@@ -1,15 +1,19 @@
 // A project's live stream: WebSocket first (the token in the "bearer" subprotocol, so it
 // never sits in a URL), Server-Sent Events when WebSockets fail; reconnects with backoff,
 // SSE resuming with Last-Event-ID. Messages: {"type":"connected"}, {"type":"resync",
-// "missed":N} and the events themselves (type error|event|metric).
+// "missed":N} and the events themselves (type error|event|metric). Every "connected"
+// after the first calls onReconnect: the WebSocket does not replay what was published
+// while it was down, so the page fetches those events from the events API (main.js).
 import { token, refresh } from './api.js';
 
 export class LiveFeed {
-  constructor(projectId, { onEvent, onState, onResync }) {
+  constructor(projectId, { onEvent, onState, onResync, onReconnect }) {
     this.projectId = projectId;
     this.onEvent = onEvent;
     this.onState = onState;
     this.onResync = onResync;
+    this.onReconnect = onReconnect || (() => {});
+    this.connectedOnce = false;
     this.stopped = false;
     this.wsFailures = 0;
     this.transport = null;
@@ -48,6 +52,8 @@ export class LiveFeed {
     if (m.type === 'connected') {
       this.attempt = 0;
       this.onState('live', this.transport);
+      if (this.connectedOnce) this.onReconnect(this.transport);
+      this.connectedOnce = true;
     } else if (m.type === 'resync') {
       this.onResync(m.missed);
     } else if (typeof m.id === 'string') {

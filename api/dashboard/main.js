@@ -6,10 +6,20 @@ import { drawChart } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
 const LIVE_MAX = 500;
+// Event ids already shown or queued in the live list (backfill, live, catch-up), so an
+// event that arrives twice is shown once; the oldest ids are forgotten past SEEN_MAX.
+const SEEN_MAX = 5000;
+// The live list opens with the latest stored events (backfill); after a reconnect the
+// events received from RESUME_MARGIN_MS before the newest one seen are fetched again
+// (duplicates dropped by id), at most RESUME_MAX of them.
+const BACKFILL = 50;
+const RESUME_MAX = 1000;
+const RESUME_MARGIN_MS = 5000;
 
 const state = {
   user: null, projects: [], project: null, tab: 'live', feed: null,
   paused: false, pending: [], received: 0, skipped: 0, frame: 0,
+  seen: new Set(), newestMs: 0, holding: 0, loaded: 0,
   cursors: [], nextCursor: null, alertsCursor: null,
 };
 const eventOf = new WeakMap();
@@ -190,27 +200,87 @@ function setLiveState(s, detail) {
   $('live-transport').textContent = detail ? `(${detail})` : '';
 }
 
+// remember records an event id; false when it was seen already (not to be shown again).
+function remember(ev) {
+  if (state.seen.has(ev.id)) return false;
+  state.seen.add(ev.id);
+  if (state.seen.size > SEEN_MAX) state.seen.delete(state.seen.values().next().value);
+  const t = Date.parse(ev.receivedAt);
+  if (t > state.newestMs) state.newestMs = t;
+  return true;
+}
+
+function capPending() {
+  if (state.pending.length > LIVE_MAX) { state.skipped += state.pending.length - LIVE_MAX; state.pending.splice(0, state.pending.length - LIVE_MAX); }
+}
+
+function showMissed(text) {
+  const n = $('live-notice');
+  n.textContent = text;
+  n.hidden = false;
+}
+
+// catchUp fetches stored events (the latest BACKFILL when the view opens; after a
+// reconnect, those received since shortly before the newest one seen) and queues the
+// unseen ones before the live events that arrived meanwhile, which wait for it: the
+// list stays newest first. When the API cannot say it returned everything, the page
+// says events may be missing.
+async function catchUp(feed, resume) {
+  state.holding++;
+  const q = new URLSearchParams({ limit: String(resume ? RESUME_MAX : BACKFILL) });
+  if (resume && state.newestMs) q.set('since', new Date(state.newestMs - RESUME_MARGIN_MS).toISOString());
+  let got = [];
+  let complete = true;
+  try {
+    const b = await api('GET', `/projects/${encodeURIComponent(feed.projectId)}/events?${q}`);
+    got = Array.isArray(b.data) ? b.data : [];
+    if (resume && b.nextCursor) complete = false;
+  } catch {
+    complete = false;
+  } finally {
+    state.holding--;
+  }
+  if (state.feed !== feed) return;
+  const fresh = [];
+  for (let i = got.length - 1; i >= 0; i--) { // the API answers newest first
+    const ev = got[i];
+    if (ev && typeof ev.id === 'string' && remember(ev)) fresh.push(ev);
+  }
+  if (resume) state.received += fresh.length; else state.loaded += fresh.length;
+  state.pending = fresh.concat(state.pending);
+  capPending();
+  if (!complete) {
+    showMissed(resume
+      ? 'The live stream was interrupted and may have missed events. Explore shows every stored event.'
+      : 'The latest stored events could not be loaded. Explore shows every stored event.');
+  }
+  if (!state.paused) scheduleFlush();
+  updateCount();
+}
+
 function startFeed() {
   stopFeed();
   if (!state.project || !token()) return;
+  state.seen = new Set(); state.newestMs = 0; state.loaded = 0;
   const feed = new LiveFeed(state.project.id, {
     onEvent: (ev) => {
+      if (!remember(ev)) return;
       state.received++;
       state.pending.push(ev);
-      if (state.pending.length > LIVE_MAX) { state.skipped += state.pending.length - LIVE_MAX; state.pending.splice(0, state.pending.length - LIVE_MAX); }
+      capPending();
       if (!state.paused) scheduleFlush();
     },
     onState: (s, detail) => { if (state.feed === feed) setLiveState(s, detail); },
     onResync: (missed) => {
-      const n = $('live-notice');
-      n.textContent = missed > 0
+      showMissed(missed > 0
         ? `The stream skipped ${missed} events (the page could not keep up). Explore shows every stored event.`
-        : 'The stream may have missed events (the server reconnected). Explore shows every stored event.';
-      n.hidden = false;
+        : 'The stream may have missed events (the server reconnected). Explore shows every stored event.');
     },
+    onReconnect: () => { if (state.feed === feed) catchUp(feed, true); },
   });
   state.feed = feed;
   feed.start();
+  catchUp(feed, false);
 }
 
 function stopFeed(reason) {
@@ -220,9 +290,15 @@ function stopFeed(reason) {
 
 function clearLive() {
   $('live-list').replaceChildren();
-  state.pending = []; state.received = 0; state.skipped = 0;
-  $('live-count').textContent = '0 received';
+  state.pending = []; state.received = 0; state.skipped = 0; state.loaded = 0;
+  updateCount();
   $('live-notice').hidden = true;
+}
+
+function updateCount() {
+  $('live-count').textContent = `${state.received.toLocaleString()} received`
+    + (state.loaded ? `, ${state.loaded.toLocaleString()} loaded from storage` : '')
+    + (state.skipped ? `, ${state.skipped.toLocaleString()} not shown` : '');
 }
 
 function scheduleFlush() {
@@ -230,7 +306,7 @@ function scheduleFlush() {
 }
 
 function eventRow(ev) {
-  const li = h('li', { tabindex: '0', dataset: { name: String(ev.name), type: String(ev.type) } },
+  const li = h('li', { tabindex: '0', dataset: { id: String(ev.id), name: String(ev.name), type: String(ev.type) } },
     h('span', {}, fmtTime(ev.receivedAt || ev.timestamp)),
     h('span', { class: 't-' + (ev.type === 'error' || ev.type === 'metric' ? ev.type : 'event') }, ev.type),
     h('span', { class: 'nm' }, ev.name),
@@ -242,7 +318,7 @@ function eventRow(ev) {
 // One DOM update per frame, however many events arrived: newest first, at most LIVE_MAX.
 function flushLive() {
   state.frame = 0;
-  if (state.paused || !state.pending.length) return;
+  if (state.paused || state.holding || !state.pending.length) return;
   const batch = state.pending;
   state.pending = [];
   const list = $('live-list');
@@ -250,7 +326,7 @@ function flushLive() {
   for (let i = batch.length - 1; i >= 0 && frag.childNodes.length < LIVE_MAX; i--) frag.append(eventRow(batch[i]));
   list.prepend(frag);
   while (list.childElementCount > LIVE_MAX) list.lastElementChild.remove();
-  $('live-count').textContent = `${state.received.toLocaleString()} received` + (state.skipped ? `, ${state.skipped.toLocaleString()} not shown` : '');
+  updateCount();
 }
 
 $('live-pause').addEventListener('click', (e) => {
@@ -378,6 +454,7 @@ function renderSettings(p) {
   $('s-window').value = s.alertWindowSeconds ?? '';
   $('s-cooldown').value = s.alertCooldownSeconds ?? '';
   $('s-retention').value = s.retentionDays ?? '';
+  $('s-ratelimit').value = s.rateLimit ?? '';
   $('s-enabled').checked = s.alertsEnabled !== false;
 }
 
@@ -413,7 +490,7 @@ $('settings-form').addEventListener('submit', (e) => {
   const num = (id) => ($(id).value === '' ? null : Number($(id).value));
   guarded(() => patchProject({ settings: {
     alertThreshold: num('s-threshold'), alertWindowSeconds: num('s-window'), alertCooldownSeconds: num('s-cooldown'),
-    retentionDays: num('s-retention'), alertsEnabled: $('s-enabled').checked,
+    retentionDays: num('s-retention'), rateLimit: num('s-ratelimit'), alertsEnabled: $('s-enabled').checked,
   } }, 'Settings saved.'));
 });
 $('rotate').addEventListener('click', async () => {

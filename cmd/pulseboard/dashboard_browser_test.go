@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ type dashboardLine struct {
 	Metric string          `json:"metric"`
 	Value  json.RawMessage `json:"value"`
 	Done   bool            `json:"done"`
+	Email  string          `json:"email"`
 	Error  string          `json:"error"`
 	raw    string
 }
@@ -33,10 +36,18 @@ type dashboardLine struct {
 // Explore's type and name filters narrow the list and the detail shows payload and
 // context pretty-printed; the chart (stats endpoint) and the top error names show them;
 // 1,000 events/s for 3 s leave at most 500 rows; pause holds rows back; keyset pages;
-// rename and settings (an invalid one refused in words); the key rotates after a
-// confirmation and the old key gets 401 from the ingestor; a reload keeps the session
-// (refresh cookie); with every WebSocket upgrade closed at once (playwright's
-// routeWebSocket) the feed falls back to SSE and events still arrive; no horizontal scroll at 390 px, the dark scheme applies; logout ends
+// the copy buttons put each snippet on the clipboard; rename and settings (an invalid one
+// refused in words); the key rotates after a confirmation and the old key gets 401 from
+// the ingestor; a second project gets a rate limit of 1 event/s and an alert threshold
+// of 3 in Settings (0, 1000001 and 2.5 refused before sending), the ingestor answers its
+// full batch 429, five errors fire an alert shown in the history as sent (and mailed to
+// the sink), clearing the field restores the default, and the project is deleted after a
+// confirmation (cancel keeps it) and its key gets 401; a reload keeps the session
+// (refresh cookie) and the live view opens with the latest 50 stored events (backfill),
+// live ones above, none twice; the WebSocket dropped (playwright's routeWebSocket, its
+// reconnection held back) while events are sent: after the reconnect they appear (from
+// the events API), each once, newest first; with every WebSocket upgrade closed at once
+// the feed falls back to SSE and events still arrive; no horizontal scroll at 390 px, the dark scheme applies; logout ends
 // the live feed and the refresh cookie. The page may make no request outside its origin
 // and may raise no error or CSP violation.
 //
@@ -52,7 +63,11 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 	artifacts := filepath.Join(dir, "artifacts")
 	require.NoError(t, os.MkdirAll(artifacts, 0o755))
 
-	in := start(t)
+	// A mail sink: the alert of the second project is mailed (delivery state "sent");
+	// ALERT_REQUIRE_VERIFIED=false, as the browser's user never opens the link.
+	mb := startMailbox(t)
+	in := start(t, "SMTP_HOST="+mb.host, "SMTP_PORT="+strconv.Itoa(mb.port), "SMTP_TLS=none",
+		"ALERT_REQUIRE_VERIFIED=false", "EMAIL_DELIVERY_INTERVAL=100ms")
 	cmd := exec.Command(nodepkg.Node(t), filepath.Join(dir, "browser.js"), in.api, in.ingest, t.TempDir(), artifacts)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CHROMIUM="+chromium)
@@ -88,6 +103,7 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 	})
 
 	var steps []string
+	email := ""
 	timeout := time.After(4 * time.Minute)
 	for done := false; !done; {
 		select {
@@ -101,12 +117,22 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 				t.Logf("dashboard %s", l.raw)
 			case l.Step != "":
 				steps = append(steps, l.Step)
+				if l.Email != "" {
+					email = l.Email
+				}
 			}
 		case <-timeout:
 			t.Fatalf("the browser scenario did not finish within 4 min (steps %v); stderr:\n%s", steps, stderr.String())
 		}
 	}
 	require.Equal(t, []string{"first-load", "register", "create-project", "live", "xss", "explore", "charts",
-		"flood-and-pause", "keyset", "rotate", "sse-fallback", "responsive", "logout"}, steps)
+		"flood-and-pause", "keyset", "copy", "rotate", "alerts", "delete", "backfill", "ws-resume", "sse-fallback",
+		"responsive", "logout"}, steps)
+	// The alert the history showed as sent reached the owner's mailbox.
+	alerted := false
+	for _, m := range mb.to(email) {
+		alerted = alerted || strings.HasPrefix(m.Header.Get("Subject"), "[PulseBoard] Disposable: ")
+	}
+	require.True(t, alerted, "the threshold alert of project Disposable was mailed to %s", email)
 	t.Logf("screenshots in %s", artifacts)
 }

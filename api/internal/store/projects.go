@@ -31,6 +31,9 @@ type Settings struct {
 	AlertCooldownSeconds *int32
 	AlertsEnabled        bool
 	RetentionDays        *int32
+	// RateLimit is the ingest limit in events/s (projects.rate_limit, read by the
+	// ingestor's key resolution); nil means INGEST_RATE_LIMIT.
+	RateLimit *int32
 }
 
 // Setting ranges, identical to the CHECK constraints of migrations/sql/00001_core.sql.
@@ -39,17 +42,19 @@ const (
 	MinAlertWindowSeconds, MaxAlertWindowSeconds     = 10, 86_400
 	MinAlertCooldownSeconds, MaxAlertCooldownSeconds = 60, 604_800
 	MinRetentionDays, MaxRetentionDays               = 1, 3650
+	// The column admits 0 (unlimited, the ingestor's meaning); the API offers 1 and up.
+	MinRateLimit, MaxRateLimit = 1, 1_000_000
 )
 
 const projectColumns = `p.id, p.name, p.api_key, p.user_id, p.created_at, p.updated_at,
 	COALESCE((SELECT sum(r.count) FROM event_rollups r WHERE r.project_id = p.id), 0)::bigint,
-	p.alert_threshold, p.alert_window_seconds, p.alert_cooldown_seconds, p.alerts_enabled, p.retention_days`
+	p.alert_threshold, p.alert_window_seconds, p.alert_cooldown_seconds, p.alerts_enabled, p.retention_days, p.rate_limit`
 
 func scanProject(row interface{ Scan(...any) error }) (Project, error) {
 	var p Project
 	err := row.Scan(&p.ID, &p.Name, &p.APIKey, &p.UserID, &p.CreatedAt, &p.UpdatedAt, &p.EventCount,
 		&p.Settings.AlertThreshold, &p.Settings.AlertWindowSeconds, &p.Settings.AlertCooldownSeconds,
-		&p.Settings.AlertsEnabled, &p.Settings.RetentionDays)
+		&p.Settings.AlertsEnabled, &p.Settings.RetentionDays, &p.Settings.RateLimit)
 	return p, err
 }
 
@@ -149,11 +154,12 @@ type Patch struct {
 	AlertCooldownSeconds OptionalInt
 	AlertsEnabled        *bool
 	RetentionDays        OptionalInt
+	RateLimit            OptionalInt
 }
 
 func (p Patch) empty() bool {
 	return p.Name == nil && !p.AlertThreshold.Set && !p.AlertWindowSeconds.Set && !p.AlertCooldownSeconds.Set &&
-		p.AlertsEnabled == nil && !p.RetentionDays.Set
+		p.AlertsEnabled == nil && !p.RetentionDays.Set && !p.RateLimit.Set
 }
 
 // UpdateProject applies a validated patch to one of the user's projects.
@@ -170,6 +176,7 @@ func (s *Store) UpdateProject(ctx context.Context, userID, id uuid.UUID, patch P
 				alert_cooldown_seconds = CASE WHEN $8 THEN $9 ELSE alert_cooldown_seconds END,
 				alerts_enabled         = COALESCE($10, alerts_enabled),
 				retention_days         = CASE WHEN $11 THEN $12 ELSE retention_days END,
+				rate_limit             = CASE WHEN $13 THEN $14 ELSE rate_limit END,
 				updated_at             = now()
 			WHERE id = $1 AND user_id = $2
 			RETURNING *
@@ -179,7 +186,8 @@ func (s *Store) UpdateProject(ctx context.Context, userID, id uuid.UUID, patch P
 		patch.AlertWindowSeconds.Set, patch.AlertWindowSeconds.Value,
 		patch.AlertCooldownSeconds.Set, patch.AlertCooldownSeconds.Value,
 		patch.AlertsEnabled,
-		patch.RetentionDays.Set, patch.RetentionDays.Value))
+		patch.RetentionDays.Set, patch.RetentionDays.Value,
+		patch.RateLimit.Set, patch.RateLimit.Value))
 	return p, mapErr("updating project", err)
 }
 

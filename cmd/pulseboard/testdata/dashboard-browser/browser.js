@@ -37,6 +37,7 @@ async function ingestBatch(key, events) {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: apiURL });
   const page = ctx.pages()[0] || (await ctx.newPage());
   const problems = [];
   page.on('console', (m) => { process.stderr.write('console: ' + m.text() + '\n'); if (m.type() === 'error' && /Content Security Policy/.test(m.text())) problems.push(m.text()); });
@@ -50,6 +51,21 @@ async function ingestBatch(key, events) {
   // The live row of an event, found by its name (dataset, so any characters work).
   const liveRow = (name, timeout = 10000) => page.waitForFunction((n) => [...document.querySelectorAll('#live-list li')]
     .some((li) => li.dataset.name === n), name, { timeout, polling: 'raf' });
+  const liveNames = () => page.evaluate(() => [...document.querySelectorAll('#live-list li')].map((li) => li.dataset.name));
+  // Event ids shown more than once in the live list.
+  const liveDuplicates = () => page.evaluate(() => {
+    const ids = [...document.querySelectorAll('#live-list li')].map((li) => li.dataset.id);
+    return ids.filter((id, i) => ids.indexOf(id) !== i);
+  });
+  // The PATCH the settings form sends, answered: its project JSON.
+  const saveSettings = async () => {
+    const answered = page.waitForResponse((r) => r.request().method() === 'PATCH' && /\/projects\//.test(r.url()), { timeout: 10000 });
+    await page.click('#settings-form button[type=submit]');
+    const res = await answered;
+    check(res.status() === 200, 'settings saved: ' + res.status());
+    await page.waitForFunction(() => document.getElementById('flash').textContent === 'Settings saved.', null, { timeout: 10000 });
+    return (await res.json()).data;
+  };
 
   // 1. First load on loopback, signed out: navigation start → the sign-in form ready.
   await page.goto(apiURL + '/');
@@ -248,6 +264,18 @@ async function ingestBatch(key, events) {
   await page.click('.tabs button[data-tab=settings]');
   check((await text('#sn-curl')).includes(apiURL + '/ingest'), 'the curl snippet targets the page origin');
   check((await text('#sn-rn')).includes(`host: "${apiURL}"`), 'the React Native snippet names host');
+  // The copy buttons put each snippet on the clipboard.
+  for (const [id, label] of [['sn-curl', 'Copy curl'], ['sn-go', 'Copy Go'], ['sn-rn', 'Copy React Native']]) {
+    await page.evaluate(() => navigator.clipboard.writeText('(empty)'));
+    const button = page.locator(`button[data-copy=${id}]`);
+    check(await button.textContent() === label, 'the copy button is labelled: ' + label);
+    await button.click();
+    await page.waitForFunction((i) => document.querySelector(`button[data-copy=${i}]`).textContent === 'Copied', id, { timeout: 5000 });
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    check(copied === await text('#' + id), `the clipboard holds the ${id} snippet: ` + JSON.stringify(copied.slice(0, 80)));
+    check(copied.includes(apiKey), `the ${id} snippet names the key`);
+  }
+  out({ step: 'copy' });
   await page.fill('#rename-name', 'Checkout');
   await page.click('#rename-form button[type=submit]');
   await page.waitForFunction(() => document.getElementById('project-title').textContent === 'Checkout', null, { timeout: 10000 });
@@ -256,8 +284,9 @@ async function ingestBatch(key, events) {
   check(await page.$eval('#s-threshold', (e) => !e.validity.valid && e.validationMessage !== ''), 'an out-of-range setting is refused in words before it is sent');
   await page.fill('#s-threshold', '25');
   await page.fill('#s-retention', '14');
-  await page.click('#settings-form button[type=submit]');
-  await page.waitForFunction(() => document.getElementById('flash').textContent === 'Settings saved.', null, { timeout: 10000 });
+  const saved = await saveSettings();
+  check(saved.settings.alertThreshold === 25 && saved.settings.retentionDays === 14 && saved.settings.rateLimit === null,
+    'the settings are stored: ' + JSON.stringify(saved.settings));
   await shot('06-settings.png');
   await page.click('#rotate');
   await page.waitForSelector('#confirm', { state: 'visible' });
@@ -278,6 +307,82 @@ async function ingestBatch(key, events) {
   await liveRow('new_key');
   out({ step: 'rotate', oldKeyStatus: oldStatus });
 
+  // 10b. A second project: its rate limit and alert threshold set in Settings (an invalid
+  // rate limit refused in words before it is sent), the limit enforced by the ingestor
+  // (429), errors over the threshold fire an alert shown in the history with its delivery
+  // state; then it is deleted after a confirmation, and its key gets 401.
+  await page.fill('#create-name', 'Disposable');
+  await page.press('#create-name', 'Enter');
+  await page.waitForFunction(() => document.getElementById('project-title').textContent === 'Disposable', null, { timeout: 10000 });
+  const doomedId = await page.getAttribute('#project-list button[aria-pressed=true]', 'data-id');
+  const doomedKey = (await text('#api-key')).trim();
+  check(doomedKey !== newKey && doomedKey.startsWith('pb_'), 'the new project has its own key');
+  check(await page.locator('label[for=s-ratelimit]').textContent() === 'Ingest rate limit (events/s)', 'the rate limit field is labelled');
+  for (const bad of ['0', '1000001', '2.5']) {
+    await page.fill('#s-ratelimit', bad);
+    let patched = false;
+    const onReq = (r) => { if (r.method() === 'PATCH') patched = true; };
+    page.on('request', onReq);
+    await page.click('#settings-form button[type=submit]');
+    await sleep(200);
+    page.off('request', onReq);
+    check(!patched && await page.$eval('#s-ratelimit', (e) => !e.validity.valid && e.validationMessage !== ''),
+      `the rate limit ${bad} is refused in words before it is sent`);
+  }
+  await page.fill('#s-ratelimit', '1');
+  await page.fill('#s-threshold', '3');
+  const limitedSettings = (await saveSettings()).settings;
+  check(limitedSettings.rateLimit === 1 && limitedSettings.alertThreshold === 3, 'rate limit and threshold stored: ' + JSON.stringify(limitedSettings));
+  const errors = [];
+  for (let i = 0; i < 5; i++) errors.push({ type: 'error', name: 'CheckoutCrash', payload: { i } });
+  check(await ingestBatch(doomedKey, errors) === 202, 'errors over the threshold accepted');
+  // 1 event/s: the bucket (one full batch, 1,000 events) lacks the five just taken.
+  const full = [];
+  for (let i = 0; i < 1000; i++) full.push({ type: 'event', name: 'over_limit', payload: {} });
+  const limitedStatus = await ingestBatch(doomedKey, full);
+  check(limitedStatus === 429, 'a project limited to 1 event/s refuses a full batch: ' + limitedStatus);
+  await page.click('.tabs button[data-tab=alerts]');
+  const alertDeadline = Date.now() + 60000;
+  for (;;) { // until the alert is in the history and mailed (the mail sink of the Go test)
+    const delivery = await page.evaluate(() => { const td = document.querySelector('#alert-rows tr:first-child td:nth-child(3)'); return td ? td.textContent : ''; });
+    if (delivery.startsWith('sent')) break;
+    check(Date.now() < alertDeadline, 'no alert sent within 60 s: ' + (delivery || await text('#alerts-status')));
+    await sleep(500);
+    await page.click('.tabs button[data-tab=alerts]'); // reloads the history
+  }
+  const alertRow = await page.evaluate(() => [...document.querySelectorAll('#alert-rows tr:first-child td')].map((td) => td.textContent));
+  check(alertRow[1] === 'threshold', 'the alert kind: ' + JSON.stringify(alertRow));
+  check(/^sent \(.+\)$/.test(alertRow[2]), 'the delivery state and time are shown: ' + JSON.stringify(alertRow));
+  check(/^\d+ \/ 3$/.test(alertRow[3]) && +alertRow[3].split(' ')[0] > 3, 'errors over the threshold of 3: ' + JSON.stringify(alertRow));
+  await shot('08-alerts.png');
+  out({ step: 'alerts', row: alertRow });
+  // Clearing the field restores the default (null).
+  await page.click('.tabs button[data-tab=settings]');
+  await page.fill('#s-ratelimit', '');
+  check((await saveSettings()).settings.rateLimit === null, 'an empty rate limit is the default (null)');
+  check(await page.inputValue('#s-ratelimit') === '', 'the form shows the default');
+  // Delete: cancel keeps the project; confirming removes it and its key stops working.
+  await page.click('#delete');
+  await page.waitForSelector('#confirm', { state: 'visible' });
+  check((await text('#confirm-text')).includes('Disposable'), 'the confirmation names the project');
+  await page.click('#confirm-cancel');
+  await page.waitForSelector('#confirm', { state: 'hidden' });
+  check(await page.locator(`#project-list button[data-id="${doomedId}"]`).count() === 1, 'cancel keeps the project');
+  await page.click('#delete');
+  await page.waitForSelector('#confirm', { state: 'visible' });
+  await page.click('#confirm-ok');
+  await page.waitForFunction((id) => !document.querySelector(`#project-list button[data-id="${id}"]`)
+    && document.getElementById('project-title').textContent === 'Checkout', doomedId, { timeout: 10000 });
+  check((await text('#flash')).includes('deleted'), 'the deletion is confirmed in words');
+  let doomedStatus = 0;
+  for (let i = 0; i < 20; i++) {
+    doomedStatus = await ingest(ingestURL, doomedKey, { type: 'event', name: 'after_delete', payload: {} });
+    if (doomedStatus === 401) break;
+    await sleep(250);
+  }
+  check(doomedStatus === 401, 'the deleted project\'s key answers ' + doomedStatus);
+  out({ step: 'delete', keyStatus: doomedStatus });
+
   // 11. The session survives a reload (refresh cookie); a signed-in load is measured too.
   await page.reload();
   await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 15000 });
@@ -286,6 +391,53 @@ async function ingestBatch(key, events) {
   out({ metric: 'signed_in_reload_ms', value: reloadMs });
   await waitLive();
   check((await text('#live-transport')).includes('WebSocket'), 'WebSocket after the reload');
+  // The live view opened with the latest stored events (backfill), before any new one.
+  await liveRow('new_key', 5000);
+  check((await text('#live-count')).includes('loaded from storage'), 'the count says what was loaded: ' + await text('#live-count'));
+  const backfilled = await page.locator('#live-list li').count();
+  check(backfilled === 50, 'the latest 50 stored events are shown: ' + backfilled);
+  check((await liveNames())[0] === 'new_key', 'newest first');
+  check(await ingest(ingestURL, newKey, { type: 'event', name: 'after_backfill', payload: {} }) === 202, 'ingest');
+  await liveRow('after_backfill', 5000);
+  check((await liveNames())[0] === 'after_backfill', 'a live event goes on top of the backfill');
+  check((await liveDuplicates()).length === 0, 'no event shown twice: ' + await liveDuplicates());
+  out({ step: 'backfill', rows: backfilled });
+
+  // 11a. The WebSocket drops; while it cannot reconnect, events are sent; once it does,
+  // they appear (fetched from the events API: the WebSocket does not replay), each once.
+  let held = null; // while set, new WebSocket connections wait before reaching the api
+  let routed = [];
+  await page.routeWebSocket(/\/realtime\//, async (ws) => {
+    routed.push(ws);
+    if (held) await held.promise;
+    ws.connectToServer();
+  });
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 15000 });
+  await waitLive();
+  check((await text('#live-transport')).includes('WebSocket') && routed.length === 1, 'WebSocket through the test route');
+  check(await ingest(ingestURL, newKey, { type: 'event', name: 'before_drop', payload: {} }) === 202, 'ingest');
+  await liveRow('before_drop', 5000);
+  let release;
+  held = { promise: new Promise((r) => { release = r; }) };
+  await routed[0].close({ code: 4000, reason: 'test: connection dropped' });
+  await page.waitForFunction(() => document.getElementById('live-state').dataset.state === 'connecting', null, { timeout: 5000 });
+  for (let i = 0; i < 3; i++) check(await ingest(ingestURL, newKey, { type: 'event', name: `while_down_${i}`, payload: { i } }) === 202, 'ingest');
+  await sleep(800);
+  check(!(await liveNames()).some((n) => n.startsWith('while_down_')), 'nothing arrives while disconnected');
+  check(routed.length >= 2, 'the feed is reconnecting: ' + routed.length);
+  held = null;
+  release();
+  await waitLive();
+  for (let i = 0; i < 3; i++) await liveRow(`while_down_${i}`, 5000);
+  const resumed = await liveNames();
+  check(resumed.filter((n) => n === 'before_drop').length === 1, 'an event seen before the drop (fetched again) is shown once');
+  check((await liveDuplicates()).length === 0, 'no event shown twice after the reconnect: ' + await liveDuplicates());
+  check(resumed.indexOf('while_down_2') < resumed.indexOf('while_down_0') && resumed.indexOf('while_down_0') < resumed.indexOf('before_drop'), 'newest first after the catch-up: ' + resumed.slice(0, 6));
+  check(await ingest(ingestURL, newKey, { type: 'event', name: 'after_resume', payload: {} }) === 202, 'ingest');
+  await liveRow('after_resume', 5000);
+  check(await page.locator('#live-notice').isHidden(), 'nothing was missed, so no notice');
+  out({ step: 'ws-resume', reconnects: routed.length - 1 });
 
   // 11b. Where WebSockets fail (here: every upgrade closed at once), the feed falls back
   // to SSE, and events still arrive.
