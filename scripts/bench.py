@@ -52,7 +52,9 @@ first run of a version resolves its jars from Maven Central, later runs use the 
 needs java and mvn), BENCH_KAFKA_HEAP_MB (the broker JVM's maximum heap, default 512),
 BENCH_ONLY=fairness (run step 8 alone, its own report), BENCH_BIN (the binaries, default bin/;
 built with `make build` when bin/pulseboard is missing), BENCH_FAIR_DURATION (each phase of
-step 8, default 20s; 3s in short mode), BENCH_FAIR_CONNECTIONS (A's flood connections, default 4).
+step 8, default 20s; 3s in short mode), BENCH_FAIR_CONNECTIONS (A's flood connections, default 4),
+BENCH_FAIR_KAFKA=real (step 8 on a 1-node Apache Kafka, BENCH_KAFKA_VERSION, instead of the
+embedded broker).
 """
 
 import json
@@ -108,6 +110,9 @@ if ONLY not in ("", "fairness"):
     raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: the only step that runs alone is fairness")
 FAIR_DURATION = 3.0 if SHORT else seconds(os.environ.get("BENCH_FAIR_DURATION", "20s"))
 FAIR_CONNECTIONS = int(os.environ.get("BENCH_FAIR_CONNECTIONS", "4"))
+FAIR_KAFKA = os.environ.get("BENCH_FAIR_KAFKA", "embedded")
+if FAIR_KAFKA not in ("embedded", "real"):
+    raise SystemExit(f"bench: BENCH_FAIR_KAFKA={FAIR_KAFKA!r}: embedded or real")
 FAIR_RATE = 200                    # B's single events per second
 FAIR_BYTES = 8 << 20               # INGEST_RATE_LIMIT_BYTES of step 8 (the default)
 
@@ -999,7 +1004,12 @@ SERVER_HIST = ('pulseboard_ingest_request_duration_seconds_bucket{route="ingest"
 def step_fairness(report):
     log("== 8. neighbour fairness: project B's ingest latency, quiet and while project A floods at its byte limit")
     db = fresh_db("pulseboard_bench_fair")
-    env = {**BASE_ENV, "DATABASE_URL": db, "KAFKA_EMBEDDED_PORT": str(PORTS["kafka"]), "KAFKA_BROKERS": "",
+    kafka, jvm, brokers = None, None, ""
+    if FAIR_KAFKA == "real":
+        kafka = start_realkafka()
+        brokers, jvm = wait_realkafka(kafka)
+        log(f"Apache Kafka {KAFKA_VERSION} at {brokers} for step 8")
+    env = {**BASE_ENV, "DATABASE_URL": db, "KAFKA_EMBEDDED_PORT": str(PORTS["kafka"]), "KAFKA_BROKERS": brokers,
            "INGEST_PORT": str(PORTS["ingest"]), "PORT": str(PORTS["api"]),
            "INGEST_RATE_LIMIT": "5000", "INGEST_RATE_LIMIT_BYTES": str(FAIR_BYTES)}
     seedout = seed(db, env, 3)
@@ -1007,12 +1017,14 @@ def step_fairness(report):
     aio = start_allinone(env)
     url = f"http://127.0.0.1:{PORTS['ingest']}"
     extra = ["-mode", "single", "-rate", str(FAIR_RATE), "-connections", "8"]
-    out = {"rate": FAIR_RATE, "byteLimit": FAIR_BYTES, "eventLimit": 5000, "seconds": FAIR_DURATION}
+    out = {"rate": FAIR_RATE, "byteLimit": FAIR_BYTES, "eventLimit": 5000, "seconds": FAIR_DURATION,
+           "kafka": f"Apache Kafka {KAFKA_VERSION} (1 node)" if kafka else "embedded broker"}
     ledgers = []
     try:
-        # A short warm-up, so the quiet figure is not the first connections' and caches'.
-        # Its own project: B's projects must receive nothing but its ledgers' events.
-        loadgen("fair-warmup", url, warm_key, extra, 2, procs=[aio], ledger=False)
+        # A short warm-up, so the quiet figure is not the first connections' and caches'
+        # (and, on Apache Kafka, not its JVM's interpreter's). Its own project: B's
+        # projects must receive nothing but its ledgers' events.
+        loadgen("fair-warmup", url, warm_key, extra, 15 if kafka else 2, procs=[aio], ledger=False)
         m0 = metrics(PORTS["admin_all"])
         quiet = loadgen("fair-quiet", url, b_key, extra, FAIR_DURATION, procs=[aio])
         m1 = metrics(PORTS["admin_all"])
@@ -1047,6 +1059,10 @@ def step_fairness(report):
                                 "produceAck": server_p99(buckets(m0, SERVER_HIST[1]), buckets(m1, SERVER_HIST[1]))}
     finally:
         stop(aio)
+        if kafka is not None:
+            stop(kafka)  # realkafka kills the JVM and removes its data directory
+            if jvm is not None and jvm.alive():
+                os.kill(jvm.pid, signal.SIGKILL)
     report.setdefault("verify", {})["fairness (project B)"] = verify(db, ledgers)
     psql(db_url("postgres"), "DROP DATABASE IF EXISTS pulseboard_bench_fair WITH (FORCE)")
 
@@ -1079,7 +1095,7 @@ def fairness_lines(report):
     def cores(r, name):
         return (r["resources"].get(name) or {}).get("cores")
     L = ["", "## Neighbour fairness (issue 16 item 4)", "",
-         f"A fresh all-in-one with the per-project limits on ({f['eventLimit']} events/s, {f['byteLimit'] / 2**20:.0f} MiB/s "
+         f"A fresh all-in-one on the {f.get('kafka', 'embedded broker')}, with the per-project limits on ({f['eventLimit']} events/s, {f['byteLimit'] / 2**20:.0f} MiB/s "
          f"of decompressed bytes). Project B sends single events at {f['rate']}/s (`pulseboard loadgen -mode single -rate "
          f"{f['rate']}`) for {f['seconds']:.0f} s quiet, then again while project A floods: {a['connections']} connections "
          f"posting the same gzip batch ({a['wireBytesPerRequest']:,} bytes on the wire, "
