@@ -46,11 +46,8 @@ func TestEmbeddedBrokerRefusesAtItsBoundAndLosesNothing(t *testing.T) {
 	require.NoError(t, err)
 	in := &instance{apiKey: jsonField(t, out, "project", "apiKey")}
 	env = append(env, "KAFKA_BROKERS="+brokers)
-	ingestPort, ingestAdmin := freePort(t), freePort(t)
-	ing := startProc(t, "ingestor", ingestorBinary, append(env, "INGEST_PORT="+strconv.Itoa(ingestPort),
-		"ADMIN_PORT="+strconv.Itoa(ingestAdmin), "INGEST_PRODUCE_TIMEOUT=3s"))
-	ing.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d", ingestAdmin))
-	in.ingest = fmt.Sprintf("http://127.0.0.1:%d", ingestPort)
+	_, ports := startOnFreePorts(t, "ingestor", ingestorBinary, append(env, "INGEST_PRODUCE_TIMEOUT=3s"), "ADMIN_PORT", "INGEST_PORT")
+	in.ingest = fmt.Sprintf("http://127.0.0.1:%d", ports["INGEST_PORT"])
 
 	client := &http.Client{Timeout: 30 * time.Second}
 	// Random (incompressible) padding: the producer compresses its batches.

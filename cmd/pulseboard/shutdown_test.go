@@ -78,20 +78,17 @@ func newStack(t *testing.T) *stack {
 // until it is ready; it returns the process and its admin URL.
 func (s *stack) service(name, bin string, extra ...string) (*proc, string) {
 	s.t.Helper()
-	admin := freePort(s.t)
-	p := startProc(s.t, name, bin, append(append(append([]string{}, s.env...), "ADMIN_PORT="+strconv.Itoa(admin)), extra...))
-	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
-	p.waitReady(s.t, adminURL)
-	return p, adminURL
+	p, ports := startOnFreePorts(s.t, name, bin, append(append([]string{}, s.env...), extra...), "ADMIN_PORT")
+	return p, fmt.Sprintf("http://127.0.0.1:%d", ports["ADMIN_PORT"])
 }
 
 // ingestor starts a standalone ingestor; it returns the process, its ingest URL and its
-// admin URL.
+// admin URL. Like service, it starts again on fresh ports after a lost port race.
 func (s *stack) ingestor(extra ...string) (*proc, string, string) {
 	s.t.Helper()
-	port := freePort(s.t)
-	p, admin := s.service("ingestor", ingestorBinary, append([]string{"INGEST_PORT=" + strconv.Itoa(port)}, extra...)...)
-	return p, fmt.Sprintf("http://127.0.0.1:%d", port), admin
+	env := append(append([]string{}, s.env...), extra...)
+	p, ports := startOnFreePorts(s.t, "ingestor", ingestorBinary, env, "ADMIN_PORT", "INGEST_PORT")
+	return p, fmt.Sprintf("http://127.0.0.1:%d", ports["INGEST_PORT"]), fmt.Sprintf("http://127.0.0.1:%d", ports["ADMIN_PORT"])
 }
 
 // sigterm stops p with SIGTERM and requires a clean exit (status 0) within bound.
