@@ -258,19 +258,11 @@ func analyticsMessage(msg string) string {
 // groups; the SDK reads nothing but the status).
 func (h *Handler) analytics(ctx *fasthttp.RequestCtx) {
 	kind := analyticsRoute(ctx.Path())
-	if mt := mediaType(ctx.Request.Header.ContentType()); mt != "application/json" {
-		h.fail(ctx, routeAnalytics, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
-		return
-	}
-	body, release, ok := h.body(ctx, routeAnalytics, h.limits.MaxSingleDecompressed)
+	body, d, w, done, ok := h.oneEventRequest(ctx, routeAnalytics)
 	if !ok {
 		return
 	}
-	defer release()
-	d := h.decoder()
-	defer h.release(d)
-	w := h.getWork()
-	defer h.putWork(w)
+	defer done()
 	v, _, perr := d.Parse(body)
 	if perr != nil {
 		h.fail(ctx, routeAnalytics, httperr.Code(perr.Code), perr.Message, 1)

@@ -393,21 +393,29 @@ type keyCache struct {
 // field names, ids, times and the Kafka key.
 const eventOverhead = 256
 
+// oneEventRequest checks a one-event request's media type (JSON) and takes its body, a
+// decoder and the request's work buffers; done gives them back. On false the answer is
+// written.
+func (h *Handler) oneEventRequest(ctx *fasthttp.RequestCtx, route string) (body []byte, d *event.Decoder, w *work, done func(), ok bool) {
+	if mt := mediaType(ctx.Request.Header.ContentType()); mt != "application/json" {
+		h.fail(ctx, route, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
+		return nil, nil, nil, nil, false
+	}
+	body, release, ok := h.body(ctx, route, h.limits.MaxSingleDecompressed)
+	if !ok {
+		return nil, nil, nil, nil, false
+	}
+	d, w = h.decoder(), h.getWork()
+	return body, d, w, func() { h.putWork(w); h.release(d); release() }, true
+}
+
 // single serves the compat POST /ingest.
 func (h *Handler) single(ctx *fasthttp.RequestCtx) {
-	if mt := mediaType(ctx.Request.Header.ContentType()); mt != "application/json" {
-		h.fail(ctx, routeSingle, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
-		return
-	}
-	body, release, ok := h.body(ctx, routeSingle, h.limits.MaxSingleDecompressed)
+	body, d, w, done, ok := h.oneEventRequest(ctx, routeSingle)
 	if !ok {
 		return
 	}
-	defer release()
-	d := h.decoder()
-	defer h.release(d)
-	w := h.getWork()
-	defer h.putWork(w)
+	defer done()
 	ev, proj, ok := h.decodeSingle(ctx, d, body)
 	if !ok {
 		return
