@@ -1016,18 +1016,10 @@ var errBinary = errors.New("live: binary Socket.IO packets are not supported")
 
 // control answers a control frame at once (the payload is read in full first, W4).
 func (t *eioWS) control(h ws.Header, r io.Reader, timeout time.Duration) error {
-	if h.Length > ws.MaxControlFramePayloadSize {
-		return ws.ErrProtocolControlPayloadOverflow
-	}
-	payload := make([]byte, h.Length)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
+	buf, err := controlAnswer(h, r)
+	if err != nil && buf == nil {
 		return err
 	}
-	var buf bytes.Buffer
-	err := wsutil.ControlFrameHandler(&buf, ws.StateServerSide)(h, bytes.NewReader(payload))
 	if buf.Len() > 0 && (h.OpCode != ws.OpClose || !t.closeSent.Swap(true)) {
 		_ = t.write(buf.Bytes(), timeout)
 	}

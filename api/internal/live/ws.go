@@ -205,25 +205,36 @@ func (s *wsStream) extendReadDeadline(t time.Time) bool {
 	return s.conn.SetReadDeadline(t) == nil && time.Now().Before(t)
 }
 
-// control answers a control frame through the writer (W4): the pong or the close
-// frame is encoded by wsutil.ControlFrameHandler into a buffer, not onto the wire.
-func (s *wsStream) control(h ws.Header, r io.Reader) error {
-	// The whole payload (at most 125 bytes: the reader's header check enforced that)
-	// is read before it is answered. The body reader of a control frame inside a
-	// fragmented message reports a cut-off payload as a plain EOF, and the handler would
-	// then answer, with a truncated pong, a ping the client never finished sending.
+// controlAnswer reads a control frame's whole payload (at most 125 bytes) and encodes
+// its answer (a pong, or the close frame) with wsutil.ControlFrameHandler into a buffer,
+// not onto the wire. The body reader of a control frame inside a fragmented message
+// reports a cut-off payload as a plain EOF, and the handler would then answer, with a
+// truncated pong, a ping the client never finished sending: so the payload is read
+// first. A nil buffer means the payload could not be read; otherwise err is the
+// handler's (a close frame's wsutil.ClosedError).
+func controlAnswer(h ws.Header, r io.Reader) (*bytes.Buffer, error) {
 	if h.Length > ws.MaxControlFramePayloadSize {
-		return ws.ErrProtocolControlPayloadOverflow
+		return nil, ws.ErrProtocolControlPayloadOverflow
 	}
 	payload := make([]byte, h.Length)
 	if _, err := io.ReadFull(r, payload); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
+		return nil, err
+	}
+	buf := &bytes.Buffer{}
+	err := wsutil.ControlFrameHandler(buf, ws.StateServerSide)(h, bytes.NewReader(payload))
+	return buf, err
+}
+
+// control answers a control frame through the writer (W4): the pong or the close
+// frame is encoded by wsutil.ControlFrameHandler into a buffer, not onto the wire.
+func (s *wsStream) control(h ws.Header, r io.Reader) error {
+	buf, err := controlAnswer(h, r)
+	if err != nil && buf == nil {
 		return err
 	}
-	var buf bytes.Buffer
-	err := wsutil.ControlFrameHandler(&buf, ws.StateServerSide)(h, bytes.NewReader(payload))
 	if buf.Len() > 0 {
 		switch h.OpCode {
 		case ws.OpPing:
