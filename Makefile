@@ -5,7 +5,7 @@
 SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin
-MODULES := pkg migrations ingestor consumer alerter api cmd/pulseboard chaos
+MODULES := pkg pkg/client migrations ingestor consumer alerter api cmd/pulseboard chaos
 # Packages are tested in parallel processes; each test gets its own database.
 TESTFLAGS ?= -race -count=1 -timeout 15m
 

@@ -5,6 +5,7 @@ go 1.26.8
 replace (
 	github.com/pulseboard/pulseboard/migrations => ../migrations
 	github.com/pulseboard/pulseboard/pkg => ../pkg
+	github.com/pulseboard/pulseboard/pkg/client => ../pkg/client
 )
 
 require (
@@ -60,6 +61,7 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/power-devops/perfstat v0.0.0-20240221224432-82ca36839d55 // indirect
 	github.com/pressly/goose/v3 v3.30.0 // indirect
+	github.com/pulseboard/pulseboard/pkg/client v0.0.0
 	github.com/sethvargo/go-retry v0.5.0 // indirect
 	github.com/shirou/gopsutil/v4 v4.26.6 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect

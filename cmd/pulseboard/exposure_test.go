@@ -226,3 +226,22 @@ func TestExposureAllInOnePprofWhenEnabled(t *testing.T) {
 	code, _ := get(t, in.admin+"/debug/pprof/cmdline")
 	require.Equal(t, http.StatusOK, code)
 }
+
+// The Go SDK (pkg/client) is a module of its own whose graph is what it runs with: an SDK
+// user's module pulls no server, test or infrastructure module (issue 19 item 4). Its
+// module graph, tests included, is exactly these.
+func TestSDKModuleGraphHoldsOnlyItsRuntimeDependencies(t *testing.T) {
+	t.Parallel()
+	root, err := filepath.Abs(repoRoot)
+	require.NoError(t, err)
+	cmd := exec.Command("go", "list", "-m", "all")
+	cmd.Dir = filepath.Join(root, "pkg", "client")
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var mods []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		mods = append(mods, strings.Fields(line)[0])
+	}
+	require.ElementsMatch(t, []string{"github.com/pulseboard/pulseboard/pkg/client", "github.com/google/uuid", "github.com/valyala/fastjson"}, mods)
+}

@@ -101,6 +101,7 @@ require (
 	github.com/power-devops/perfstat v0.0.0-20240221224432-82ca36839d55 // indirect
 	github.com/pressly/goose/v3 v3.30.0 // indirect
 	github.com/prometheus/procfs v0.23.0 // indirect
+	github.com/pulseboard/pulseboard/pkg/client v0.0.0
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.1 // indirect
 	github.com/sethvargo/go-retry v0.5.0 // indirect
@@ -154,4 +155,5 @@ replace (
 	github.com/pulseboard/pulseboard/ingestor => ../../ingestor
 	github.com/pulseboard/pulseboard/migrations => ../../migrations
 	github.com/pulseboard/pulseboard/pkg => ../../pkg
+	github.com/pulseboard/pulseboard/pkg/client => ../../pkg/client
 )

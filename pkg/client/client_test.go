@@ -16,12 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const testKey = "pb_test_key"
 
@@ -574,13 +569,13 @@ func TestFlushContextCancelled(t *testing.T) {
 // its private transport's keep-alive connections, while the server is still up.
 func TestCloseReleasesConnections(t *testing.T) {
 	in := newIngestor(t, nil)
-	before := goleak.IgnoreCurrent()
+	before := goroutines()
 	c, err := New(Options{Endpoint: in.srv.URL, APIKey: testKey, FlushInterval: time.Hour})
 	require.NoError(t, err)
 	enqueue(t, c, 3)
 	flush(t, c)
 	require.NoError(t, c.Close(context.Background()))
-	goleak.VerifyNone(t, before)
+	verifyNone(t, before)
 	assert.Equal(t, uint64(3), c.Stats().Sent)
 }
 

@@ -9,8 +9,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
-
-	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
@@ -30,8 +28,8 @@ func appendEvent(b []byte, ev *Event, apiKey string) ([]byte, error) {
 		}
 		// The server refuses a whole batch holding a duplicate key (400 INVALID_JSON):
 		// refuse the one event here instead.
-		if err := event.CheckUniqueKeys(payload, "RawPayload"); err != nil {
-			return nil, fmt.Errorf("%w: %s", ErrInvalidEvent, err.Message)
+		if msg := duplicateKey(payload, "RawPayload"); msg != "" {
+			return nil, fmt.Errorf("%w: %s", ErrInvalidEvent, msg)
 		}
 	case ev.Payload == nil:
 		payload = []byte("{}")
