@@ -47,7 +47,10 @@ type dashboardLine struct {
 // live ones above, none twice; the WebSocket dropped (playwright's routeWebSocket, its
 // reconnection held back) while events are sent: after the reconnect they appear (from
 // the events API), each once, newest first; with every WebSocket upgrade closed at once
-// the feed falls back to SSE and events still arrive; no horizontal scroll at 390 px, the dark scheme applies; logout ends
+// the feed falls back to SSE and events still arrive; the SSE stream dropped while events
+// are sent: the reconnect carries lastEventId and they appear once each, and a gap longer
+// than the replay (LIVE_REPLAY_LIMIT=5) shows the resync as the "may have missed events"
+// notice; no horizontal scroll at 390 px, the dark scheme applies; logout ends
 // the live feed and the refresh cookie. The page may make no request outside its origin
 // and may raise no error or CSP violation.
 //
@@ -67,7 +70,7 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 	// ALERT_REQUIRE_VERIFIED=false, as the browser's user never opens the link.
 	mb := startMailbox(t)
 	in := start(t, "SMTP_HOST="+mb.host, "SMTP_PORT="+strconv.Itoa(mb.port), "SMTP_TLS=none",
-		"ALERT_REQUIRE_VERIFIED=false", "EMAIL_DELIVERY_INTERVAL=100ms")
+		"ALERT_REQUIRE_VERIFIED=false", "EMAIL_DELIVERY_INTERVAL=100ms", "LIVE_REPLAY_LIMIT=5")
 	cmd := exec.Command(nodepkg.Node(t), filepath.Join(dir, "browser.js"), in.api, in.ingest, t.TempDir(), artifacts)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CHROMIUM="+chromium)
@@ -127,7 +130,7 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 	}
 	require.Equal(t, []string{"first-load", "register", "create-project", "live", "xss", "explore", "charts",
 		"flood-and-pause", "keyset", "copy", "rotate", "alerts", "delete", "backfill", "ws-resume", "sse-fallback",
-		"responsive", "logout"}, steps)
+		"sse-resume", "responsive", "logout"}, steps)
 	// The alert the history showed as sent reached the owner's mailbox.
 	alerted := false
 	for _, m := range mb.to(email) {

@@ -442,6 +442,14 @@ async function ingestBatch(key, events) {
   // 11b. Where WebSockets fail (here: every upgrade closed at once), the feed falls back
   // to SSE, and events still arrive.
   await page.routeWebSocket(/\/realtime\//, (ws) => ws.close({ code: 1011, reason: 'test: no WebSocket' }));
+  // Keeps the page's EventSources reachable, so that step 11c can drop the stream.
+  await page.addInitScript(() => {
+    const Native = window.EventSource;
+    window.__pbSources = [];
+    window.EventSource = class extends Native {
+      constructor(...args) { super(...args); window.__pbSources.push(this); }
+    };
+  });
   await page.reload();
   await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 15000 });
   await page.waitForFunction(() => document.getElementById('live-state').dataset.state === 'live'
@@ -449,6 +457,54 @@ async function ingestBatch(key, events) {
   check(await ingest(ingestURL, newKey, { type: 'event', name: 'via_sse', payload: { ok: true } }) === 202, 'ingest');
   await liveRow('via_sse', 5000);
   out({ step: 'sse-fallback' });
+
+  // 11c. The SSE stream drops (as a network error does: the EventSource errors); while it
+  // cannot reconnect, events are sent. The reconnect carries the last event id, and the
+  // events appear, each once, with no notice. Then a gap longer than the replay
+  // (LIVE_REPLAY_LIMIT=5 in this test): the server's resync is shown as the "may have
+  // missed events" notice.
+  let sseHeld = null;
+  const sseURLs = [];
+  await page.route(/\/realtime\/[^/]+\/sse/, async (route) => {
+    sseURLs.push(route.request().url());
+    if (sseHeld) await sseHeld.promise;
+    await route.continue();
+  });
+  const sseGap = async (prefix, n) => {
+    let rel;
+    sseHeld = { promise: new Promise((r) => { rel = r; }) };
+    const before = sseURLs.length;
+    await page.evaluate(() => {
+      const es = window.__pbSources[window.__pbSources.length - 1];
+      es.close();
+      es.onerror(new Event('error'));
+    });
+    await page.waitForFunction(() => document.getElementById('live-state').dataset.state === 'connecting', null, { timeout: 5000 });
+    for (let i = 0; i < n; i++) check(await ingest(ingestURL, newKey, { type: 'event', name: `${prefix}_${i}`, payload: { i } }) === 202, 'ingest');
+    for (let waited = 0; sseURLs.length === before; waited += 50) {
+      check(waited < 15000, 'the SSE stream reconnects');
+      await sleep(50);
+    }
+    await sleep(1000); // the events are stored before the replay reads them
+    check(!(await liveNames()).some((name) => name.startsWith(prefix)), 'nothing arrives while the SSE stream is down');
+    sseHeld = null;
+    rel();
+    await page.waitForFunction(() => document.getElementById('live-state').dataset.state === 'live'
+      && document.getElementById('live-transport').textContent.includes('SSE'), null, { timeout: 15000 });
+    return sseURLs[sseURLs.length - 1];
+  };
+  const resumeURL = await sseGap('sse_gap', 3);
+  check(/[?&]lastEventId=[^&]+/.test(resumeURL), 'the SSE reconnect carries the last event id: ' + resumeURL);
+  for (let i = 0; i < 3; i++) await liveRow(`sse_gap_${i}`, 5000);
+  check((await liveDuplicates()).length === 0, 'no event shown twice after the SSE reconnect: ' + await liveDuplicates());
+  check(await page.locator('#live-notice').isHidden(), 'a gap the replay covers shows no notice');
+  await sseGap('sse_long_gap', 8);
+  await page.waitForSelector('#live-notice', { state: 'visible', timeout: 5000 });
+  const notice = await text('#live-notice');
+  check(/missed|skipped/.test(notice) && notice.includes('Explore shows every stored event'), 'the resync notice: ' + notice);
+  await shot('06b-resync-notice.png');
+  await page.unroute(/\/realtime\/[^/]+\/sse/);
+  out({ step: 'sse-resume', notice });
 
   // 12. Phone width and the dark scheme: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
