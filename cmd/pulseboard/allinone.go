@@ -26,7 +26,6 @@ import (
 	kafkaembedded "github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
-	redisembedded "github.com/pulseboard/pulseboard/pkg/redisx/embedded"
 )
 
 // Common is the configuration every command shares (exported: caarlos0/env skips unexported embedded structs).
@@ -156,94 +155,12 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 		return err
 	}
 	live := newLiveness(cfg.Liveness.LivenessFailures, logger.With("component", "liveness"))
-	databaseURL, stopPostgres, err := allInOneDatabase(ctx, env, cfg, logger)
+	in, err := startInfra(ctx, env, cfg, live, logger)
 	if err != nil {
 		return err
 	}
-	if embeddedPostgres(env, databaseURL, cfg) {
-		live.add("postgres", probePostgres(databaseURL))
-	}
-	defer stopPostgres() // on early returns; deferred first, so it runs after the pool closed
-	if err := prepareDatabase(ctx, databaseURL, logger); err != nil {
-		return err
-	}
-	pool, err := pgstore.Open(ctx, databaseURL, pgstore.PoolOptions{ApplicationName: "pulseboard", MaxConns: 16})
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	rdb, embeddedRedis, closeRedis, err := redisembedded.OpenOrStartServer(ctx, cfg.RedisURL, logger)
-	if err != nil {
-		return err
-	}
-	defer closeRedis()
-	if embeddedRedis != nil {
-		live.add("redis", probeRedis(embeddedRedis.Addr()))
-	}
-	reg := obs.NewRegistry()
-
-	brokers := cfg.Kafka.Brokers
-	var embedded *kafkaembedded.Broker
-	if len(brokers) == 0 {
-		// Retention trims what the consumer and the alerter have both stored.
-		embedded, err = kafkaembedded.Start(kafkaembedded.Options{
-			Port: cfg.Kafka.EmbeddedPort, Topics: []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic}, Partitions: cfg.Kafka.Partitions,
-			Retention: cfg.EmbeddedKafka.retention([]string{cfg.Consumer.GroupID, cfg.Alerter.GroupID}, cfg.Kafka.Topic),
-			Logger:    logger.With("component", "broker"), Registerer: reg,
-		})
-		if err != nil {
-			return fmt.Errorf("%w (set KAFKA_EMBEDDED_PORT=0 for any free port, or KAFKA_BROKERS for a real cluster)", err)
-		}
-		brokers = embedded.Addrs()
-		live.add("kafka", probeKafka(brokers))
-		logger.Warn("KAFKA_BROKERS is not set: using the embedded Kafka-protocol broker; it keeps events in memory only, "+
-			"and shutdown drains it into PostgreSQL", "addr", brokers)
-	} else {
-		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := kafkax.EnsureTopics(tctx, brokers,
-			kafkax.Topic{Name: cfg.Kafka.Topic, Partitions: cfg.Kafka.Partitions}, kafkax.Topic{Name: cfg.Kafka.DLQTopic, Partitions: 1})
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
-
-	ready := obs.NewReadiness()
-	ready.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
-	ready.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-
-	// The api port serves the ingest routes too, forwarded to the ingest listener
-	// (oneorigin.go); the ingestor must trust the api's address before it is built.
-	origin := planOneOrigin(&cfg)
-	ing, err := ingestor.New(cfg.Ingestor, ingestor.Deps{
-		Pool: pool, Redis: rdb, Brokers: brokers, Logger: logger.With("component", "ingestor"), Registerer: reg, Ready: ready,
-	})
-	if err != nil {
-		return err
-	}
-	cons, err := consumer.New(cfg.Consumer, consumer.Deps{
-		Pool: pool, Redis: rdb, Brokers: brokers, Logger: logger, Registerer: reg, Ready: ready,
-	})
-	if err != nil {
-		return err
-	}
-	alert, err := alerter.New(cfg.Alerter, alerter.Deps{
-		Pool: pool, Brokers: brokers, Logger: logger, Registerer: reg, Ready: ready, // the alerter names itself
-	})
-	if err != nil {
-		return err
-	}
-	origin.apply(&cfg, ing.Addr(), logger)
-	tokens, err := api.NewAccessTokens(cfg.API, logger.With("component", "api"))
-	if err != nil {
-		return err
-	}
-	// The api (and its live streams) add "component" to their own logs.
-	apiDeps := api.Deps{Pool: pool, Redis: rdb, Logger: logger, Registerer: reg, Ready: ready, Tokens: tokens}
-	if apiDeps.Live, err = api.NewLive(cfg.API, apiDeps, tokens); err != nil {
-		return err
-	}
-	apiSvc, err := api.New(cfg.API, apiDeps)
+	defer in.close() // on early returns; the end of the shutdown closes it too
+	svc, err := buildServices(&cfg, in, logger)
 	if err != nil {
 		return err
 	}
@@ -255,63 +172,25 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	// Each part gets its own context so shutdown can stop them in order: ingest first,
 	// then (once everything acknowledged is stored) the consumer and the alerter, then the
 	// broker, and the admin port last so readiness and metrics stay observable throughout.
-	base := context.WithoutCancel(ctx)
-	ingestCtx, stopIngest := context.WithCancel(base)
-	consumeCtx, stopConsume := context.WithCancel(base)
-	alertCtx, stopAlert := context.WithCancel(base)
-	apiCtx, stopAPI := context.WithCancel(base)
-	defer stopAPI()
-	adminCtx, stopAdmin := context.WithCancel(base)
-	defer stopIngest()
-	defer stopConsume()
-	defer stopAlert()
-	defer stopAdmin()
-
 	var g errgroup.Group
 	failed := make(chan error, 5)
-	g.Go(func() error {
-		return obs.ServeAdmin(adminCtx, adminLn, live.wrap(obs.AdminHandler(reg, ready, obs.AdminOptions{Pprof: cfg.AdminPprof})), logger)
+	base := context.WithoutCancel(ctx)
+	admin := startPart(&g, base, "admin", nil, func(ctx context.Context) error {
+		return obs.ServeAdmin(ctx, adminLn, live.wrap(obs.AdminHandler(in.reg, in.ready, obs.AdminOptions{Pprof: cfg.AdminPprof})), logger)
 	})
+	defer admin.stop()
 	liveCtx, stopLive := context.WithCancel(base)
 	defer stopLive()
 	go live.run(liveCtx, cfg.Liveness.LivenessInterval)
-	ingestDone := make(chan struct{})
-	consumeDone := make(chan struct{})
-	g.Go(func() error {
-		defer close(ingestDone)
-		err := ing.Run(ingestCtx)
-		if err != nil {
-			failed <- fmt.Errorf("ingestor: %w", err)
-		}
-		return err
-	})
-	g.Go(func() error {
-		defer close(consumeDone)
-		err := cons.Run(consumeCtx)
-		if err != nil {
-			failed <- fmt.Errorf("consumer: %w", err)
-		}
-		return err
-	})
-	apiDone := make(chan struct{})
-	g.Go(func() error {
-		defer close(apiDone)
-		err := apiSvc.Run(apiCtx)
-		if err != nil {
-			failed <- fmt.Errorf("api: %w", err)
-		}
-		return err
-	})
-	alertDone := make(chan struct{})
-	g.Go(func() error {
-		defer close(alertDone)
-		err := alert.Run(alertCtx)
-		if err != nil {
-			failed <- fmt.Errorf("alerter: %w", err)
-		}
-		return err
-	})
-	logger.Info("pulseboard is running", "ingest", ing.Addr().String(), "api", apiSvc.Addr().String(), "admin", adminLn.Addr().String(), "kafka", brokers)
+	ingest := startPart(&g, base, "ingestor", failed, svc.ingestor.Run)
+	consume := startPart(&g, base, "consumer", failed, svc.consumer.Run)
+	apiPart := startPart(&g, base, "api", failed, svc.api.Run)
+	alert := startPart(&g, base, "alerter", failed, svc.alerter.Run)
+	for _, p := range []*part{ingest, consume, apiPart, alert} {
+		defer p.stop()
+	}
+	logger.Info("pulseboard is running", "ingest", svc.ingestor.Addr().String(), "api", svc.api.Addr().String(),
+		"admin", adminLn.Addr().String(), "kafka", in.brokers)
 
 	var cause error
 	select {
@@ -320,29 +199,28 @@ func runAll(ctx context.Context, env config.Env, stdout io.Writer) error {
 	case cause = <-failed:
 		logger.Error("a component failed; shutting down", "err", cause)
 	}
-	ready.SetDraining()
+	in.ready.SetDraining()
 	stopLive() // the components stop on purpose from here on
-	stopIngest()
-	stopAPI() // closes live streams with a close frame; clients reconnect elsewhere
-	<-ingestDone
-	<-apiDone
-	if embedded != nil {
-		drainEmbedded(cfg, brokers, logger, consumeDone)
+	ingest.stop()
+	apiPart.stop() // closes live streams with a close frame; clients reconnect elsewhere
+	ingest.wait()
+	apiPart.wait()
+	if in.embedded != nil {
+		drainEmbedded(cfg, in.brokers, logger, consume.done)
 	}
-	stopConsume()
-	stopAlert()
-	<-consumeDone
-	<-alertDone
-	if embedded != nil {
-		embedded.Close()
+	consume.stop()
+	alert.stop()
+	consume.wait()
+	alert.wait()
+	if in.embedded != nil {
+		in.closeBroker()
 		logger.Info("embedded broker stopped")
 	}
-	stopAdmin()
+	admin.stop()
 	if err := g.Wait(); cause == nil && err != nil {
 		cause = err
 	}
-	pool.Close() // before an embedded PostgreSQL stops
-	stopPostgres()
+	in.close() // the pool before an embedded PostgreSQL stops
 	logger.Info("pulseboard stopped")
 	return cause
 }

@@ -60,14 +60,6 @@ func startProcIn(t *testing.T, dir, name, bin string, env []string, args ...stri
 	return p
 }
 
-// waitReady polls an admin /readyz until 200, failing fast if the process exits.
-func (p *proc) waitReady(t *testing.T, adminURL string) {
-	t.Helper()
-	if err := p.ready(adminURL); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // ready polls an admin /readyz until 200; an error if the process exits first or within
 // a minute it never answers 200.
 func (p *proc) ready(adminURL string) error {
