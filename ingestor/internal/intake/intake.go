@@ -18,13 +18,11 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -32,10 +30,8 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 
-	"github.com/pulseboard/pulseboard/ingestor/internal/keycache"
 	"github.com/pulseboard/pulseboard/ingestor/internal/producer"
 	"github.com/pulseboard/pulseboard/ingestor/internal/ratelimit"
-	"github.com/pulseboard/pulseboard/pkg/apikey"
 	"github.com/pulseboard/pulseboard/pkg/clientip"
 	"github.com/pulseboard/pulseboard/pkg/connlimit"
 	"github.com/pulseboard/pulseboard/pkg/event"
@@ -117,6 +113,7 @@ type work struct {
 	msgs    []kafka.Message
 	out     []byte
 	enc     event.Encoder // formats a request's shared project id and receive time once
+	batch   batchReq      // a batch request's state (batch.go), zeroed after each
 }
 
 // New returns a Handler and registers its metrics.
@@ -318,81 +315,6 @@ func (h *Handler) path(i int) string {
 	return "events/" + strconv.Itoa(i)
 }
 
-// pooledArena is a batch request's arena (see encodeEvent). It goes back to arenas once
-// both the handler and the producer let go of it: the producer may hold the events after
-// the request was answered (a batch is retried past the request's deadline). A new arena
-// per request was 94 % of the bytes the ingestor allocated under batch load, and the
-// garbage collection it caused a tenth of its CPU.
-type pooledArena struct {
-	buf  []byte
-	refs atomic.Int32
-}
-
-// arenas pools arenas by size class (bufClasses): the pool of class i holds arenas of at
-// least bufClasses[i] bytes, so a 10 MiB batch reuses a 16 MiB arena instead of
-// allocating one per request (issue 16 item 4: they were 8 % of the all-in-one's
-// allocations while one project flooded). Larger arenas are not pooled.
-var arenas [len(bufClasses)]sync.Pool // *pooledArena
-
-// getArena returns an empty arena of at least n bytes, held by two: the handler and the
-// producer each call drop once.
-func getArena(n int) *pooledArena {
-	var a *pooledArena
-	if c := sizeClass(n); c >= 0 {
-		a, _ = arenas[c].Get().(*pooledArena)
-		n = bufClasses[c]
-	}
-	if a == nil {
-		a = &pooledArena{buf: make([]byte, 0, n)}
-	}
-	a.buf = a.buf[:0]
-	a.refs.Store(2)
-	return a
-}
-
-// drop lets go of a; the last one returns it to the pool of the largest class its
-// capacity covers. A nil a is a no-op.
-func (a *pooledArena) drop() {
-	if a == nil || a.refs.Add(-1) != 0 {
-		return
-	}
-	for c := len(bufClasses) - 1; c >= 0; c-- {
-		if cap(a.buf) >= bufClasses[c] {
-			if cap(a.buf) <= 2*bufClasses[len(bufClasses)-1] {
-				arenas[c].Put(a)
-			}
-			return
-		}
-	}
-}
-
-// encodeEvent appends the canonical event to arena, a buffer that belongs to the request,
-// and returns it with the message's Kafka key (the project id) and value. Keys and values
-// are slices of the arena, so a request allocates once for all its events; key is reused
-// when it is the previous event's project's. Neither is ever written again after this
-// (later appends only add bytes past them, or move to a new array), which the producer
-// needs: it keeps them until the broker answered. enc is the request's.
-func encodeEvent(arena []byte, ev *event.Event, key keyCache, enc *event.Encoder) (_ []byte, _ keyCache, value []byte) {
-	if key.key == nil || key.project != ev.ProjectID {
-		start := len(arena)
-		arena = event.AppendUUID(arena, ev.ProjectID)
-		key = keyCache{project: ev.ProjectID, key: arena[start:len(arena):len(arena)]}
-	}
-	start := len(arena)
-	arena = enc.AppendJSON(arena, ev)
-	return arena, key, arena[start:len(arena):len(arena)]
-}
-
-// keyCache is the Kafka key of the last project encoded.
-type keyCache struct {
-	project uuid.UUID
-	key     []byte
-}
-
-// eventOverhead bounds the canonical encoding's bytes beyond name, payload and context:
-// field names, ids, times and the Kafka key.
-const eventOverhead = 256
-
 // oneEventRequest checks a one-event request's media type (JSON) and takes its body, a
 // decoder and the request's work buffers; done gives them back. On false the answer is
 // written.
@@ -495,344 +417,6 @@ func (h *Handler) decodeSingle(ctx *fasthttp.RequestCtx, d *event.Decoder, body 
 	return ev, proj, true
 }
 
-type result struct {
-	id      uuid.UUID
-	code    string
-	message string
-}
-
-// batch serves POST /ingest/batch.
-func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
-	mt := mediaType(ctx.Request.Header.ContentType())
-	if mt != "application/json" && mt != "application/x-ndjson" {
-		h.fail(ctx, routeBatch, httperr.UnsupportedMediaType, "Content-Type must be application/json or application/x-ndjson", 1)
-		return
-	}
-	// The key comes from a header (never the URL: it would end up in access logs), or
-	// from each event's apiKey when no header is sent.
-	var headerProj *pgstore.KeyProject
-	if key := headerKey(&ctx.Request.Header); key != "" {
-		p, ok := h.resolve(ctx, routeBatch, key)
-		if !ok {
-			return
-		}
-		headerProj = &p
-	}
-	// The decoder goes back to its pool as soon as every event is encoded: a parsed
-	// 1000-event document is megabytes, and a request waiting for the broker must not
-	// hold one (64 concurrent 1000-event batches took the RSS past 500 MiB that way).
-	d := h.decoder()
-	decoding := true
-	doneDecoding := func() {
-		if decoding {
-			decoding = false
-			h.release(d)
-		}
-	}
-	defer doneDecoding()
-	// A header key's project is charged the decompressed body (see allow). When its bytes
-	// bucket cannot hold that now, the request is refused before the work: before
-	// decompressing when the body declares its size (declaredSize), else before parsing.
-	// Refused requests of a project flooding past its limit then cost next to nothing,
-	// and the cores stay with the other projects (issue 16 item 4).
-	declared := 0
-	if headerProj != nil {
-		// Past the decompression limit the body is refused as too large (413), not charged.
-		declared = min(declaredSize(&ctx.Request), h.limits.MaxBatchDecompressed)
-		if !h.bytesFit(ctx, *headerProj, declared) {
-			return
-		}
-	}
-	body, release, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
-	if !ok {
-		return
-	}
-	defer release()
-	if headerProj != nil && len(body) > declared && !h.bytesFit(ctx, *headerProj, len(body)) {
-		return
-	}
-	w := h.getWork()
-	defer h.putWork(w)
-
-	now := h.now()
-	var (
-		// arena holds every accepted event's Kafka key and value (see encodeEvent): one
-		// buffer per request, sized for the canonical encoding of the whole body, taken
-		// from a pool once the number of events is known (ar) and returned to it once
-		// both this handler and the producer are done with it.
-		ar     *pooledArena
-		arena  []byte
-		key    keyCache
-		keyErr error
-		// Per-project counts and encoded bytes for the rate limit, only needed without a
-		// header key; encodedAll is the sum of encoded.
-		projects   map[uuid.UUID]pgstore.KeyProject
-		counts     map[uuid.UUID]int
-		encoded    map[uuid.UUID]int
-		encodedAll int
-	)
-	results := w.results[:0]
-	msgs := w.msgs[:0]
-	// The unknown-key guard (B34) for the events' own keys: the client address is found
-	// once, and a refused key refuses the whole request (guardWait >= 0), as a refused
-	// header key does.
-	var (
-		addr      netip.Addr
-		addrFound bool
-		guardWait = time.Duration(-1)
-	)
-	// project resolves the project of an event without a header key from its apiKey; on
-	// failure it records the event's result and returns nil.
-	project := func(key string) *pgstore.KeyProject {
-		if h.guarding() {
-			if !addrFound && h.guard != nil && h.guard.Active() {
-				addr, addrFound = h.clientAddr(ctx), true
-			}
-			if wait, refused := h.keyRefused(addr, key); refused {
-				guardWait = max(guardWait, wait)
-				results = append(results, result{code: string(httperr.RateLimited), message: guardMessage})
-				return nil
-			}
-		}
-		p, err := h.keys.Resolve(context.Background(), key)
-		switch {
-		case errors.Is(err, keycache.ErrUnknownKey):
-			h.unknownKey(ctx, key)
-			results = append(results, result{code: string(httperr.InvalidAPIKey), message: "Invalid API key"})
-			return nil
-		case err != nil:
-			keyErr = err
-			results = append(results, result{code: string(httperr.Unavailable), message: "API key could not be checked"})
-			return nil
-		}
-		return &p
-	}
-	// add encodes a valid event of proj and records its result.
-	add := func(ev *event.Event, proj *pgstore.KeyProject) {
-		var value []byte
-		arena, key, value = encodeEvent(arena, ev, key, &w.enc)
-		if msg, ok := h.sizeOK(len(value), d); !ok {
-			if !h.shorten(d, ev, len(value)) {
-				results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
-				return
-			}
-			arena, key, value = encodeEvent(arena, ev, key, &w.enc)
-			if msg, ok := h.sizeOK(len(value), d); !ok {
-				results = append(results, result{code: string(httperr.PayloadTooLarge), message: msg})
-				return
-			}
-		}
-		if headerProj == nil {
-			if projects == nil {
-				projects, counts, encoded = map[uuid.UUID]pgstore.KeyProject{}, map[uuid.UUID]int{}, map[uuid.UUID]int{}
-			}
-			projects[proj.ID] = *proj
-			counts[proj.ID]++
-			encoded[proj.ID] += len(value)
-			encodedAll += len(value)
-		}
-		results = append(results, result{id: ev.ID})
-		msgs = append(msgs, kafka.Message{Key: key.key, Value: value, Time: ev.ReceivedAt})
-	}
-	// one validates and encodes the event at index i; values from the parser are only
-	// valid until the next Parse, so NDJSON lines are handled one at a time.
-	one := func(v *fastjson.Value) {
-		proj := headerProj
-		if proj == nil {
-			key, _ := event.APIKey(v)
-			if proj = project(key); proj == nil {
-				return
-			}
-		}
-		ev, verr := d.Build(v, h.path(len(results)), proj.ID, now)
-		if verr != nil {
-			results = append(results, result{code: verr.Code, message: verr.Message})
-			return
-		}
-		add(&ev, proj)
-	}
-	// raw is one for an element of SplitBatch: the raw path when it takes the event
-	// (the same event Build would give), Parse + Build otherwise.
-	raw := func(elem []byte) {
-		ev, apiKey, _, ok := d.BuildRaw(elem, now)
-		if !ok {
-			v, perr := d.ParseElement(elem)
-			if perr != nil {
-				results = append(results, result{code: perr.Code, message: perr.Message})
-				return
-			}
-			one(v)
-			return
-		}
-		proj := headerProj
-		if proj == nil {
-			if proj = project(string(apiKey)); proj == nil {
-				return
-			}
-		}
-		ev.ProjectID = proj.ID
-		add(&ev, proj)
-	}
-	// sized checks the number of events and takes the arena for them.
-	sized := func(n int) bool {
-		if !h.checkCount(ctx, n) {
-			return false
-		}
-		ar = getArena(len(body) + n*eventOverhead)
-		arena = ar.buf
-		return true
-	}
-	defer func() { w.results, w.msgs = results, msgs }() // keep grown slices for reuse
-	// Once handed to the producer, ar is let go of by the producer too.
-	handed := false
-	defer func() {
-		ar.drop()
-		if !handed {
-			ar.drop()
-		}
-	}()
-
-	if mt == "application/x-ndjson" {
-		lines := splitLines(body)
-		if !sized(len(lines)) {
-			return
-		}
-		for _, line := range lines {
-			v, _, perr := d.ParseAs(line, h.path(len(results)))
-			if perr != nil {
-				results = append(results, result{code: perr.Code, message: perr.Message})
-				continue
-			}
-			one(v)
-		}
-	} else if elems, ok := d.SplitBatch(body); ok {
-		// A clean JSON array (what SDKs send): the raw path, event by event.
-		if !sized(len(elems)) {
-			return
-		}
-		for _, el := range elems {
-			raw(el)
-		}
-	} else {
-		v, _, perr := d.Parse(body)
-		if perr != nil {
-			h.fail(ctx, routeBatch, httperr.Code(perr.Code), perr.Message, 1)
-			return
-		}
-		if v.Type() == fastjson.TypeObject {
-			v = v.Get("events")
-		}
-		if v == nil || v.Type() != fastjson.TypeArray {
-			h.fail(ctx, routeBatch, httperr.ValidationFailed, `body must be an array of events or an object {"events":[…]}`, 1)
-			return
-		}
-		arr, _ := v.Array()
-		if !sized(len(arr)) {
-			return
-		}
-		for _, ev := range arr {
-			one(ev)
-		}
-	}
-	doneDecoding() // what follows waits for the broker, not the CPU
-	if guardWait >= 0 {
-		h.guardRefused(ctx, routeBatch, guardWait, len(results))
-		return
-	}
-	if keyErr != nil {
-		h.logger.Warn("API key lookup failed", "err", keyErr)
-		h.unavailable(ctx, routeBatch, "API keys cannot be checked right now; retry", len(results))
-		return
-	}
-	rejected := len(results) - len(msgs)
-	if len(msgs) == 0 {
-		// A batch without any usable key (none sent, or only in the URL, which is never
-		// read) is a 401 like the other routes, not a validation failure (B02, B05).
-		code, msg := httperr.InvalidAPIKey, "Invalid API key"
-		for _, r := range results {
-			if r.code != string(httperr.InvalidAPIKey) {
-				code, msg = httperr.ValidationFailed, "no event in the batch was accepted"
-				break
-			}
-		}
-		h.dropped[cause(code)].Add(float64(rejected))
-		w.out = appendBatchBody(w.out[:0], code, msg, results, 0)
-		h.respond(ctx, code.Status(), w.out)
-		return
-	}
-	if headerProj != nil {
-		if !h.allow(ctx, routeBatch, *headerProj, len(msgs), len(body)) {
-			return
-		}
-	}
-	for id, n := range counts {
-		if !h.allow(ctx, routeBatch, projects[id], n, bodyShare(len(body), encoded[id], encodedAll)) {
-			return
-		}
-	}
-	handed = true
-	if err := h.prod.Produce(context.Background(), msgs, ar.drop); err != nil {
-		h.produceFailed(ctx, routeBatch, err, len(results))
-		return
-	}
-	h.accepted.Add(float64(len(msgs)))
-	if rejected > 0 {
-		h.dropped[causeInvalid].Add(float64(rejected))
-	}
-	status := fasthttp.StatusAccepted
-	if rejected > 0 {
-		status = fasthttp.StatusOK
-	}
-	w.out = appendBatchBody(w.out[:0], "", "", results, len(msgs))
-	h.respond(ctx, status, w.out)
-}
-
-func (h *Handler) checkCount(ctx *fasthttp.RequestCtx, n int) bool {
-	switch {
-	case n == 0:
-		h.fail(ctx, routeBatch, httperr.ValidationFailed, "body must contain at least 1 event", 1)
-		return false
-	case n > h.limits.MaxBatchEvents:
-		h.fail(ctx, routeBatch, httperr.PayloadTooLarge, "a batch holds at most "+strconv.Itoa(h.limits.MaxBatchEvents)+" events", n)
-		return false
-	}
-	return true
-}
-
-// appendBatchBody appends the batch answer: a success, or with a failure code the error
-// body plus the per-event results.
-func appendBatchBody(dst []byte, failure httperr.Code, failureMsg string, results []result, accepted int) []byte {
-	if failure == "" {
-		dst = append(dst, `{"success":true,"data":{"accepted":`...)
-	} else {
-		dst = httperr.AppendBody(dst, failure, failureMsg)
-		dst = append(dst[:len(dst)-1], `,"data":{"accepted":`...)
-	}
-	dst = strconv.AppendInt(dst, int64(accepted), 10)
-	dst = append(dst, `,"rejected":`...)
-	dst = strconv.AppendInt(dst, int64(len(results)-accepted), 10)
-	dst = append(dst, `,"results":[`...)
-	for i, r := range results {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `{"index":`...)
-		dst = strconv.AppendInt(dst, int64(i), 10)
-		if r.code == "" {
-			dst = append(dst, `,"id":"`...)
-			dst = event.AppendUUID(dst, r.id)
-			dst = append(dst, `","status":"accepted"}`...)
-			continue
-		}
-		dst = append(dst, `,"status":"rejected","code":`...)
-		dst = event.AppendString(dst, r.code)
-		dst = append(dst, `,"message":`...)
-		dst = event.AppendString(dst, r.message)
-		dst = append(dst, '}')
-	}
-	return append(dst, "]}}"...)
-}
-
 // body returns the request body decompressed with a cap on the output, and a release
 // to call once the body is no longer used (a gzip body is in a pooled buffer, gunzip.go).
 func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int) ([]byte, func(), bool) {
@@ -874,129 +458,6 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 		return nil, nil, false
 	}
 	return b, buf.release, true
-}
-
-func (h *Handler) resolve(ctx *fasthttp.RequestCtx, route, key string) (pgstore.KeyProject, bool) {
-	if h.guarding() {
-		var addr netip.Addr // only the address guard needs it
-		if h.guard != nil && h.guard.Active() {
-			addr = h.clientAddr(ctx)
-		}
-		if wait, refused := h.keyRefused(addr, key); refused {
-			h.guardRefused(ctx, route, wait, 1)
-			return pgstore.KeyProject{}, false
-		}
-	}
-	p, err := h.keys.Resolve(context.Background(), key)
-	switch {
-	case err == nil:
-		return p, true
-	case errors.Is(err, keycache.ErrUnknownKey):
-		h.unknownKey(ctx, key)
-		h.fail(ctx, route, httperr.InvalidAPIKey, "Invalid API key", 1)
-	default:
-		h.logger.Warn("API key lookup failed", "err", err)
-		h.unavailable(ctx, route, "API keys cannot be checked right now; retry", 1)
-	}
-	return p, false
-}
-
-// unknownKey counts an unknown key against the client's address (B34) and against the
-// key's prefix (issue 16 item 5).
-func (h *Handler) unknownKey(ctx *fasthttp.RequestCtx, key string) {
-	now := h.now()
-	if h.guard != nil {
-		addr := h.clientAddr(ctx)
-		if h.guard.Failed(addr, now) {
-			// The key itself is never logged; the address is what an operator acts on.
-			h.logger.Warn("many requests with unknown API keys from one address: possible key enumeration; answering 429 to its keys not known valid",
-				"client", addr.String(), "peer", peerAddr(ctx).String())
-		}
-	}
-	if h.prefixes != nil {
-		if prefix, first := h.prefixes.Failed(key, now); first {
-			// Never the whole key: only its prefix, or, for a key that is its own prefix
-			// (shorter than a PulseBoard key's), the prefix's hash.
-			attr := slog.String("key_prefix", prefix)
-			if len(prefix) >= len(key) {
-				attr = slog.String("key_prefix_sha256", apikey.HashOf(prefix).String())
-			}
-			h.logger.Warn("many requests with unknown API keys sharing one prefix: possible key enumeration or a revoked key in wide use; answering 429 to its keys not known valid",
-				attr, "client", h.clientAddr(ctx).String(), "peer", peerAddr(ctx).String())
-		}
-	}
-}
-
-// guarding reports whether the unknown-key guard may refuse anything yet: until some
-// address or key prefix was charged an unknown key, nothing is blocked and a request
-// needs neither its client address nor any lock.
-func (h *Handler) guarding() bool {
-	return (h.guard != nil && h.guard.Active()) || (h.prefixes != nil && h.prefixes.Active())
-}
-
-// guardMessage answers a key the unknown-key guard refused.
-const guardMessage = "Too many requests with invalid API keys from this address or for this key prefix; retry after the Retry-After delay"
-
-// keyRefused is the unknown-key guard's rule (B34, issue 16 item 5): a key presented from
-// addr is refused before any lookup when addr has used up its unknown-key attempts, or the
-// key's prefix has (ratelimit.PrefixGuard), and the key is not known valid, i.e. it did
-// not resolve to a project recently (a local cache entry, no I/O). So other clients' bad
-// keys at the same address (a NAT, a proxy nobody configured as trusted) or with the same
-// prefix never refuse a valid key in use, while a blocked address or prefix still cannot
-// have keys looked up: a guess passes only if it is a key somebody is using, which with
-// 190-bit keys is no guess at all. A valid key that this ingestor has not seen in the last
-// cache TTLs is still refused from a blocked address, or with a blocked prefix, until the
-// bucket refills. addr is unused (may be the zero Addr) while the address guard is not
-// Active.
-func (h *Handler) keyRefused(addr netip.Addr, key string) (time.Duration, bool) {
-	now := h.now()
-	var wait time.Duration
-	var blocked bool
-	if h.guard != nil {
-		wait, blocked = h.guard.Blocked(addr, now)
-	}
-	if h.prefixes != nil {
-		if w, b := h.prefixes.Blocked(key, now); b {
-			wait, blocked = max(wait, w), true
-		}
-	}
-	if !blocked || (h.known != nil && h.known.Known(key)) {
-		return 0, false
-	}
-	return wait, true
-}
-
-// guardRefused answers 429 for a key the guard refused.
-func (h *Handler) guardRefused(ctx *fasthttp.RequestCtx, route string, wait time.Duration, n int) {
-	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(wait))))
-	h.fail(ctx, route, httperr.RateLimited, guardMessage, n)
-}
-
-// clientAddr is the address the guard keys on: the TCP peer's, or, when the peer is a
-// trusted proxy (INGEST_TRUSTED_PROXIES), the client address its X-Forwarded-For or
-// Forwarded header reports (pkg/clientip: the right-most entry that is not a trusted
-// proxy; a malformed header gives the peer). From any other peer the header is ignored,
-// so a client cannot pick the address it is limited by.
-func (h *Handler) clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
-	peer := peerAddr(ctx)
-	if !h.clientIP.Enabled() || !h.clientIP.Trusted(peer) {
-		return peer
-	}
-	var values []string
-	for _, v := range ctx.Request.Header.PeekAll(h.clientIP.Header().String()) {
-		values = append(values, string(v))
-	}
-	return h.clientIP.ClientAddr(peer, values)
-}
-
-// peerAddr is the TCP peer's address.
-func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
-	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
-		if a, ok := netip.AddrFromSlice(ta.IP); ok {
-			return a.Unmap()
-		}
-	}
-	return netip.Addr{}
 }
 
 // allow takes n events and size bytes from the project's buckets (issue 16 item 4), or
@@ -1044,15 +505,6 @@ func declaredSize(req *fasthttp.Request) int {
 		}
 	}
 	return 0
-}
-
-// bodyShare is the part of a body of size bytes charged to a project whose accepted events
-// encode to encoded of the request's encodedAll bytes, rounded up.
-func bodyShare(size, encoded, encodedAll int) int {
-	if encodedAll <= 0 {
-		return size
-	}
-	return int((int64(size)*int64(encoded) + int64(encodedAll) - 1) / int64(encodedAll))
 }
 
 // rateLimit writes d's headers and, when d refused the request, answers 429 for n events.
@@ -1201,22 +653,6 @@ func headerKey(hdr *fasthttp.RequestHeader) string {
 		return string(bytes.TrimSpace(auth[7:]))
 	}
 	return ""
-}
-
-func splitLines(b []byte) [][]byte {
-	var lines [][]byte
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
-		if line = bytes.TrimSpace(line); len(line) > 0 {
-			lines = append(lines, line)
-		}
-	}
-	return lines
 }
 
 // shorten makes an event whose encoding (size bytes) is over the event limit fit, if it
