@@ -143,24 +143,32 @@ func (d *Decoder) Build(v *fastjson.Value, path string, projectID uuid.UUID, now
 		return ev, invalid(path + " must be object")
 	}
 	var typ, name, payload, ts, ctx, id *fastjson.Value
+	var labels [NumLabels]*fastjson.Value
 	obj, _ := v.Object()
 	obj.Visit(func(k []byte, f *fastjson.Value) {
 		switch string(k) {
-		case "type":
+		case WireType:
 			typ = f
-		case "name":
+		case WireName:
 			name = f
-		case "payload":
+		case WirePayload:
 			payload = f
-		case "timestamp":
+		case WireTimestamp:
 			ts = f
-		case "context":
+		case WireContext:
 			ctx = f
-		case "eventId":
+		case WireEventID:
 			id = f
+		default:
+			if l := labelIndex(k); l < NumLabels {
+				labels[l] = f
+			}
 		}
 	})
 	if err := d.fill(&ev, path, typ, name, payload, ts, ctx, true); err != nil {
+		return ev, err
+	}
+	if err := d.fillLabels(&ev, path, &labels, ctx); err != nil {
 		return ev, err
 	}
 	if id != nil && id.Type() != fastjson.TypeNull {
@@ -263,6 +271,41 @@ func (d *Decoder) fill(ev *Event, path string, typ, name, payload, ts, ctx *fast
 			return &Error{Code: CodeInvalidTimestamp, Message: path + "/timestamp must be an ISO-8601 date-time between years 0001 and 9999"}
 		}
 		ev.Timestamp = t
+	}
+	return nil
+}
+
+// fillLabels sets ev's labels from their top-level members (a wrong type or length is
+// an error) or, for a client event (ctx non-nil), from the context (see Field.Context:
+// anything but a string of 1 to MaxLabelChars characters there is ignored).
+func (d *Decoder) fillLabels(ev *Event, path string, labels *[NumLabels]*fastjson.Value, ctx *fastjson.Value) *Error {
+	for l, v := range labels {
+		if v == nil || v.Type() == fastjson.TypeNull {
+			continue
+		}
+		b, err := v.StringBytes()
+		if err != nil || !labelOK(b) {
+			return labelError(path, labelFields[l], err == nil, b)
+		}
+		ev.Labels[l] = d.labelString(Label(l), b)
+	}
+	if ctx == nil || ctx.Type() != fastjson.TypeObject {
+		return nil
+	}
+	for l, f := range labelFields {
+		if ev.Labels[l] != "" {
+			continue
+		}
+		for _, p := range f.Context {
+			v := ctx.Get(p...)
+			if v == nil || v.Type() != fastjson.TypeString {
+				continue
+			}
+			if b, _ := v.StringBytes(); labelOK(b) {
+				ev.Labels[l] = d.labelString(Label(l), b)
+				break
+			}
+		}
 	}
 	return nil
 }
@@ -462,25 +505,30 @@ func (d *Decoder) decodeMessageParsed(value []byte) (Event, error) {
 		return ev, invalid("message must be object")
 	}
 	var id, project, typ, name, payload, ts, ctx, recv *fastjson.Value
+	var labels [NumLabels]*fastjson.Value
 	obj, _ := v.Object()
 	obj.Visit(func(k []byte, f *fastjson.Value) {
 		switch string(k) {
-		case "id":
+		case WireID:
 			id = f
-		case "projectId":
+		case WireProjectID:
 			project = f
-		case "type":
+		case WireType:
 			typ = f
-		case "name":
+		case WireName:
 			name = f
-		case "payload":
+		case WirePayload:
 			payload = f
-		case "timestamp":
+		case WireTimestamp:
 			ts = f
-		case "context":
+		case WireContext:
 			ctx = f
-		case "receivedAt":
+		case WireReceivedAt:
 			recv = f
+		default:
+			if l := labelIndex(k); l < NumLabels {
+				labels[l] = f
+			}
 		}
 	})
 	var ok bool
@@ -507,6 +555,10 @@ func (d *Decoder) decodeMessageParsed(value []byte) (Event, error) {
 		return ev, &Error{Code: CodeInvalidTimestamp, Message: "message/receivedAt must be an ISO-8601 date-time"}
 	}
 	if err := d.fill(&ev, "message", typ, name, payload, ts, ctx, false); err != nil {
+		return ev, err
+	}
+	// A message's labels are the ones the ingestor decided: never promoted again.
+	if err := d.fillLabels(&ev, "message", &labels, nil); err != nil {
 		return ev, err
 	}
 	ev.Payload = append([]byte(nil), ev.Payload...)

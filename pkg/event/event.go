@@ -49,7 +49,7 @@ func DefaultLimits() Limits {
 }
 
 // Event is one stored event. Payload and Context hold canonical JSON objects (Context is
-// nil when the client sent none).
+// nil when the client sent none). Its fields are declared in Fields (fields.go).
 type Event struct {
 	ID         uuid.UUID
 	ProjectID  uuid.UUID
@@ -59,6 +59,9 @@ type Event struct {
 	Context    []byte
 	Timestamp  time.Time
 	ReceivedAt time.Time
+	// Labels are the optional labels (release, environment, session and user id); ""
+	// is unset.
+	Labels Labels
 }
 
 // TimeLayout is the wire format of every time: ISO-8601 UTC with milliseconds.
@@ -69,7 +72,8 @@ const TimeLayout = "2006-01-02T15:04:05.000Z"
 const Precision = time.Millisecond
 
 // AppendJSON appends the event object of docs/api.md:
-// {"id","projectId","type","name","payload","timestamp","receivedAt"} plus "context" when set.
+// {"id","projectId","type","name","payload","timestamp","receivedAt"} plus "context" and
+// each label (Fields) when set, in the order of Fields.
 func (e *Event) AppendJSON(dst []byte) []byte { return e.appendJSON(dst, nil, nil) }
 
 // Encoder is AppendJSON for the events of one request. The events of a request usually
@@ -132,6 +136,7 @@ func (e *Event) appendJSON(dst, projectText, receivedText []byte) []byte {
 		dst = append(dst, `,"context":`...)
 		dst = append(dst, e.Context...)
 	}
+	dst = appendLabels(dst, e)
 	return append(dst, '}')
 }
 

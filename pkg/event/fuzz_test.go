@@ -77,6 +77,7 @@ func FuzzDecodeBuild(f *testing.F) {
 		{`{"type":"metric","name":"\u0000\ud800","payload":{"\udc00":"\u0000"}}`, `\u0000\ud800`, `{"\udc00":"\u0000","\\u0000":"\ud83d\ude00"}`},
 		{"{\"type\":\"event\",\"name\":\"\xFF\",\"payload\":{\"k\xC3\x28\":1e1000}}", "\xC3\x28", `{"n":1e1000,"m":-0.5E-1000}`},
 		{`[{"type":"event","name":"a","payload":{}},{"type":"event","name":"b","payload":{"n":1e1001}}]`, `b`, `{"n":1e1001}`},
+		{`{"type":"event","name":"n","payload":{},"release":"\u0000r","context":{"user":{"userId":"\ud800"},"session":{"sessionId":"\"q"}}}`, `n`, `{}`},
 		{`{"type":"event","name":"n","payload":{"a":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}`, `n`, `{"a":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}`},
 	} {
 		f.Add([]byte(s.body), []byte(s.name), []byte(s.payload))

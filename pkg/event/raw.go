@@ -91,6 +91,7 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		return ev, nil, false, false
 	}
 	var typ, name, payload, ts, ctx, id []byte
+	var labels [NumLabels][]byte
 	keySeen := false
 	f := d.members(elem, true)
 	for {
@@ -104,17 +105,17 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 		// The scan refused duplicate keys; were there any, these would pick the same
 		// occurrences as Build's Visit (the last) and APIKey's Get (the first).
 		switch string(k) {
-		case "type":
+		case WireType:
 			typ = v
-		case "name":
+		case WireName:
 			name = v
-		case "payload":
+		case WirePayload:
 			payload = v
-		case "timestamp":
+		case WireTimestamp:
 			ts = v
-		case "context":
+		case WireContext:
 			ctx = v
-		case "eventId":
+		case WireEventID:
 			id = v
 		case "apiKey": // APIKey's Get: the first occurrence wins
 			if !keySeen {
@@ -125,6 +126,10 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 					}
 					hasKey = true
 				}
+			}
+		default:
+			if l := labelIndex(k); l < NumLabels {
+				labels[l] = v
 			}
 		}
 	}
@@ -142,6 +147,12 @@ func (d *Decoder) BuildRaw(elem []byte, now time.Time) (ev Event, apiKey []byte,
 	if ctx != nil && !isNull(ctx) {
 		d.context = append(d.context[:0], ctx...)
 		ev.Context = d.context
+	}
+	if !d.rawLabels(&ev, &labels) {
+		return ev, nil, false, false
+	}
+	if ev.Context != nil {
+		d.rawContextLabels(&ev, ev.Context)
 	}
 	if ts != nil && !isNull(ts) {
 		if ev.Timestamp, ok = rawClientTime(ts); !ok {
@@ -293,6 +304,7 @@ func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
 		return ev, false
 	}
 	var id, project, typ, name, payload, ts, ctx, recv []byte
+	var labels [NumLabels][]byte
 	m := d.members(obj, false)
 	for {
 		k, v, more, ok := m.next()
@@ -303,22 +315,26 @@ func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
 			break
 		}
 		switch string(k) { // DecodeMessage's Visit: the last occurrence wins
-		case "id":
+		case WireID:
 			id = v
-		case "projectId":
+		case WireProjectID:
 			project = v
-		case "type":
+		case WireType:
 			typ = v
-		case "name":
+		case WireName:
 			name = v
-		case "payload":
+		case WirePayload:
 			payload = v
-		case "timestamp":
+		case WireTimestamp:
 			ts = v
-		case "context":
+		case WireContext:
 			ctx = v
-		case "receivedAt":
+		case WireReceivedAt:
 			recv = v
+		default:
+			if l := labelIndex(k); l < NumLabels {
+				labels[l] = v
+			}
 		}
 	}
 	if payload == nil { // the other fields: their reader refuses nil
@@ -331,7 +347,7 @@ func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
 	ev.Timestamp, okTS = rawTime(ts)
 	ev.Type, okType = rawType(typ)
 	ev.Name, okName = d.rawName(name)
-	if !okID || !okProject || !okRecv || !okTS || !okType || !okName {
+	if !okID || !okProject || !okRecv || !okTS || !okType || !okName || !d.rawLabels(&ev, &labels) {
 		return ev, false
 	}
 	ev.Payload = append([]byte(nil), payload...)
@@ -339,6 +355,102 @@ func (d *Decoder) decodeMessageRaw(value []byte) (ev Event, ok bool) {
 		ev.Context = append([]byte(nil), ctx...)
 	}
 	return ev, true
+}
+
+// rawLabels sets ev's labels from their top-level members as fillLabels does, or
+// reports false when one is neither absent, null nor a plain string within the bounds
+// (the general path then decides, error included).
+func (d *Decoder) rawLabels(ev *Event, labels *[NumLabels][]byte) bool {
+	for l, v := range labels {
+		if v == nil || isNull(v) {
+			continue
+		}
+		s, ok := plainString(v, 0)
+		if !ok || !labelOK(s) {
+			return false
+		}
+		ev.Labels[l] = d.labelString(Label(l), s)
+	}
+	return true
+}
+
+// rawContextLabels is fillLabels' promotion from the context for a context in canonical
+// form (canonicalEnd accepted it: no whitespace, no escape, no duplicate key): one walk
+// over its top-level members picks those the labels' paths start with, then each unset
+// label looks along its paths as ctx.Get does.
+func (d *Decoder) rawContextLabels(ev *Event, ctx []byte) {
+	need := false
+	for _, s := range ev.Labels {
+		need = need || s == ""
+	}
+	if !need {
+		return
+	}
+	var vals [maxContextKeys][]byte
+	found := false
+	for i := 1; i < len(ctx) && ctx[i] == '"'; {
+		k, ok := plainString(ctx, i)
+		if !ok {
+			return
+		}
+		i += len(k) + 3 // the key, its quotes and the colon
+		end := valueEnd(ctx, i)
+		for j, ck := range contextKeys {
+			if ck == string(k) {
+				vals[j], found = ctx[i:end], true
+				break
+			}
+		}
+		if end >= len(ctx) || ctx[end] != ',' {
+			break
+		}
+		i = end + 1
+	}
+	if !found {
+		return
+	}
+	for l, f := range labelFields {
+		if ev.Labels[l] != "" {
+			continue
+		}
+		for n, p := range f.Context {
+			v := vals[f.contextKey[n]]
+			for _, k := range p[1:] {
+				v = rawMember(v, k)
+			}
+			if len(v) == 0 || v[0] != '"' {
+				continue
+			}
+			if s, ok := plainString(v, 0); ok && labelOK(s) {
+				ev.Labels[l] = d.labelString(Label(l), s)
+				break
+			}
+		}
+	}
+}
+
+// rawMember returns the value of member k of obj, an object in canonical form, or nil
+// (obj is not an object, or has no member k).
+func rawMember(obj []byte, k string) []byte {
+	if len(obj) < 2 || obj[0] != '{' {
+		return nil
+	}
+	for i := 1; i < len(obj) && obj[i] == '"'; {
+		key, ok := plainString(obj, i)
+		if !ok {
+			return nil
+		}
+		i += len(key) + 3
+		end := valueEnd(obj, i)
+		if string(key) == k {
+			return obj[i:end]
+		}
+		if end >= len(obj) || obj[end] != ',' {
+			return nil
+		}
+		i = end + 1
+	}
+	return nil
 }
 
 // plainString returns the content of the string whose opening quote is b[i] when it has

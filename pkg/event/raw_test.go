@@ -42,6 +42,12 @@ var rawSeeds = []string{
 	`[{"type":"event","name":"a","payload":{"a":1e-400}}]`,
 	`[{"type":"event","name":"a","payload":{"a":[{"b":1,"c":2,"b":3}]}}]`,
 	`[{"apiKey":7,"type":"event","name":"a","payload":{}}]`,
+	// Labels (fields.go): top level, promoted from the context, wrong types and lengths.
+	`[{"type":"event","name":"a","payload":{},"release":"1.2.3","environment":"prod","sessionId":"s1","userId":"u1"}]`,
+	`[{"type":"event","name":"a","payload":{},"release":null,"context":{"app":{"appVersion":"2.0","environment":"staging"},"device":{"appVersion":"1.9","os":"iOS"},"session":{"sessionId":"s-9","startedAt":"x"},"user":{"userId":"u-7","email":"e"}}}]`,
+	`[{"type":"event","name":"a","payload":{},"sessionId":"top","context":{"sessionId":"flat","session":{"sessionId":"nested"},"release":5,"app":{"appVersion":""},"device":{"appVersion":"d"},"user":[{"userId":"x"}],"environment":{"a":"b"}}}]`,
+	`[{"type":"event","name":"a","payload":{},"release":7},{"type":"event","name":"a","payload":{},"userId":""},{"type":"event","name":"a","payload":{},"environment":"` + strings.Repeat("é", 201) + `"},{"type":"event","name":"a","payload":{},"environment":"` + strings.Repeat("é", 200) + `"}]`,
+	`[{"type":"event","name":"a","payload":{},"context":{"userId":"` + strings.Repeat("x", 201) + `","user":{"userId":"ok"},"sessionId":"a\"b"}}]`,
 	`[{"type":"event","name":"a","payload":{},"timestamp":"Tue, 01 Dec 2026 10:00:00 GMT"},{"type":"event","name":"b","payload":{},"timestamp":1796119200123},{"type":"event","name":"c","payload":{},"timestamp":-0},{"type":"event","name":"d","payload":{},"timestamp":17e11}]`,
 }
 
@@ -117,6 +123,7 @@ func compareRaw(t *testing.T, slow, fast *Decoder, v *fastjson.Value, elem []byt
 	require.True(t, want.Timestamp.Equal(ev.Timestamp), "timestamp %v, want %v", ev.Timestamp, want.Timestamp)
 	require.Equal(t, want.Timestamp.Location().String(), ev.Timestamp.Location().String())
 	require.Equal(t, want.ReceivedAt, ev.ReceivedAt)
+	require.Equal(t, want.Labels, ev.Labels, "labels")
 	// A client's eventId is kept; without one, each path makes a new UUIDv7.
 	var id *fastjson.Value
 	obj, _ := v.Object()
@@ -202,7 +209,11 @@ func FuzzDecodeMessageRaw(f *testing.F) {
 	f.Add(ev.AppendJSON(nil))
 	ev.Timestamp = ev.ReceivedAt
 	f.Add(ev.AppendJSON(nil))
+	ev.Labels = Labels{"1.2.3", "prod", "s-1", "u\"1"}
+	f.Add(ev.AppendJSON(nil))
 	for _, s := range []string{
+		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":"2024-01-15T10:20:30.123Z","receivedAt":"2024-01-15T10:20:31.005Z","release":1,"userId":null}`,
+		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":"2024-01-15T10:20:30.123Z","receivedAt":"2024-01-15T10:20:31.005Z","context":{"sessionId":"ctx"},"environment":""}`,
 		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":"2024-01-15T10:20:30.123Z","receivedAt":"2024-01-15T10:20:31.005Z","context":null}`,
 		` {"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b", "projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"event","name":"n","payload":{"a":1},"timestamp":null,"receivedAt":"x"} `,
 		`{"id":"0190a6b2-7c3e-7d4f-8a1b-2c3d4e5f6a7b","id":"00000000-0000-0000-0000-000000000000","projectId":"3f2a8c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8","type":"metric","name":"a\"b","payload":{"a":1e400},"timestamp":"2024-01-15T10:20:30.123+02:00","receivedAt":"2024-01-15T10:20:31.005Z"}`,
@@ -238,6 +249,7 @@ func checkDecodeMessageRaw(t *testing.T, msg []byte) bool {
 	require.True(t, want.ReceivedAt.Equal(got.ReceivedAt), "receivedAt %v vs %v", want.ReceivedAt, got.ReceivedAt)
 	require.Equal(t, want.Timestamp.Location(), got.Timestamp.Location())
 	require.Equal(t, want.ReceivedAt.Location(), got.ReceivedAt.Location())
+	require.Equal(t, want.Labels, got.Labels, "labels")
 	return true
 }
 

@@ -104,7 +104,9 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	return &Store{pool: pool, opts: opts, days: map[int64]struct{}{}}
 }
 
-var eventColumns = []string{"id", "project_id", "type", "name", "payload", "context", "timestamp", "received_at"}
+// eventColumns are the columns COPY writes: every field of pkg/event's field table, in
+// its order (rowSource.Values gives the values in the same order).
+var eventColumns = event.Columns()
 
 // gateSQL is the dedup gate and the project check of one transaction (see the package
 // doc). $1–$3 are the batch's distinct (project_id, id) pairs with their received_at,
@@ -371,15 +373,21 @@ func ptrs[T any](s []T) []*T {
 
 // rowSource feeds the rows idx of events to CopyFrom, reusing one values slice and one
 // set of pgtype values (pgx encodes each row before asking for the next); see gateParams
-// for why they are passed as pointers.
+// for why they are passed as pointers. The values follow pkg/event's field table
+// (eventColumns), each mapped by the type of the field.
 type rowSource struct {
-	events      []event.Event
-	idx         []int
-	pos         int
-	vals        [8]any
-	id, project pgtype.UUID
-	typ, name   pgtype.Text
-	ts, recv    pgtype.Timestamptz
+	events []event.Event
+	idx    []int
+	pos    int
+	vals   [len(event.Fields)]any
+	slots  [len(event.Fields)]rowSlot
+}
+
+// rowSlot holds the pgtype value of one column of the current row.
+type rowSlot struct {
+	uuid pgtype.UUID
+	text pgtype.Text
+	time pgtype.Timestamptz
 }
 
 func (r *rowSource) Next() bool {
@@ -395,20 +403,28 @@ func (r *rowSource) Err() error { return nil }
 
 func (r *rowSource) Values() ([]any, error) {
 	ev := &r.events[r.idx[r.pos]]
-	r.id = pgtype.UUID{Bytes: ev.ID, Valid: true}
-	r.project = pgtype.UUID{Bytes: ev.ProjectID, Valid: true}
-	r.typ = pgtype.Text{String: ev.Type, Valid: true}
-	r.name = pgtype.Text{String: ev.Name, Valid: true}
-	r.ts = pgtype.Timestamptz{Time: ev.Timestamp, Valid: true}
-	r.recv = pgtype.Timestamptz{Time: ev.ReceivedAt, Valid: true}
-	r.vals[0], r.vals[1], r.vals[2], r.vals[3] = &r.id, &r.project, &r.typ, &r.name
-	r.vals[4] = ev.Payload
-	if ev.Context != nil {
-		r.vals[5] = ev.Context
-	} else {
-		r.vals[5] = nil
+	for i := range event.Fields {
+		f, slot := &event.Fields[i], &r.slots[i]
+		switch p := f.Ptr(ev).(type) {
+		case *uuid.UUID:
+			slot.uuid = pgtype.UUID{Bytes: *p, Valid: true}
+			r.vals[i] = &slot.uuid
+		case *string:
+			slot.text = pgtype.Text{String: *p, Valid: *p != "" || !f.Nullable}
+			r.vals[i] = &slot.text
+		case *time.Time:
+			slot.time = pgtype.Timestamptz{Time: *p, Valid: true}
+			r.vals[i] = &slot.time
+		case *[]byte: // jsonb; nil is NULL
+			if *p != nil {
+				r.vals[i] = *p
+			} else {
+				r.vals[i] = nil
+			}
+		default:
+			return nil, fmt.Errorf("event field %s: unsupported type %T", f.Column, p)
+		}
 	}
-	r.vals[6], r.vals[7] = &r.ts, &r.recv
 	return r.vals[:], nil
 }
 

@@ -223,6 +223,13 @@ func mapAnalytics(kind analyticsKind, body *fastjson.Value, a *fastjson.Arena, m
 			out.Set(field, v)
 		}
 	}
+	// The body's sessionId (a string, checked above) is also the event's sessionId label
+	// (pkg/event fields.go), when it can be one; the payload keeps it in any case.
+	if v := present(body, "sessionId"); v != nil {
+		if b, _ := v.StringBytes(); event.CheckLabel("body/sessionId", string(b)) == nil {
+			out.Set("sessionId", v)
+		}
+	}
 	return out, nil
 }
 
