@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -16,7 +18,9 @@ import (
 	"github.com/robfig/cron/v3"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pulseboard/pulseboard/alerter/internal/channel"
 	"github.com/pulseboard/pulseboard/alerter/internal/mail"
+	"github.com/pulseboard/pulseboard/alerter/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 )
 
@@ -58,21 +62,27 @@ type Deps struct {
 
 // Service is one alerter replica. Create it with New and call Run once.
 type Service struct {
-	cfg       Config
-	deps      Deps
-	brokers   []string
-	logger    *slog.Logger
-	m         *metrics
-	pool      *pgxpool.Pool
-	mailer    Mailer
+	cfg     Config
+	deps    Deps
+	brokers []string
+	logger  *slog.Logger
+	m       *metrics
+	store   *store.Store
+	mailer  Mailer
+	// http is the HTTP channels' client; senders their senders by channel kind, and
+	// hookKinds those kinds.
+	http      *channel.HTTP
+	senders   map[string]channel.Sender
+	hookKinds []string
 	now       func() time.Time
 	instance  string
 	digest    cron.Schedule
 	retention cron.Schedule
 
 	started atomic.Bool
-	// wake tells the delivery loop that this replica recorded an alert.
-	wake chan struct{}
+	// wake and wakeHooks tell the delivery loops (mail, HTTP channels) that this replica
+	// recorded an alert.
+	wake, wakeHooks chan struct{}
 	// failing is set while window evaluation keeps failing; readiness reports it.
 	failing atomic.Pointer[failure]
 }
@@ -130,12 +140,15 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	digest, _ := parseCron(cfg.DigestCron) // validated above
 	retention, _ := parseCron(cfg.RetentionCron)
+	hc := channel.NewHTTP(cfg.WebhookTimeout, cfg.WebhookAllowPrivate)
+	senders := channel.Registry(hc)
 	s := &Service{
 		cfg: cfg, deps: deps, brokers: brokers, logger: logger,
-		m: newMetrics(deps.Registerer), pool: deps.Pool, mailer: mailer,
+		m: newMetrics(deps.Registerer), store: store.New(deps.Pool), mailer: mailer,
+		http: hc, senders: senders, hookKinds: slices.Sorted(maps.Keys(senders)),
 		now:      func() time.Time { return deps.Now().UTC() },
 		instance: deps.Instance, digest: digest, retention: retention,
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), wakeHooks: make(chan struct{}, 1),
 	}
 	if deps.Ready != nil {
 		deps.Ready.Add("alerter", s.readiness)
@@ -163,9 +176,9 @@ func (s *Service) setFailing(err error) {
 }
 
 // Run runs the replica until ctx is cancelled: the threshold loop (its own consumer
-// group), the resolution sweep, the email delivery loop and the job scheduler. After
-// ctx is cancelled an email being sent is finished and recorded within
-// Config.ShutdownTimeout; a batch being evaluated is left uncommitted (redelivery is
+// group), the resolution sweep, the delivery loops (mail; webhook and Slack) and the job
+// scheduler. After ctx is cancelled a notification being sent is finished and recorded
+// within Config.ShutdownTimeout (one that fails meanwhile is left pending, uncharged); a batch being evaluated is left uncommitted (redelivery is
 // harmless: evaluation is idempotent). Run returns nil after a graceful stop.
 func (s *Service) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
@@ -174,6 +187,7 @@ func (s *Service) Run(ctx context.Context) error {
 	// work outlives ctx by at most ShutdownTimeout, for the email in flight.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	defer s.http.CloseIdleConnections()
 	stopWork := context.AfterFunc(ctx, func() {
 		t := time.NewTimer(s.cfg.ShutdownTimeout)
 		defer t.Stop()
@@ -187,7 +201,7 @@ func (s *Service) Run(ctx context.Context) error {
 
 	s.logger.Info("alerter started", "topic", s.cfg.Kafka.Topic, "group", s.cfg.GroupID,
 		"stored_group", s.cfg.StoredGroup, "transport", s.mailer.Transport(),
-		"threshold", s.cfg.Threshold, "window", s.cfg.Window.String(), "cooldown", s.cfg.Cooldown.String(),
+		"webhook_allow_private", s.cfg.WebhookAllowPrivate, "threshold", s.cfg.Threshold, "window", s.cfg.Window.String(), "cooldown", s.cfg.Cooldown.String(),
 		"digest_cron", s.cfg.DigestCron, "retention_cron", s.cfg.RetentionCron, "retention_days", s.cfg.RetentionDays)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consumeLoop(gctx) })
@@ -201,11 +215,13 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// notify wakes the delivery loop.
+// notify wakes the delivery loops.
 func (s *Service) notify() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{s.wake, s.wakeHooks} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -72,6 +72,22 @@ type Config struct {
 	RetryMax    time.Duration `env:"EMAIL_RETRY_MAX" envDefault:"5m"`
 	MaxAttempts int           `env:"EMAIL_MAX_ATTEMPTS" envDefault:"30"`
 
+	// WebhookTimeout bounds one webhook or Slack request: connect, TLS, answer [10s].
+	WebhookTimeout time.Duration `env:"ALERT_WEBHOOK_TIMEOUT" envDefault:"10s"`
+	// WebhookMaxAttempts: a webhook or Slack delivery that failed this many times with a
+	// retryable error (5xx, 408, 429, timeout, network) is marked failed [10].
+	WebhookMaxAttempts int `env:"ALERT_WEBHOOK_MAX_ATTEMPTS" envDefault:"10"`
+	// WebhookRetryMin/WebhookRetryMax bound the exponential backoff (with jitter)
+	// between attempts of one webhook or Slack delivery [10s, 10m]; a receiver's
+	// Retry-After is honoured up to WebhookRetryMax.
+	WebhookRetryMin time.Duration `env:"ALERT_WEBHOOK_RETRY_MIN" envDefault:"10s"`
+	WebhookRetryMax time.Duration `env:"ALERT_WEBHOOK_RETRY_MAX" envDefault:"10m"`
+	// WebhookAllowPrivate lets webhook and Slack channels reach loopback, private,
+	// link-local and other non-public addresses [false]. Off, the SSRF guard refuses
+	// them at dial time. Set it only when every project owner is trusted and the
+	// receivers are on the same machine or network (tests, a single-user all-in-one).
+	WebhookAllowPrivate bool `env:"ALERT_WEBHOOK_ALLOW_PRIVATE" envDefault:"false"`
+
 	// RequireVerified: alert and digest mail go only to owners whose address is
 	// verified (the api's verification link) [true]; mail for an unverified owner is
 	// recorded skipped_unverified and never sent. false is for trusted single-user
@@ -135,6 +151,9 @@ func (c Config) Validate() error {
 	check(c.DeliveryInterval > 0, "EMAIL_DELIVERY_INTERVAL must be positive, got %s", c.DeliveryInterval)
 	check(c.RetryMin > 0 && c.RetryMax >= c.RetryMin, "EMAIL_RETRY_MIN must be positive and at most EMAIL_RETRY_MAX (%s, %s)", c.RetryMin, c.RetryMax)
 	check(c.MaxAttempts >= 1, "EMAIL_MAX_ATTEMPTS must be at least 1, got %d", c.MaxAttempts)
+	check(c.WebhookTimeout >= 100*time.Millisecond && c.WebhookTimeout <= 5*time.Minute, "ALERT_WEBHOOK_TIMEOUT must be between 100ms and 5m, got %s", c.WebhookTimeout)
+	check(c.WebhookMaxAttempts >= 1 && c.WebhookMaxAttempts <= 1000, "ALERT_WEBHOOK_MAX_ATTEMPTS must be between 1 and 1000, got %d", c.WebhookMaxAttempts)
+	check(c.WebhookRetryMin > 0 && c.WebhookRetryMax >= c.WebhookRetryMin, "ALERT_WEBHOOK_RETRY_MIN must be positive and at most ALERT_WEBHOOK_RETRY_MAX (%s, %s)", c.WebhookRetryMin, c.WebhookRetryMax)
 	check(c.MailPerRecipientPerHour >= 0 && c.MailPerRecipientPerHour <= 100_000, "ALERT_MAIL_PER_RECIPIENT_PER_HOUR must be between 0 (no bound) and 100000, got %d", c.MailPerRecipientPerHour)
 	if _, err := parseCron(c.DigestCron); err != nil {
 		errs = append(errs, fmt.Errorf("DIGEST_CRON: %w", err))

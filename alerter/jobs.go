@@ -2,16 +2,14 @@ package alerter
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/robfig/cron/v3"
 
 	"github.com/pulseboard/pulseboard/alerter/internal/retention"
+	"github.com/pulseboard/pulseboard/alerter/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/failpoint"
 )
 
@@ -33,9 +31,6 @@ const (
 	// OutcomeSkipped: another instance holds the job, or the slot already succeeded.
 	OutcomeSkipped = "skipped"
 )
-
-// jobLockClass is the first key of the jobs' advisory locks ("PBJB").
-const jobLockClass = 0x50424A42
 
 // JobResult is what one run of a job did.
 type JobResult struct {
@@ -111,14 +106,12 @@ func (s *Service) schedulerLoop(ctx context.Context) error {
 // (an interrupted run resumes), else the latest slot missed since, if within
 // JobCatchUp, else the next one. A job never recorded starts with its next slot.
 func (s *Service) initJob(ctx context.Context, j *job, now time.Time) error {
-	var last time.Time
-	var state string
-	err := s.pool.QueryRow(ctx, `SELECT scheduled_for, state FROM job_runs WHERE job = $1 ORDER BY scheduled_for DESC LIMIT 1`, j.name).Scan(&last, &state)
+	last, state, err := s.store.LastJobRun(ctx, j.name)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case store.IsNotFound(err):
 		j.slot = j.sched.Next(now)
 	case err != nil:
-		return fmt.Errorf("reading job_runs: %w", err)
+		return err
 	case state != "succeeded" && now.Sub(last) <= s.cfg.JobCatchUp:
 		j.slot = last.UTC()
 	default:
@@ -182,47 +175,21 @@ func (s *Service) RunJob(ctx context.Context, name string, slot time.Time) (JobR
 
 func (s *Service) runLocked(ctx context.Context, name string, slot time.Time, run jobFunc) (res JobResult, err error) {
 	res.Outcome = OutcomeFailure
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return res, fmt.Errorf("acquiring a connection for the job lock: %w", err)
-	}
-	var locked bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, int32(jobLockClass), name).Scan(&locked); err != nil {
-		conn.Release()
-		return res, fmt.Errorf("taking the job lock: %w", err)
-	}
-	if !locked {
-		conn.Release()
-		return JobResult{Outcome: OutcomeSkipped, Details: map[string]any{"reason": "locked"}}, nil
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, uerr := conn.Exec(uctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, int32(jobLockClass), name); uerr != nil {
-			// Never hand a connection that may still hold the lock back to the pool.
-			_ = conn.Conn().Close(uctx)
-		}
-		conn.Release()
-	}()
-
-	runID, err := uuid.NewV7()
+	lock, err := s.store.TryJobLock(ctx, name)
 	if err != nil {
 		return res, err
 	}
-	var id uuid.UUID
-	err = conn.QueryRow(ctx, `
-		INSERT INTO job_runs (id, job, scheduled_for, state, attempts, instance, started_at)
-		VALUES ($1, $2, $3, 'running', 1, $4, $5)
-		ON CONFLICT (job, scheduled_for) DO UPDATE
-		SET state = 'running', attempts = job_runs.attempts + 1, instance = EXCLUDED.instance,
-		    started_at = EXCLUDED.started_at, finished_at = NULL, error = NULL
-		WHERE job_runs.state <> 'succeeded'
-		RETURNING id`, runID, name, slot, s.instance, s.now()).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if lock == nil {
+		return JobResult{Outcome: OutcomeSkipped, Details: map[string]any{"reason": "locked"}}, nil
+	}
+	defer lock.Release(ctx)
+
+	id, err := lock.StartRun(ctx, slot, s.instance, s.now())
+	if store.IsNotFound(err) {
 		return JobResult{Outcome: OutcomeSkipped, Details: map[string]any{"reason": "done"}}, nil
 	}
 	if err != nil {
-		return res, fmt.Errorf("recording the job run: %w", err)
+		return res, err
 	}
 
 	details, outcome, runErr := run(ctx, slot)
@@ -232,59 +199,24 @@ func (s *Service) runLocked(ctx context.Context, name string, slot time.Time, ru
 		res.Outcome = OutcomeFailure
 		state, errText = "failed", truncate(runErr.Error(), 2000)
 	}
-	raw, err := json.Marshal(details)
-	if err != nil {
-		return res, errors.Join(runErr, err)
-	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := conn.Exec(fctx, `
-		UPDATE job_runs SET state = $2, finished_at = $3, error = nullif($4, ''), details = $5 WHERE id = $1`,
-		id, state, s.now(), errText, raw); err != nil {
-		return res, errors.Join(runErr, fmt.Errorf("recording the job outcome: %w", err))
+	if err := lock.FinishRun(fctx, id, state, errText, details, s.now()); err != nil {
+		return res, errors.Join(runErr, err)
 	}
 	return res, runErr
 }
-
-// digestSQL creates one pending digest per user with projects for the day of $1, with
-// each project's events and errors in [$2, $3) from the rollups, busiest first, at most
-// $5 projects listed. A user who already has this day's digest is left alone.
-const digestSQL = `
-INSERT INTO digest_sends (id, user_id, digest_date, state, recipient, content, next_attempt_at, created_at)
-SELECT gen_random_uuid(), u.id, $1::date, 'pending', u.email,
-       jsonb_build_object('from', $6::text, 'to', $7::text, 'projects', agg.projects, 'more', agg.more),
-       $4, $4
-FROM users u
-JOIN LATERAL (
-    SELECT coalesce(jsonb_agg(jsonb_build_object('id', x.id, 'name', x.name, 'events', x.events, 'errors', x.errors)
-                              ORDER BY x.rn) FILTER (WHERE x.rn <= $5), '[]'::jsonb) AS projects,
-           count(*) FILTER (WHERE x.rn > $5) AS more,
-           count(*) AS n
-    FROM (
-        SELECT p.id, p.name, coalesce(r.events, 0) AS events, coalesce(r.errors, 0) AS errors,
-               row_number() OVER (ORDER BY coalesce(r.events, 0) DESC, p.name, p.id) AS rn
-        FROM projects p
-        LEFT JOIN LATERAL (
-            SELECT sum(count)::bigint AS events, (sum(count) FILTER (WHERE type = 'error'))::bigint AS errors
-            FROM event_rollups
-            WHERE project_id = p.id AND minute >= $2 AND minute < $3
-        ) r ON true
-        WHERE p.user_id = u.id
-    ) x
-) agg ON agg.n > 0
-ON CONFLICT (user_id, digest_date) DO NOTHING`
 
 // digestJob creates the slot's digests and sends them. A failed email does not stop
 // the others: it is rescheduled with backoff and retried by the delivery loop.
 func (s *Service) digestJob(ctx context.Context, slot time.Time) (map[string]any, string, error) {
 	from, to := slot.Add(-24*time.Hour), slot
 	date := time.Date(slot.Year(), slot.Month(), slot.Day(), 0, 0, 0, 0, time.UTC)
-	tag, err := s.pool.Exec(ctx, digestSQL, date, from, to, s.now(), s.cfg.DigestMaxProjects,
-		from.Format(time.RFC3339), to.Format(time.RFC3339))
+	created, err := s.store.CreateDigests(ctx, date, from, to, s.now(), s.cfg.DigestMaxProjects)
 	if err != nil {
-		return nil, OutcomeFailure, fmt.Errorf("creating the digests of %s: %w", date.Format(time.DateOnly), err)
+		return nil, OutcomeFailure, err
 	}
-	details := map[string]any{"date": date.Format(time.DateOnly), "created": tag.RowsAffected()}
+	details := map[string]any{"date": date.Format(time.DateOnly), "created": created}
 	// Failpoint: the day's digests are recorded pending, none of this run's sent yet.
 	failpoint.Hit("alerter/digest-after-create")
 	sent := 0
@@ -299,12 +231,9 @@ func (s *Service) digestJob(ctx context.Context, slot time.Time) (map[string]any
 		}
 		sent++
 	}
-	var pending, failed, done int
-	if err := s.pool.QueryRow(ctx, `
-		SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed'),
-		       count(*) FILTER (WHERE state = 'sent')
-		FROM digest_sends WHERE digest_date = $1`, date).Scan(&pending, &failed, &done); err != nil {
-		return details, OutcomeFailure, fmt.Errorf("counting the digests of %s: %w", date.Format(time.DateOnly), err)
+	pending, failed, done, err := s.store.CountDigests(ctx, date)
+	if err != nil {
+		return details, OutcomeFailure, err
 	}
 	details["attempted"], details["pending"], details["failed"], details["sent"] = sent, pending, failed, done
 	if pending > 0 || failed > 0 {
@@ -315,7 +244,7 @@ func (s *Service) digestJob(ctx context.Context, slot time.Time) (map[string]any
 
 // retentionJob applies retention (see internal/retention).
 func (s *Service) retentionJob(ctx context.Context, _ time.Time) (map[string]any, string, error) {
-	res, err := retention.Run(ctx, s.pool, retention.Options{
+	res, err := retention.Run(ctx, s.store, retention.Options{
 		Days:          s.cfg.RetentionDays,
 		BatchSize:     s.cfg.RetentionBatchSize,
 		LockTimeout:   s.cfg.RetentionLockTimeout,

@@ -3,6 +3,8 @@ package alerter
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/pulseboard/pulseboard/alerter/internal/store"
 )
 
 // Bounded label values. The scheduled job's label is job_name, never job: Prometheus
@@ -15,6 +17,16 @@ var (
 	jobNames     = []string{JobDigest, JobRetention}
 	jobOutcomes  = []string{OutcomeSuccess, OutcomePartial, OutcomeFailure, OutcomeSkipped}
 	failureKinds = []string{"transient", "permanent"}
+	channelKinds = []string{store.KindEmail, store.KindWebhook, store.KindSlack}
+	outcomes     = []string{outcomeSent, outcomeRetry, outcomeFailed, outcomeSkipped}
+)
+
+// Outcomes of a notification delivery attempt (pulseboard_alerter_notifications_total).
+const (
+	outcomeSent    = "sent"
+	outcomeRetry   = "retry"
+	outcomeFailed  = "failed"
+	outcomeSkipped = "skipped"
 )
 
 // metrics are the alerter's Prometheus collectors. No label carries a project or user.
@@ -23,14 +35,17 @@ type metrics struct {
 	emailsSent    *prometheus.CounterVec
 	emailsFailed  *prometheus.CounterVec
 	emailsSkipped *prometheus.CounterVec
-	evalLag       prometheus.Histogram
-	storedWait    prometheus.Histogram
-	evalErrors    prometheus.Counter
-	fetchErrors   prometheus.Counter
-	jobDuration   *prometheus.HistogramVec
-	jobRuns       *prometheus.CounterVec
-	commitErrors  prometheus.Counter
-	messagesTaken prometheus.Counter
+	// notifications and notificationLatency cover every channel (email included).
+	notifications       *prometheus.CounterVec
+	notificationLatency *prometheus.HistogramVec
+	evalLag             prometheus.Histogram
+	storedWait          prometheus.Histogram
+	evalErrors          prometheus.Counter
+	fetchErrors         prometheus.Counter
+	jobDuration         *prometheus.HistogramVec
+	jobRuns             *prometheus.CounterVec
+	commitErrors        prometheus.Counter
+	messagesTaken       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -52,6 +67,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pulseboard_alerter_emails_skipped_total",
 			Help: "Emails not sent on purpose, by kind and reason: unverified (recipient address not verified), rate_limited (ALERT_MAIL_PER_RECIPIENT_PER_HOUR), stale (a verification link expired, used or superseded before its mail went out).",
 		}, []string{"kind", "reason"}),
+		notifications: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pulseboard_alerter_notifications_total",
+			Help: "Alert notification delivery outcomes by channel kind (email, webhook, slack) and outcome: sent, retry (a failed attempt, retried with backoff), failed (given up), skipped (email not sent on purpose).",
+		}, []string{"kind", "outcome"}),
+		notificationLatency: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pulseboard_alerter_notification_latency_seconds",
+			Help:    "Time from recording an alert to its notification being sent, by channel kind (retries included).",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}, []string{"kind"}),
 		evalLag: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pulseboard_alerter_window_evaluation_lag_seconds",
 			Help:    "Delay from the receive time of the newest error of a project in a batch to the commit of that project's window evaluation.",
@@ -98,6 +122,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}
 		for _, r := range skipReasons {
 			m.emailsSkipped.WithLabelValues(k, r)
+		}
+	}
+	for _, k := range channelKinds {
+		m.notificationLatency.WithLabelValues(k)
+		for _, o := range outcomes {
+			m.notifications.WithLabelValues(k, o)
 		}
 	}
 	for _, j := range jobNames {
