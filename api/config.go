@@ -91,6 +91,10 @@ type Config struct {
 	// MaxProjectsPerUser caps each account's projects [50]; one more gets 409
 	// PROJECT_LIMIT. 0: no cap.
 	MaxProjectsPerUser int `env:"API_MAX_PROJECTS_PER_USER" envDefault:"50"`
+	// MaxChannelsPerProject caps each project's notification channels [10] (issue 19
+	// item 3); one more gets 409 CHANNEL_LIMIT. It also bounds the deliveries listed
+	// per alert in the alert history. 1–100; 0 takes the default.
+	MaxChannelsPerProject int `env:"API_MAX_CHANNELS_PER_PROJECT" envDefault:"10"`
 	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies whose
 	// X-Forwarded-For is believed when finding the client IP [none].
 	TrustedProxies []string `env:"API_TRUSTED_PROXIES" envSeparator:","`
@@ -195,6 +199,8 @@ func (c Config) Validate() error {
 	check(c.VerifyResendInterval >= 0 && c.VerifyResendInterval <= 24*time.Hour, "API_VERIFY_RESEND_INTERVAL must be between 0 and 24h, got %s", c.VerifyResendInterval)
 	check(c.VerifyResendDailyLimit >= 1 && c.VerifyResendDailyLimit <= 1000, "API_VERIFY_RESEND_DAILY_LIMIT must be between 1 and 1000, got %d", c.VerifyResendDailyLimit)
 	check(c.MaxProjectsPerUser >= 0, "API_MAX_PROJECTS_PER_USER must be >= 0 (0: no cap), got %d", c.MaxProjectsPerUser)
+	check(c.MaxChannelsPerProject >= 0 && c.MaxChannelsPerProject <= maxChannelsPerProject,
+		"API_MAX_CHANNELS_PER_PROJECT must be between 1 and %d (0: the default, %d), got %d", maxChannelsPerProject, defaultChannelsPerProject, c.MaxChannelsPerProject)
 	if _, err := clientip.ParseTrusted(strings.Join(c.TrustedProxies, ",")); err != nil {
 		errs = append(errs, fmt.Errorf("API_TRUSTED_PROXIES: %w", err))
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -46,6 +47,10 @@ func (s *Service) eventsByKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	labels, err := queryLabels(q)
+	if err != nil {
+		return err
+	}
 	if !apikey.Plausible(key) {
 		return errInvalidAPIKey
 	}
@@ -58,12 +63,31 @@ func (s *Service) eventsByKey(w http.ResponseWriter, r *http.Request) error {
 	}
 	// No cursor in this shape: past the byte budget the list is just shorter.
 	out, _, _, err := s.appendEventPage(r.Context(), []byte(`{"success":true,"data":`), projID,
-		store.EventQuery{Type: typ, Limit: limit}, limit)
+		store.EventQuery{Type: typ, Labels: labels, Limit: limit}, limit)
 	if err != nil {
 		return err
 	}
 	writeBody(w, http.StatusOK, append(out, '}'))
 	return nil
+}
+
+// queryLabels reads the label filters (pkg/event's field table: release, environment,
+// sessionId, userId): exact matches, combined with the other filters; an empty parameter
+// is no filter, as for name. A value no event can carry is a 400 naming the parameter.
+func queryLabels(q url.Values) (event.Labels, error) {
+	var ls event.Labels
+	for l := range ls {
+		name := event.LabelField(event.Label(l)).Wire
+		v := q.Get(name)
+		if v == "" {
+			continue
+		}
+		if err := event.CheckLabel("querystring/"+name, v); err != nil {
+			return ls, invalid(err.Message)
+		}
+		ls[l] = v
+	}
+	return ls, nil
 }
 
 // defaultMaxResponseBytes is API_MAX_RESPONSE_BYTES's default.
@@ -157,6 +181,9 @@ func (s *Service) projectEvents(w http.ResponseWriter, r *http.Request, p authn.
 		return err
 	}
 	if eq.Type, err = queryEventType(q); err != nil {
+		return err
+	}
+	if eq.Labels, err = queryLabels(q); err != nil {
 		return err
 	}
 	if eq.Since, err = queryTime(q, "since"); err != nil {
@@ -270,61 +297,4 @@ func (s *Service) stats(w http.ResponseWriter, r *http.Request, p authn.Principa
 		}
 	}
 	return writeData(w, http.StatusOK, statsJSON{Interval: name, Series: series})
-}
-
-type alertJSON struct {
-	ID          string    `json:"id"`
-	Kind        string    `json:"kind"`
-	State       string    `json:"state"`
-	WindowStart jsonTime  `json:"windowStart"`
-	WindowEnd   jsonTime  `json:"windowEnd"`
-	ErrorCount  int32     `json:"errorCount"`
-	Threshold   int32     `json:"threshold"`
-	Attempts    int32     `json:"attempts"`
-	LastError   *string   `json:"lastError"`
-	CreatedAt   jsonTime  `json:"createdAt"`
-	SentAt      *jsonTime `json:"sentAt"`
-}
-
-// alerts: GET /projects/{id}/alerts: the alert history, newest first, keyset-paginated.
-func (s *Service) alerts(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
-	id, err := projectID(r)
-	if err != nil {
-		return err
-	}
-	limit, err := queryInt(r.URL.Query(), "limit", alertsDefault, 1, alertsMax)
-	if err != nil {
-		return err
-	}
-	after, err := decodeCursor(r)
-	if err != nil {
-		return err
-	}
-	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
-		return err
-	}
-	as, err := s.store.Alerts(r.Context(), id, after, limit+1)
-	if err != nil {
-		return err
-	}
-	next := ""
-	if len(as) > limit {
-		as = as[:limit]
-		next = encodeCursor(as[limit-1].CreatedAt, as[limit-1].ID)
-	}
-	out := make([]alertJSON, len(as))
-	for i, a := range as {
-		out[i] = alertJSON{
-			ID: a.ID.String(), Kind: a.Kind, State: a.State,
-			WindowStart: jsonTime(a.WindowStart), WindowEnd: jsonTime(a.WindowEnd),
-			ErrorCount: a.ErrorCount, Threshold: a.Threshold, Attempts: a.Attempts, LastError: a.LastError,
-			CreatedAt: jsonTime(a.CreatedAt), SentAt: optTime(a.SentAt),
-		}
-	}
-	b, err := marshal(out)
-	if err != nil {
-		return err
-	}
-	writePage(w, b, next)
-	return nil
 }

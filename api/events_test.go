@@ -1,12 +1,10 @@
 package api_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"testing"
 	"time"
 
@@ -235,51 +233,4 @@ func TestStats(t *testing.T) {
 	c.do("GET", "/projects/"+pid+"/stats?interval=5m", nil).requireError(t, 400, "VALIDATION_FAILED", "querystring/interval must be equal to one of the allowed values (1m, 1h, 1d)")
 	c.do("GET", "/projects/"+pid+"/stats?interval=1m&since=2020-01-01T00:00:00Z", nil).requireCode(t, 400, "VALIDATION_FAILED")
 	c.do("GET", "/projects/"+pid+"/stats?since="+until+"&until="+since, nil).requireError(t, 400, "VALIDATION_FAILED", "querystring/until must be later than querystring/since")
-}
-
-// GET /projects/{id}/alerts: the alert history newest first, paginated.
-func TestAlertsHistory(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	c, _ := b.newUser("Alerted")
-	p := c.createProject("Alerts")
-	pid := p["id"].(string)
-	base := time.Now().UTC().Truncate(time.Millisecond).Add(-time.Hour)
-	ctx := context.Background()
-	var ids []string
-	for i := range 7 {
-		id := uuid.New()
-		ids = append([]string{id.String()}, ids...)
-		state, sentAt, lastErr := "sent", any(base.Add(time.Duration(i)*time.Minute+time.Second)), any(nil)
-		if i == 6 {
-			state, sentAt, lastErr = "pending", nil, "smtp: 421 try later"
-		}
-		_, err := b.pool.Exec(ctx, `INSERT INTO alerts (id, project_id, kind, window_start, window_end, error_count, threshold, state, attempts, last_error, recipient, created_at, sent_at)
-			VALUES ($1, $2, 'threshold', $3, $4, $5, 10, $6, 1, $7, 'owner@example.com', $8, $9)`,
-			id, pid, base.Add(time.Duration(i)*time.Minute-time.Minute), base.Add(time.Duration(i)*time.Minute), 10+i, state, lastErr, base.Add(time.Duration(i)*time.Minute), sentAt)
-		require.NoError(t, err)
-	}
-	r := c.do("GET", "/projects/"+pid+"/alerts?limit=4", nil)
-	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
-	m := r.json(t)
-	data := m["data"].([]any)
-	require.Len(t, data, 4)
-	first := data[0].(map[string]any)
-	require.Equal(t, map[string]any{
-		"id": ids[0], "kind": "threshold", "state": "pending",
-		"windowStart": base.Add(5 * time.Minute).Format(event.TimeLayout), "windowEnd": base.Add(6 * time.Minute).Format(event.TimeLayout),
-		"errorCount": 16.0, "threshold": 10.0, "attempts": 1.0, "lastError": "smtp: 421 try later",
-		"createdAt": base.Add(6 * time.Minute).Format(event.TimeLayout), "sentAt": nil,
-	}, first)
-	require.Equal(t, base.Add(5*time.Minute+time.Second).Format(event.TimeLayout), data[1].(map[string]any)["sentAt"])
-	next := m["nextCursor"].(string)
-	r = c.do("GET", "/projects/"+pid+"/alerts?limit=4&cursor="+url.QueryEscape(next), nil)
-	m = r.json(t)
-	data = m["data"].([]any)
-	require.Len(t, data, 3)
-	require.Nil(t, m["nextCursor"])
-	for i, d := range data {
-		require.Equal(t, ids[4+i], d.(map[string]any)["id"])
-	}
-	c.do("GET", "/projects/"+pid+"/alerts?limit="+strconv.Itoa(201), nil).requireError(t, 400, "VALIDATION_FAILED", "querystring/limit must be <= 200")
 }

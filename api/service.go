@@ -328,6 +328,12 @@ func (s *Service) routes() {
 	m("DELETE /projects/{id}/events", s.authed(s.deleteEvents))
 	m("GET /projects/{id}/stats", s.authed(s.stats))
 	m("GET /projects/{id}/alerts", s.authed(s.alerts))
+	m("GET /projects/{id}/channels", s.authed(s.listChannels))
+	m("POST /projects/{id}/channels", s.authed(s.createChannel))
+	m("GET /projects/{id}/channels/{channelId}", s.authed(s.getChannel))
+	m("PATCH /projects/{id}/channels/{channelId}", s.authed(s.updateChannel))
+	m("DELETE /projects/{id}/channels/{channelId}", s.authed(s.deleteChannel))
+	m("POST /projects/{id}/channels/{channelId}/rotate-secret", s.authed(s.rotateChannelSecret))
 
 	m("GET /events", s.handle(s.eventsByKey))
 	m("GET /openapi.json", http.HandlerFunc(serveOpenAPI))

@@ -432,7 +432,10 @@ async function loadAlerts(more) {
     h('td', {}, a.state + (a.sentAt ? ` (${fmtDate(a.sentAt)})` : '')),
     h('td', {}, `${a.errorCount} / ${a.threshold}`),
     h('td', {}, `${fmtDate(a.windowStart)} – ${fmtDate(a.windowEnd)}`),
-    h('td', {}, a.attempts), h('td', {}, a.lastError || '')));
+    h('td', {}, a.attempts), h('td', {}, a.lastError || ''),
+    // One line per notification channel (text only), e.g. "webhook https://x.io/…: failed, HTTP 500".
+    h('td', {}, ...(a.deliveries || []).map((d) => h('div', {},
+      `${d.kind} ${d.target}: ${d.state}${d.responseStatus ? `, HTTP ${d.responseStatus}` : ''}${d.channelId ? '' : ' (channel deleted)'}`)))));
   if (more) $('alert-rows').append(...rows); else $('alert-rows').replaceChildren(...rows);
   state.alertsCursor = b.nextCursor || null;
   $('alerts-more').disabled = !state.alertsCursor;

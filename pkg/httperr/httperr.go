@@ -47,6 +47,9 @@ const (
 	ProjectLimit             Code = "PROJECT_LIMIT"
 )
 
+// The per-project cap of notification channels (issue 19 item 3).
+const ChannelLimit Code = "CHANNEL_LIMIT"
+
 // Status is the HTTP status that goes with a code.
 func (c Code) Status() int {
 	switch c {
@@ -62,7 +65,7 @@ func (c Code) Status() int {
 		return http.StatusMethodNotAllowed
 	case RequestTimeout:
 		return http.StatusRequestTimeout
-	case EmailTaken, EmailAlreadyVerified, ProjectLimit:
+	case EmailTaken, EmailAlreadyVerified, ProjectLimit, ChannelLimit:
 		return http.StatusConflict
 	case VerificationTokenExpired, VerificationTokenUsed:
 		return http.StatusGone

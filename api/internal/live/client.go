@@ -26,6 +26,9 @@ type client struct {
 	issuedAt  time.Time
 	expires   time.Time
 	session   uuid.UUID // the token's session, uuid.Nil for none; set before the client is admitted
+	// filter selects the events the client gets (filter.go); guarded by Hub.mu once the
+	// client joined its topic.
+	filter filter
 
 	// queue is the bounded buffer between the Redis dispatch loop (the only sender) and
 	// the client's writer (the only receiver). The dispatcher never blocks on it.

@@ -92,6 +92,10 @@
 // replay or counted in the resync: no gap, no duplicate. A queue that overflows during
 // the replay is reported by a resync like any other.
 //
+// A stream with label filters (filter.go) replays only matching events: the filter is
+// a condition of every replay query. The queries themselves are api/internal/store's
+// (replay.go), where driver errors are mapped, as for every other query of the api.
+//
 // The replay never holds its rows (issue 16 item 2). It runs in one REPEATABLE READ,
 // READ ONLY transaction: a first query reads only the positions and estimated sizes
 // of the newest ReplayLimit+1 events (newest first) and picks where the replay starts

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/auth"
 )
 
@@ -26,6 +27,7 @@ type Hub struct {
 	cfg    Config
 	tokens *auth.Tokens
 	pool   *pgxpool.Pool
+	store  *store.Store // the SSE replay's queries
 	logger *slog.Logger
 	m      *metrics
 	origin map[string]struct{}
@@ -73,6 +75,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		cfg:     cfg,
 		tokens:  deps.Tokens,
 		pool:    deps.Pool,
+		store:   store.New(deps.Pool),
 		logger:  logger,
 		m:       newMetrics(deps.Registerer),
 		origin:  make(map[string]struct{}, len(cfg.AllowedOrigins)),

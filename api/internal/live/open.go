@@ -17,12 +17,16 @@ func (h *Hub) open(w http.ResponseWriter, r *http.Request, t transport) (*client
 	if rej == nil && t == transportWS && !isWebSocketUpgrade(r) {
 		rej = errNotWebSocket
 	}
+	var f filter
+	if rej == nil {
+		f, rej = filterFromQuery(r.URL.Query())
+	}
 	if rej != nil {
 		h.reject(w, t, rej)
 		return nil, cl, false
 	}
 	c := newClient(t, h.m.byTransport[t], cl.project, cl.userID, cl.issuedAt, cl.expiresAt, h.cfg.QueueSize, h.cfg.QueueBytes)
-	c.session = cl.session
+	c.session, c.filter = cl.session, f
 	if ok, closing := h.admit(c); !ok {
 		if closing {
 			h.reject(w, t, errClosing)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pulseboard/pulseboard/api/internal/store"
+	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/pulseboard/pulseboard/pkg/redisx"
 )
@@ -325,6 +326,51 @@ func (s *eioSession) sioEvent(data []byte, ack int) bool {
 	return true
 }
 
+// filterArg reads the label filters of a "subscribe" given as an object: members named
+// as the labels (release, environment, sessionId, userId), strings, "" or null for none
+// (filter.go). A project id given as a string has none.
+func filterArg(args []json.RawMessage) (filter, *sioError) {
+	var obj map[string]json.RawMessage
+	if len(args) == 0 || json.Unmarshal(args[0], &obj) != nil {
+		return filter{}, nil
+	}
+	var ls event.Labels
+	for l := range ls {
+		name := event.LabelField(event.Label(l)).Wire
+		raw, ok := obj[name]
+		if !ok || string(raw) == "null" {
+			continue
+		}
+		var v string
+		if json.Unmarshal(raw, &v) != nil {
+			return filter{}, &sioError{Code: httperr.ValidationFailed, Message: "subscribe/" + name + " must be string"}
+		}
+		if v == "" {
+			continue
+		}
+		if err := event.CheckLabel("subscribe/"+name, v); err != nil {
+			return filter{}, &sioError{Code: httperr.ValidationFailed, Message: err.Message}
+		}
+		ls[l] = v
+	}
+	return newFilter(ls), nil
+}
+
+// setFilter replaces the filter of c, a client in its topic.
+func (h *Hub) setFilter(c *client, f filter) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t := c.topic; t != nil {
+		if c.filter.on {
+			t.nFiltered--
+		}
+		if f.on {
+			t.nFiltered++
+		}
+	}
+	c.filter = f
+}
+
 // projectArg reads the project id argument: a string, or {projectId: string}.
 func projectArg(args []json.RawMessage) (uuid.UUID, *sioError) {
 	var id string
@@ -357,10 +403,16 @@ func (s *eioSession) subscribe(args []json.RawMessage, ack int) bool {
 		return refuse(*bad, rejectNotFound)
 	}
 	answer := sioProject{ProjectID: pid.String()}
+	f, bad := filterArg(args)
+	if bad != nil {
+		bad.ProjectID = answer.ProjectID
+		return refuse(*bad, rejectBadRequest)
+	}
 	s.sockMu.Lock()
 	anchor, existing, n := s.anchor, s.subs[pid], len(s.subs)
 	s.sockMu.Unlock()
 	if existing != nil {
+		h.setFilter(existing, f) // subscribing again replaces the filter
 		return s.emitTo("subscribed", answer, ack)
 	}
 	if n >= sioMaxSubscriptions {
@@ -381,6 +433,7 @@ func (s *eioSession) subscribe(args []json.RawMessage, ack int) bool {
 	}
 	c := newClient(transportSIO, h.m.byTransport[transportSIO], pid, anchor.userID, anchor.issuedAt, anchor.expires, 1, 1)
 	c.queue, c.session, c.sub, c.muted, c.onKill = s.queue, anchor.session, true, true, s.kickRun
+	c.filter = f
 	if !h.attach(c) {
 		return refuse(sioError{Code: httperr.Unavailable, Message: "Server is shutting down", ProjectID: answer.ProjectID}, rejectUnavailable)
 	}

@@ -3,16 +3,14 @@ package live
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"slices"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
+	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
@@ -314,76 +312,46 @@ const replaySizeOverhead = 512
 // client went away). err is a query failure before anything was written.
 func (s *sseStream) streamReplay(ctx context.Context, from cursor) (ok bool, err error) {
 	h, c := s.h, s.c
-	tx, err := h.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	rp, err := h.store.BeginReplay(ctx)
 	if err != nil {
-		return false, fmt.Errorf("starting the replay snapshot: %w", err)
+		return false, err
 	}
-	defer func() {
-		// A read-only snapshot: ending it is all there is to do; bounded, so that a
-		// stuck server cannot hold the stream.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = tx.Rollback(rctx)
-	}()
+	defer rp.Close(ctx)
 	windowStart := time.Now().Add(-h.cfg.ReplayWindow)
+	scope := store.ReplayScope{Project: c.project, Since: windowStart, Labels: c.filter.labels}
+	fromCur := store.Cursor{Time: from.receivedAt, ID: from.id}
 
 	// Positions and estimated sizes, newest first.
-	rows, err := tx.Query(ctx, `
-		SELECT received_at, id,
-			octet_length(payload::text) + coalesce(octet_length(context::text), 0)
-				+ 6 * octet_length(name) + octet_length(type)
-		FROM events
-		WHERE project_id = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)
-		ORDER BY received_at DESC, id DESC
-		LIMIT $5`, c.project, windowStart, from.receivedAt, from.id, h.cfg.ReplayLimit+1)
-	if err != nil {
-		return false, fmt.Errorf("sizing the events to replay: %w", err)
-	}
 	var (
-		n         int     // events to replay
-		estimated int64   // their estimated size
-		boundary  *cursor // the newest event not replayed, if any
+		n         int           // events to replay
+		estimated int64         // their estimated size
+		boundary  *store.Cursor // the newest event not replayed, if any
 	)
-	for rows.Next() {
-		var cur cursor
-		var size int64
-		if err := rows.Scan(&cur.receivedAt, &cur.id, &size); err != nil {
-			rows.Close()
-			return false, fmt.Errorf("sizing the events to replay: %w", err)
-		}
+	err = rp.Positions(ctx, scope, fromCur, h.cfg.ReplayLimit+1, func(cur store.Cursor, size int64) bool {
 		size += replaySizeOverhead
 		if n == h.cfg.ReplayLimit || estimated+size > h.cfg.ReplayMaxBytes {
-			cur.receivedAt = cur.receivedAt.UTC()
 			boundary = &cur
-			break
+			return false
 		}
 		n++
 		estimated += size
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("sizing the events to replay: %w", err)
+		return true
+	})
+	if err != nil {
+		return false, err
 	}
 
 	// Missed beyond the bounds: what lies between from and the oldest replayed event
 	// (with none replayed, all that lies after from). Older than the window is missed
 	// too.
-	var missed int64
 	if boundary != nil || from.receivedAt.Before(windowStart) {
-		q := `SELECT count(*) FROM (SELECT 1 FROM events
-			WHERE project_id = $1 AND (received_at, id) > ($2, $3)`
-		args := []any{c.project, from.receivedAt, from.id}
-		if boundary != nil {
-			q += ` AND (received_at, id) <= ($4, $5)`
-			args = append(args, boundary.receivedAt, boundary.id)
-		} else if n > 0 {
-			// Everything before the window that is after from.
-			q += ` AND received_at < $4`
-			args = append(args, windowStart)
+		var before *time.Time
+		if boundary == nil && n > 0 {
+			before = &windowStart // everything before the window that is after from
 		}
-		q += fmt.Sprintf(` LIMIT %d) s`, replayCountCap)
-		if err := tx.QueryRow(ctx, q, args...).Scan(&missed); err != nil {
-			return false, fmt.Errorf("counting missed events: %w", err)
+		missed, err := rp.CountMissed(ctx, scope, fromCur, boundary, before, replayCountCap)
+		if err != nil {
+			return false, err
 		}
 		if missed > 0 {
 			if !s.writeResync(missed, resyncReplay) {
@@ -396,24 +364,17 @@ func (s *sseStream) streamReplay(ctx context.Context, from cursor) (ok bool, err
 	}
 
 	// The events, oldest first, from the same snapshot: exactly the n sized above.
-	lower := from
+	lower := fromCur
 	if boundary != nil {
 		lower = *boundary
 	}
-	rows, err = tx.Query(ctx, `
-		SELECT id, type, name, payload, context, "timestamp", received_at
-		FROM events
-		WHERE project_id = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)
-		ORDER BY received_at, id
-		LIMIT $5`, c.project, windowStart, lower.receivedAt, lower.id, n)
-	if err != nil {
-		return false, fmt.Errorf("querying events to replay: %w", err)
-	}
-	defer rows.Close()
 	var (
 		buf     []byte
 		written int64
 		sent    int
+		stopped bool // the stream failed, or the rest is reported as missed
+		wrote   bool
+		called  bool
 	)
 	s.replayed = make([]uuid.UUID, 0, n)
 	defer func() {
@@ -421,30 +382,18 @@ func (s *sseStream) streamReplay(ctx context.Context, from cursor) (ok bool, err
 		h.m.replayed.Add(float64(sent))
 		c.tm.sent.Add(float64(sent))
 	}()
-	for rows.Next() {
-		var e event.Event
-		var payload, ctxJSON []byte
-		if err := rows.Scan(&e.ID, &e.Type, &e.Name, &payload, &ctxJSON, &e.Timestamp, &e.ReceivedAt); err != nil {
-			return s.replayFailed(sent, n, fmt.Errorf("scanning events to replay: %w", err))
-		}
-		e.ProjectID = c.project
-		// jsonb prints with spaces; the live messages are compact.
-		if e.Payload, err = compactJSON(payload); err != nil {
-			return s.replayFailed(sent, n, err)
-		}
-		if ctxJSON != nil {
-			if e.Context, err = compactJSON(ctxJSON); err != nil {
-				return s.replayFailed(sent, n, err)
-			}
-		}
+	err = rp.Events(ctx, scope, lower, n, func(e *event.Event) error {
+		called = true
 		cur := cursor{receivedAt: e.ReceivedAt.UTC(), id: e.ID}
 		buf = appendSSE(buf[:0], cur.String(), e.AppendJSON(make([]byte, 0, 256+len(e.Payload)+len(e.Context))))
 		if written+int64(len(buf)) > h.cfg.ReplayMaxBytes {
 			// Larger than estimated: the rest is missed.
-			return s.writeResync(int64(n-sent), resyncReplay), nil
+			wrote, stopped = s.writeResync(int64(n-sent), resyncReplay), true
+			return errReplayStop
 		}
 		if !s.bufWrite(buf) {
-			return false, nil
+			wrote, stopped = false, true
+			return errReplayStop
 		}
 		written += int64(len(buf))
 		sent++
@@ -452,12 +401,22 @@ func (s *sseStream) streamReplay(ctx context.Context, from cursor) (ok bool, err
 		if cap(buf) > 64<<10 {
 			buf = nil // do not keep an outsized event's buffer
 		}
+		return nil
+	})
+	if stopped {
+		return wrote, nil
 	}
-	if err := rows.Err(); err != nil {
-		return s.replayFailed(sent, n, fmt.Errorf("querying events to replay: %w", err))
+	if err != nil && !called {
+		return false, err // nothing written: the client is told to resync, count unknown
+	}
+	if err != nil {
+		return s.replayFailed(sent, n, err)
 	}
 	return true, nil
 }
+
+// errReplayStop ends the replay's row iteration from its callback.
+var errReplayStop = errors.New("replay stopped")
 
 // replayFailed ends a replay whose query failed after some events were written: the
 // rest is missed, which the client is told (unless the stream itself failed).
@@ -470,12 +429,3 @@ func (s *sseStream) replayFailed(sent, n int, err error) (bool, error) {
 }
 
 func compareUUID(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) }
-
-func compactJSON(b []byte) ([]byte, error) {
-	var out bytes.Buffer
-	out.Grow(len(b))
-	if err := json.Compact(&out, b); err != nil {
-		return nil, fmt.Errorf("compacting stored JSON: %w", err)
-	}
-	return out.Bytes(), nil
-}

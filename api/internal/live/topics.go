@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
 // topic is one project's Redis channel and the local clients fanned out from it. All
@@ -22,6 +24,7 @@ type topic struct {
 	clients   []*client
 	nWS, nSSE int
 	nSIO      int // Socket.IO subscriptions
+	nFiltered int // clients with a label filter: the dispatcher reads each event's labels
 
 	requested bool
 	pending   int
@@ -40,6 +43,9 @@ func newTopic(channel string) *topic {
 func (t *topic) add(c *client) {
 	c.topic, c.idx = t, len(t.clients)
 	t.clients = append(t.clients, c)
+	if c.filter.on {
+		t.nFiltered++
+	}
 	switch c.transport {
 	case transportWS:
 		t.nWS++
@@ -57,6 +63,9 @@ func (t *topic) remove(c *client) {
 	t.clients[last] = nil
 	t.clients = t.clients[:last]
 	c.topic = nil
+	if c.filter.on {
+		t.nFiltered--
+	}
 	switch c.transport {
 	case transportWS:
 		t.nWS--
@@ -239,9 +248,17 @@ func (h *Hub) fanOut(v *redis.Message) {
 		return
 	}
 	m := newEventMessage(v.Payload, t.nWS > 0, t.nSSE > 0, t.nSIO > 0)
+	var labels event.Labels
+	labelsOK := false
+	if t.nFiltered > 0 { // read once per event, and only when some client filters
+		labels, labelsOK = event.PeekLabels([]byte(v.Payload))
+	}
 	for _, c := range t.clients {
 		if c.muted {
 			continue // a Socket.IO subscription not yet answered "subscribed" (sio.go)
+		}
+		if !c.filter.matches(&labels, labelsOK) {
+			continue // not for this client: not missed either
 		}
 		if c.offer(m, h.cfg.WriteTimeout) {
 			stuck = append(stuck, c)

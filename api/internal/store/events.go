@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pulseboard/pulseboard/pkg/event"
 )
@@ -25,12 +25,14 @@ type Cursor struct {
 // EventQuery selects events of one project. Since and Until bound receivedAt
 // ([Since, Until)); Limit is the page size.
 type EventQuery struct {
-	Type  string
-	Name  string
-	Since *time.Time
-	Until *time.Time
-	After *Cursor
-	Limit int
+	Type string
+	Name string
+	// Labels filters on labels by equality; "" matches any.
+	Labels event.Labels
+	Since  *time.Time
+	Until  *time.Time
+	After  *Cursor
+	Limit  int
 }
 
 // ErrStop, returned by an EachEvent callback, ends the iteration without an error.
@@ -60,13 +62,14 @@ func (s *Store) EachEvent(ctx context.Context, projectID uuid.UUID, q EventQuery
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
 	}
-	sb.WriteString(`SELECT id, project_id, type, name, payload, context, "timestamp", received_at FROM events WHERE project_id = $1`)
+	sb.WriteString(`SELECT ` + event.SelectList() + ` FROM events WHERE project_id = $1`)
 	if q.Type != "" {
 		sb.WriteString(" AND type = " + arg(q.Type))
 	}
 	if q.Name != "" {
 		sb.WriteString(" AND name = " + arg(q.Name))
 	}
+	labelFilter(&sb, arg, &q.Labels)
 	if q.Since != nil {
 		sb.WriteString(" AND received_at >= " + arg(*q.Since))
 	}
@@ -82,27 +85,15 @@ func (s *Store) EachEvent(ctx context.Context, projectID uuid.UUID, q EventQuery
 		return mapErr("querying events", err)
 	}
 	defer rows.Close()
+	var r eventRow
+	r.init()
 	for rows.Next() {
-		var (
-			e              event.Event
-			payload, evCtx []byte
-		)
-		if err := rows.Scan(&e.ID, &e.ProjectID, &e.Type, &e.Name, &payload, &evCtx, &e.Timestamp, &e.ReceivedAt); err != nil {
+		if err := rows.Scan(r.dest[:]...); err != nil {
 			return mapErr("querying events", err)
 		}
-		var compactP bytes.Buffer
-		compactP.Grow(len(payload))
-		if err := json.Compact(&compactP, payload); err != nil {
-			return fmt.Errorf("compacting payload of %s: %w", e.ID, err)
-		}
-		e.Payload = compactP.Bytes()
-		if evCtx != nil {
-			var compactC bytes.Buffer
-			compactC.Grow(len(evCtx))
-			if err := json.Compact(&compactC, evCtx); err != nil {
-				return fmt.Errorf("compacting context of %s: %w", e.ID, err)
-			}
-			e.Context = compactC.Bytes()
+		e, err := r.event()
+		if err != nil {
+			return err
 		}
 		if err := fn(&e); err != nil {
 			if errors.Is(err, ErrStop) {
@@ -112,6 +103,73 @@ func (s *Store) EachEvent(ctx context.Context, projectID uuid.UUID, q EventQuery
 		}
 	}
 	return mapErr("querying events", rows.Err())
+}
+
+// labelFilter appends an equality condition for every label set in ls (pkg/event's
+// field table names the columns; the partial indexes of migrations/sql/00005 serve
+// them).
+func labelFilter(sb *strings.Builder, arg func(any) string, ls *event.Labels) {
+	for l, v := range ls {
+		if v != "" {
+			sb.WriteString(" AND " + event.LabelField(event.Label(l)).Column + " = " + arg(v))
+		}
+	}
+}
+
+// eventRow scans a row of event.SelectList into an event.Event: each column into its
+// field (event.Field.Ptr), except the nullable text and the jsonb ones, read into
+// holders first. It is reused row after row.
+type eventRow struct {
+	ev    event.Event
+	dest  [len(event.Fields)]any
+	texts [len(event.Fields)]pgtype.Text
+	jsons [len(event.Fields)][]byte
+}
+
+func (r *eventRow) init() {
+	for i := range event.Fields {
+		f := &event.Fields[i]
+		switch p := f.Ptr(&r.ev).(type) {
+		case *string:
+			if f.Nullable {
+				r.dest[i] = &r.texts[i]
+			} else {
+				r.dest[i] = p
+			}
+		case *[]byte:
+			r.dest[i] = &r.jsons[i]
+		default:
+			r.dest[i] = p
+		}
+	}
+}
+
+// event returns the scanned row as an event of its own. jsonb comes back from Postgres
+// in its own text form ({"a": 1}); it is compacted so that the event object matches what
+// the ingestor answered and the live stream sent.
+func (r *eventRow) event() (event.Event, error) {
+	e := r.ev
+	for i := range event.Fields {
+		f := &event.Fields[i]
+		switch p := f.Ptr(&e).(type) {
+		case *string:
+			if f.Nullable {
+				*p = r.texts[i].String // "" when NULL
+			}
+		case *[]byte:
+			*p = nil
+			if r.jsons[i] == nil {
+				continue
+			}
+			var c bytes.Buffer
+			c.Grow(len(r.jsons[i]))
+			if err := json.Compact(&c, r.jsons[i]); err != nil {
+				return e, fmt.Errorf("compacting %s of %s: %w", f.Column, e.ID, err)
+			}
+			*p = c.Bytes()
+		}
+	}
+	return e, nil
 }
 
 // Bucket is one stats bucket: stored events per type.
@@ -158,45 +216,4 @@ func (s *Store) Stats(ctx context.Context, projectID uuid.UUID, interval time.Du
 		}
 	}
 	return out, mapErr("querying stats", rows.Err())
-}
-
-// Alert is one row of a project's alert history.
-type Alert struct {
-	ID          uuid.UUID
-	Kind        string
-	State       string
-	WindowStart time.Time
-	WindowEnd   time.Time
-	ErrorCount  int32
-	Threshold   int32
-	Attempts    int32
-	LastError   *string
-	CreatedAt   time.Time
-	SentAt      *time.Time
-}
-
-// Alerts returns a page of a project's alerts, newest first by (created_at, id).
-func (s *Store) Alerts(ctx context.Context, projectID uuid.UUID, after *Cursor, limit int) ([]Alert, error) {
-	q := `SELECT id, kind, state, window_start, window_end, error_count, threshold, attempts, last_error, created_at, sent_at
-		FROM alerts WHERE project_id = $1`
-	args := []any{projectID, limit}
-	if after != nil {
-		q += ` AND (created_at, id) < ($3, $4)`
-		args = append(args, after.Time, after.ID)
-	}
-	q += ` ORDER BY created_at DESC, id DESC LIMIT $2`
-	rows, err := s.db.Query(ctx, q, args...)
-	if err != nil {
-		return nil, mapErr("querying alerts", err)
-	}
-	as, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Alert, error) {
-		var a Alert
-		err := r.Scan(&a.ID, &a.Kind, &a.State, &a.WindowStart, &a.WindowEnd, &a.ErrorCount, &a.Threshold,
-			&a.Attempts, &a.LastError, &a.CreatedAt, &a.SentAt)
-		return a, err
-	})
-	if err != nil {
-		return nil, mapErr("querying alerts", err)
-	}
-	return as, nil
 }

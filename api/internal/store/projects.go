@@ -61,9 +61,10 @@ func scanProject(row interface{ Scan(...any) error }) (Project, error) {
 // ErrProjectLimit: the user has the maximum number of projects already.
 var ErrProjectLimit = errors.New("project limit reached")
 
-// CreateProject creates a project with a new API key; ErrProjectLimit when the user has
-// maxProjects already (0: no limit). The user's row is locked while counting, so
-// concurrent creations of one user cannot pass the limit together.
+// CreateProject creates a project with a new API key and its owner-email notification
+// channel; ErrProjectLimit when the user has maxProjects already (0: no limit). The
+// user's row is locked while counting, so concurrent creations of one user cannot pass
+// the limit together.
 func (s *Store) CreateProject(ctx context.Context, userID uuid.UUID, name string, maxProjects int) (Project, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -101,6 +102,10 @@ func (s *Store) CreateProject(ctx context.Context, userID uuid.UUID, name string
 		)
 		SELECT `+projectColumns+` FROM p`, id, userID, name, key, h[:]))
 	if err != nil {
+		return Project{}, mapErr("creating project", err)
+	}
+	// Issue 19 item 3: alert mail is a channel; every project starts with it.
+	if err := insertOwnerEmailChannel(ctx, tx, id); err != nil {
 		return Project{}, mapErr("creating project", err)
 	}
 	return p, mapErr("creating project", tx.Commit(ctx))
