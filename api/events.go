@@ -214,6 +214,33 @@ func (s *Service) projectEvents(w http.ResponseWriter, r *http.Request, p authn.
 	return nil
 }
 
+var errEventNotFound = newError(httperr.NotFound, "Event not found")
+
+// projectEvent: GET /projects/{id}/events/{eventId}: one event of the project.
+func (s *Service) projectEvent(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	id, err := projectID(r)
+	if err != nil {
+		return err
+	}
+	eventID, err := uuid.Parse(r.PathValue("eventId"))
+	if err != nil {
+		return errEventNotFound
+	}
+	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
+		return err
+	}
+	ev, err := s.store.Event(r.Context(), id, eventID)
+	if errors.Is(err, store.ErrEventNotFound) {
+		return errEventNotFound
+	}
+	if err != nil {
+		return err
+	}
+	out := ev.AppendJSON([]byte(`{"success":true,"data":`))
+	writeBody(w, http.StatusOK, append(out, '}'))
+	return nil
+}
+
 // Stats intervals and their default ranges.
 var intervals = map[string]struct{ width, defaultRange time.Duration }{
 	"1m": {time.Minute, time.Hour},

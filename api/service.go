@@ -326,6 +326,7 @@ func (s *Service) routes() {
 	m("POST /projects/{id}/rotate-key", s.authed(s.rotateKey))
 	m("GET /projects/{id}/events", s.authed(s.projectEvents))
 	m("DELETE /projects/{id}/events", s.authed(s.deleteEvents))
+	m("GET /projects/{id}/events/{eventId}", s.authed(s.projectEvent))
 	m("GET /projects/{id}/stats", s.authed(s.stats))
 	m("GET /projects/{id}/alerts", s.authed(s.alerts))
 	m("GET /projects/{id}/channels", s.authed(s.listChannels))

@@ -105,6 +105,35 @@ func (s *Store) EachEvent(ctx context.Context, projectID uuid.UUID, q EventQuery
 	return mapErr("querying events", rows.Err())
 }
 
+// ErrEventNotFound: the project is the caller's but holds no such event.
+var ErrEventNotFound = errors.New("event not found")
+
+// Event returns one event of a project by id; ErrEventNotFound when there is none. The
+// dedup gate (event_ids) knows the receive time of every stored id, so the lookup reads
+// one day's partition through the (project_id, received_at, id) index instead of every
+// partition of the project. The caller has checked that the project is the user's.
+func (s *Store) Event(ctx context.Context, projectID, eventID uuid.UUID) (event.Event, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+event.SelectList()+` FROM events
+		WHERE project_id = $1 AND id = $2
+		  AND received_at = (SELECT received_at FROM event_ids WHERE project_id = $1 AND id = $2)`, projectID, eventID)
+	if err != nil {
+		return event.Event{}, mapErr("reading an event", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return event.Event{}, mapErr("reading an event", err)
+		}
+		return event.Event{}, ErrEventNotFound
+	}
+	var r eventRow
+	r.init()
+	if err := rows.Scan(r.dest[:]...); err != nil {
+		return event.Event{}, mapErr("reading an event", err)
+	}
+	return r.event()
+}
+
 // labelFilter appends an equality condition for every label set in ls (pkg/event's
 // field table names the columns; the partial indexes of migrations/sql/00005 serve
 // them).
