@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/httperr"
@@ -99,22 +98,16 @@ func (h *Hub) authenticate(r *http.Request, t transport) (caller, *rejection) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.WriteTimeout)
 	defer cancel()
-	var validAfter time.Time
-	var owns, live bool
-	err = h.pool.QueryRow(ctx, `
-		SELECT u.tokens_valid_after,
-		       EXISTS (SELECT 1 FROM projects p WHERE p.id = $2 AND p.user_id = u.id),
-		       `+store.LiveSessionSQL("$3")+`
-		FROM users u WHERE u.id = $1`, c.userID, pid, store.SessionParam(c.session)).Scan(&validAfter, &owns, &live)
+	g, err := h.store.StreamGrant(ctx, c.userID, pid, c.session)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case errors.Is(err, store.ErrNotFound):
 		return c, errBadToken // the user was deleted
 	case err != nil:
 		h.logger.Warn("live: authorising a stream failed", "err", err)
 		return c, errUnavailable
-	case !live, revoked(c.issuedAt, validAfter):
+	case !g.SessionLive, revoked(c.issuedAt, g.TokensValidAfter):
 		return c, errBadToken // logged out (this session, or everywhere)
-	case !owns:
+	case !g.OwnsProject:
 		// Another user's project is indistinguishable from a missing one (B74).
 		return c, errProject
 	}

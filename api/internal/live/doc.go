@@ -94,7 +94,9 @@
 //
 // A stream with label filters (filter.go) replays only matching events: the filter is
 // a condition of every replay query. The queries themselves are api/internal/store's
-// (replay.go), where driver errors are mapped, as for every other query of the api.
+// (replay.go), where driver errors are mapped, as for every other query of the api; so
+// are the streams' authorisation and revocation checks (live.go): this package runs no
+// SQL of its own.
 //
 // The replay never holds its rows (issue 16 item 2). It runs in one REPEATABLE READ,
 // READ ONLY transaction: a first query reads only the positions and estimated sizes

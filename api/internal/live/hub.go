@@ -2,14 +2,12 @@ package live
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pulseboard/pulseboard/api/internal/store"
@@ -26,8 +24,7 @@ const redisChannelSize = 10_000
 type Hub struct {
 	cfg    Config
 	tokens *auth.Tokens
-	pool   *pgxpool.Pool
-	store  *store.Store // the SSE replay's queries
+	store  *store.Store // the streams' queries: authorisation, revocation, the SSE replay
 	logger *slog.Logger
 	m      *metrics
 	origin map[string]struct{}
@@ -74,7 +71,6 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	h := &Hub{
 		cfg:     cfg,
 		tokens:  deps.Tokens,
-		pool:    deps.Pool,
 		store:   store.New(deps.Pool),
 		logger:  logger,
 		m:       newMetrics(deps.Registerer),
@@ -248,83 +244,25 @@ func (h *Hub) checkRevocations() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.WriteTimeout)
 	defer cancel()
-	validAfter := make(map[uuid.UUID]time.Time, len(users))
-	rows, err := h.pool.Query(ctx, `SELECT id, tokens_valid_after FROM users WHERE id = ANY($1)`, users)
-	if err != nil {
-		return fmt.Errorf("querying users: %w", err)
+	sessions := make([]uuid.UUID, 0, len(sessionSet))
+	for id := range sessionSet {
+		sessions = append(sessions, id)
 	}
-	for rows.Next() {
-		var id uuid.UUID
-		var t time.Time
-		if err := rows.Scan(&id, &t); err != nil {
-			rows.Close()
-			return fmt.Errorf("scanning users: %w", err)
-		}
-		validAfter[id] = t
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("querying users: %w", err)
-	}
-	owner := make(map[uuid.UUID]uuid.UUID, len(projects))
-	rows, err = h.pool.Query(ctx, `SELECT id, user_id FROM projects WHERE id = ANY($1)`, projects)
-	if err != nil {
-		return fmt.Errorf("querying projects: %w", err)
-	}
-	for rows.Next() {
-		var id, userID uuid.UUID
-		if err := rows.Scan(&id, &userID); err != nil {
-			rows.Close()
-			return fmt.Errorf("scanning projects: %w", err)
-		}
-		owner[id] = userID
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("querying projects: %w", err)
-	}
-	live, err := h.liveSessions(ctx, sessionSet)
+	st, err := h.store.StreamState(ctx, users, projects, sessions)
 	if err != nil {
 		return err
 	}
 	for _, c := range open {
-		va, ok := validAfter[c.userID]
-		_, sessionLive := live[c.session]
+		va, ok := st.TokensValidAfter[c.userID]
+		_, sessionLive := st.LiveSessions[c.session]
 		switch {
 		case !ok || revoked(c.issuedAt, va), c.session != uuid.Nil && !sessionLive:
 			c.kill(closeTokenExpired, "token revoked", "")
-		case c.project != uuid.Nil && owner[c.project] != c.userID:
+		case c.project != uuid.Nil && st.Owner[c.project] != c.userID:
 			c.kill(ws4004ProjectGone, "project not found", "")
 		}
 	}
 	return nil
-}
-
-// liveSessions returns those of sessions (refresh-token families) that still have a
-// token that is not revoked: a logout or a detected reuse revokes all of them.
-func (h *Hub) liveSessions(ctx context.Context, sessions map[uuid.UUID]struct{}) (map[uuid.UUID]struct{}, error) {
-	live := make(map[uuid.UUID]struct{}, len(sessions))
-	if len(sessions) == 0 {
-		return live, nil
-	}
-	ids := make([]uuid.UUID, 0, len(sessions))
-	for id := range sessions {
-		ids = append(ids, id)
-	}
-	rows, err := h.pool.Query(ctx, `SELECT DISTINCT family_id FROM refresh_tokens WHERE family_id = ANY($1) AND revoked_at IS NULL`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("querying sessions: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("scanning sessions: %w", err)
-		}
-		live[id] = struct{}{}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("querying sessions: %w", err)
-	}
-	return live, nil
 }
 
 // ws4004ProjectGone closes streams of a project that was deleted (or changed owner).

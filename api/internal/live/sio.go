@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pulseboard/pulseboard/api/internal/store"
 	"github.com/pulseboard/pulseboard/pkg/event"
@@ -291,19 +290,16 @@ func (h *Hub) verifyToken(ctx context.Context, raw string) (caller, *rejection) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
 	defer cancel()
-	var validAfter time.Time
-	var live bool
-	err = h.pool.QueryRow(ctx, `SELECT u.tokens_valid_after, `+store.LiveSessionSQL("$2")+` FROM users u WHERE u.id = $1`,
-		c.userID, store.SessionParam(c.session)).Scan(&validAfter, &live)
+	g, err := h.store.StreamGrant(ctx, c.userID, uuid.Nil, c.session)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case errors.Is(err, store.ErrNotFound):
 		return c, errBadToken
 	case err != nil:
 		if ctx.Err() == nil {
 			h.logger.Warn("live: authorising a Socket.IO connection failed", "err", err)
 		}
 		return c, errUnavailable
-	case !live, revoked(c.issuedAt, validAfter):
+	case !g.SessionLive, revoked(c.issuedAt, g.TokensValidAfter):
 		return c, errBadToken
 	}
 	return c, nil
@@ -419,17 +415,16 @@ func (s *eioSession) subscribe(args []json.RawMessage, ack int) bool {
 		return refuse(sioError{Code: httperr.RateLimited, Message: "Too many subscriptions on this socket", ProjectID: answer.ProjectID}, rejectTooMany)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, h.cfg.WriteTimeout)
-	var owns bool
-	err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1 AND user_id = $2)`, pid, anchor.userID).Scan(&owns)
+	err := h.store.CheckOwner(ctx, anchor.userID, pid)
 	cancel()
 	switch {
 	case s.ctx.Err() != nil:
 		return false
+	case errors.Is(err, store.ErrNotFound): // another user's project is indistinguishable from a missing one (B74)
+		return refuse(sioError{Code: httperr.ProjectNotFound, Message: "Project not found or access denied", ProjectID: answer.ProjectID}, rejectNotFound)
 	case err != nil:
 		h.logger.Warn("live: authorising a Socket.IO subscription failed", "err", err)
 		return refuse(sioError{Code: httperr.Unavailable, Message: "Live stream temporarily unavailable", ProjectID: answer.ProjectID}, rejectUnavailable)
-	case !owns: // another user's project is indistinguishable from a missing one (B74)
-		return refuse(sioError{Code: httperr.ProjectNotFound, Message: "Project not found or access denied", ProjectID: answer.ProjectID}, rejectNotFound)
 	}
 	c := newClient(transportSIO, h.m.byTransport[transportSIO], pid, anchor.userID, anchor.issuedAt, anchor.expires, 1, 1)
 	c.queue, c.session, c.sub, c.muted, c.onKill = s.queue, anchor.session, true, true, s.kickRun

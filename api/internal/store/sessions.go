@@ -39,17 +39,17 @@ func (s *Store) NewSession(ctx context.Context, userID uuid.UUID, tokenHash []by
 	return family, mapErr("creating session", tx.Commit(ctx))
 }
 
-// LiveSessionSQL is true when the session (refresh-token family) $N of user u has a
+// liveSessionSQL is true when the session (refresh-token family) $N of user u has a
 // token that is not revoked, or when no session is given (NULL: a token of the old
 // backend). Logout and reuse detection revoke every token of a family, so a revoked
 // session has none left; an expired family's rows are deleted, which also ends it.
-func LiveSessionSQL(param string) string {
+func liveSessionSQL(param string) string {
 	return `(` + param + `::uuid IS NULL OR EXISTS (SELECT 1 FROM refresh_tokens rt
 		WHERE rt.family_id = ` + param + `::uuid AND rt.user_id = u.id AND rt.revoked_at IS NULL))`
 }
 
-// SessionParam is a session as a query parameter: NULL for uuid.Nil.
-func SessionParam(session uuid.UUID) any {
+// sessionParam is a session as a query parameter: NULL for uuid.Nil.
+func sessionParam(session uuid.UUID) any {
 	if session == uuid.Nil {
 		return nil
 	}

@@ -69,8 +69,8 @@ func (s *Store) UserByID(ctx context.Context, id uuid.UUID) (User, error) {
 // and whether session (uuid.Nil: none) is still live; ErrNotFound when the user no
 // longer exists.
 func (s *Store) AccessValidity(ctx context.Context, id, session uuid.UUID) (validAfter time.Time, sessionLive bool, err error) {
-	err = s.db.QueryRow(ctx, `SELECT u.tokens_valid_after, `+LiveSessionSQL("$2")+` FROM users u WHERE u.id = $1`,
-		id, SessionParam(session)).Scan(&validAfter, &sessionLive)
+	err = s.db.QueryRow(ctx, `SELECT u.tokens_valid_after, `+liveSessionSQL("$2")+` FROM users u WHERE u.id = $1`,
+		id, sessionParam(session)).Scan(&validAfter, &sessionLive)
 	return validAfter, sessionLive, mapErr("checking token validity", err)
 }
 
