@@ -42,7 +42,9 @@ import (
 // concurrent request), so the other partitions' batches travel while a big one is out.
 // Measured in bench step 8: a neighbour's single events waited behind a 4 MiB request
 // (14-35 ms) with one request in flight; with these bounds its requests take under 1 ms
-// while the big one is out.
+// while the big one is out. A neighbour on the flooder's own partition (projects share
+// the topic's partitions) would still wait for every batch of the body: enqueue queues
+// its calls ahead of another key's bulk batches.
 
 // defaultRequestsPerBroker bounds our produce requests in flight to one broker: enough
 // lanes that a partition with a big batch out leaves room for the others, few enough
@@ -67,7 +69,16 @@ type batch struct {
 	bytes int64
 	done  chan struct{}
 	err   error
+	// bulk: the batch holds part of one call's messages that fill more than a batch (a
+	// big request body), whose keys are bulkKeys. Smaller calls for other keys are queued
+	// ahead of a partition's trailing bulk batches (enqueue).
+	bulk     bool
+	bulkKeys [][]byte
 }
+
+// maxBulkKeys bounds the keys a bulk batch records; a big call with more distinct keys
+// (several projects' events in one body) is queued as ordinary batches.
+const maxBulkKeys = 4
 
 // partitionQueue holds one partition's batches: the oldest first, the last one still open
 // to new messages.
@@ -93,21 +104,47 @@ var errClosed = fmt.Errorf("producer closed: %w", io.ErrClosedPipe)
 
 // enqueue appends msgs (all for this partition) to the open batch, opening new ones past
 // the size limits, and adds the batches they went to to waits.
+//
+// Fairness within a partition (issue 16 item 4): several projects share a partition, and
+// a project's 10 MiB body queues as ten batches that go one after the other. A call that
+// fits in a batch, for keys none of those batches hold, is queued ahead of them: it waits
+// for the batch in flight, not for the whole body. The messages of a key keep their order,
+// since a call never overtakes a batch holding one of its keys, and a big call always
+// queues last.
 func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch, error) {
+	var size int64
+	for i := range msgs {
+		size += messageSize(&msgs[i])
+	}
+	var bulkKeys [][]byte
+	if size > q.p.batchBytes || len(msgs) > q.p.batchSize {
+		bulkKeys = distinctKeys(msgs, maxBulkKeys)
+	}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return waits, errClosed
 	}
+	// at: where new batches go; the open batch is the one just before it.
+	at := len(q.batches)
+	if bulkKeys == nil && size <= q.p.batchBytes && len(msgs) <= q.p.batchSize {
+		for at > 0 && q.batches[at-1].bulk && !q.batches[at-1].holdsAny(msgs) {
+			at--
+		}
+	}
 	for i := range msgs {
 		size := messageSize(&msgs[i])
 		var b *batch
-		if n := len(q.batches); n > 0 {
-			b = q.batches[n-1]
+		if at > 0 {
+			b = q.batches[at-1]
 		}
-		if b == nil || len(b.msgs) >= q.p.batchSize || (len(b.msgs) > 0 && b.bytes+size > q.p.batchBytes) {
-			b = &batch{msgs: q.p.getMessages(), done: make(chan struct{})}
-			q.batches = append(q.batches, b)
+		if b == nil || len(b.msgs) >= q.p.batchSize || (len(b.msgs) > 0 && b.bytes+size > q.p.batchBytes) ||
+			b.bulk != (bulkKeys != nil) || (b.bulk && !sameKeys(b.bulkKeys, bulkKeys)) {
+			b = &batch{msgs: q.p.getMessages(), done: make(chan struct{}), bulk: bulkKeys != nil, bulkKeys: bulkKeys}
+			q.batches = append(q.batches, nil)
+			copy(q.batches[at+1:], q.batches[at:])
+			q.batches[at] = b
+			at++
 			q.p.pending.Add(1)
 			q.p.open.Add(1)
 		}
@@ -124,6 +161,51 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 		q.p.markReady(q)
 	}
 	return waits, nil
+}
+
+// distinctKeys returns the distinct keys of msgs, nil when there are more than max.
+func distinctKeys(msgs []kafka.Message, max int) [][]byte {
+	keys := make([][]byte, 0, 1)
+	for i := range msgs {
+		known := false
+		for _, k := range keys {
+			if bytes.Equal(k, msgs[i].Key) {
+				known = true
+				break
+			}
+		}
+		if !known {
+			if len(keys) == max {
+				return nil
+			}
+			keys = append(keys, msgs[i].Key)
+		}
+	}
+	return keys
+}
+
+// holdsAny reports whether the bulk batch b holds a message with one of msgs' keys.
+func (b *batch) holdsAny(msgs []kafka.Message) bool {
+	for _, k := range b.bulkKeys {
+		for i := range msgs {
+			if bytes.Equal(k, msgs[i].Key) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func sameKeys(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // markReady tells the dispatcher that q may have a batch to send.

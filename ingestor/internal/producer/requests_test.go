@@ -224,6 +224,88 @@ func TestSmallBatchNotBehindBigRequest(t *testing.T) {
 	require.GreaterOrEqual(t, zeros, 3, "3 MiB went as batches of at most %d bytes", maxBatchBytes)
 }
 
+// keysFor returns n distinct keys that Murmur2 puts in partition p of 2.
+func keysFor(t *testing.T, p, n int) [][]byte {
+	var keys [][]byte
+	for i := 0; i < 1000 && len(keys) < n; i++ {
+		k := []byte(fmt.Sprintf("project-%d", i))
+		if (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: k}, 0, 1) == p {
+			keys = append(keys, k)
+		}
+	}
+	require.Len(t, keys, n)
+	return keys
+}
+
+// Projects share partitions. A project's 3 MiB body is queued as several batches of one
+// partition that go one after the other; another project's single event for the same
+// partition waits for the batch in flight only, not for the whole body, and every
+// project's events keep their order: a small call of the flooding project itself still
+// queues after its big one (issue 16 item 4).
+func TestSmallCallOvertakesAnotherProjectsBulkOnItsPartition(t *testing.T) {
+	t.Parallel()
+	b := &scriptedBroker{release: make(chan struct{})}
+	p := newScriptedProducer(t, b)
+	keys := keysFor(t, 0, 3)
+	flooder, neighbour, third := keys[0], keys[1], keys[2]
+
+	big := make([]kafka.Message, 48)
+	for i := range big {
+		big[i] = kafka.Message{Key: flooder, Value: []byte(fmt.Sprintf("A%02d:%s", i, strings.Repeat("a", 64<<10)))}
+	}
+	bigDone := make(chan error, 1)
+	go func() { bigDone <- p.Produce(context.Background(), big, nil) }()
+	// The first batch of the body is in flight, held by the broker; the rest is queued.
+	require.Eventually(t, func() bool { return b.arrived.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	// queued counts the messages waiting in partition 0's queue (nothing more is sent
+	// while its first batch is held).
+	q := p.queue(0)
+	queued := func() int {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		n := 0
+		for _, b := range q.batches {
+			n += len(b.msgs)
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return queued() > 0 }, 5*time.Second, time.Millisecond)
+	body := queued()
+	var wg sync.WaitGroup
+	produceAsync(t, p, &wg, neighbour, "B0")
+	produceAsync(t, p, &wg, third, "C0")
+	require.Eventually(t, func() bool { return queued() == body+2 }, 5*time.Second, time.Millisecond)
+	produceAsync(t, p, &wg, flooder, "A-after")
+	require.Eventually(t, func() bool { return queued() == body+3 }, 5*time.Second, time.Millisecond)
+	produceAsync(t, p, &wg, neighbour, "B1")
+	require.Eventually(t, func() bool { return queued() == body+4 }, 5*time.Second, time.Millisecond)
+	close(b.release)
+	wg.Wait()
+	require.NoError(t, <-bigDone)
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	got := b.stored[0]
+	require.Len(t, got, len(big)+4)
+	pos := map[string]int{}
+	var flooded []string
+	for i, v := range got {
+		pos[v[:min(len(v), 7)]] = i
+		if v[0] == 'A' {
+			flooded = append(flooded, v[:min(len(v), 7)])
+		}
+	}
+	firstBatch := len(big) - body // the body's messages in the batch that was in flight
+	require.Less(t, pos["B0"], firstBatch+2, "the neighbour's event went right after the batch in flight: %v", pos)
+	require.Less(t, pos["C0"], firstBatch+2, "so did the third project's (in the same batch): %v", pos)
+	require.Less(t, pos["B0"], pos["B1"], "a project's events keep their order")
+	for i := range big {
+		require.Equal(t, fmt.Sprintf("A%02d:", i), flooded[i][:4], "the flooder's body in order")
+	}
+	require.Equal(t, "A-after", flooded[len(flooded)-1], "the flooder's next call queues after its body")
+}
+
 // produceAsync produces one message in a goroutine of wg.
 func produceAsync(t *testing.T, p *Producer, wg *sync.WaitGroup, key []byte, v string) {
 	wg.Go(func() {
