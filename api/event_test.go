@@ -1,7 +1,9 @@
 package api_test
 
 import (
+	"encoding/json"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -52,4 +54,61 @@ func TestProjectEventByID(t *testing.T) {
 	// Deleted with the project's events (the dedup gate keeps the id): gone.
 	require.Equal(t, http.StatusOK, c.do("DELETE", "/projects/"+pid+"/events", nil).status)
 	c.do("GET", "/projects/"+pid+"/events/"+rows[0].id.String(), nil).requireError(t, http.StatusNotFound, "NOT_FOUND", "Event not found")
+}
+
+// GET /projects/{id}/stats/errors counts the errors of a range by name, most frequent
+// first (ties by name); other types and other ranges do not count; the owner only.
+func TestTopErrorNames(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := b.newUser("Error Counter")
+	pid := c.createProject("Noisy")["id"].(string)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	var rows []eventRow
+	add := func(typ, name string, n int, at time.Time) {
+		for i := 0; i < n; i++ {
+			rows = append(rows, eventRow{id: uuid.New(), typ: typ, name: name, payload: `{}`, timestamp: at, receivedAt: at.Add(-time.Duration(i) * time.Millisecond)})
+		}
+	}
+	add("error", "TypeError: x is undefined", 5, now.Add(-time.Minute))
+	add("error", "<script>alert(1)</script>", 3, now.Add(-2*time.Minute))
+	add("error", "RangeError", 3, now.Add(-3*time.Minute))
+	add("event", "TypeError: x is undefined", 9, now.Add(-time.Minute)) // not an error
+	add("error", "Old", 7, now.Add(-2*time.Hour))                       // before since below
+	b.insertEvents(pid, rows)
+
+	type answer struct {
+		Names []struct {
+			Name  string
+			Count int64
+		}
+		Counted  int64
+		Complete bool
+	}
+	get := func(query string) answer {
+		r := c.do("GET", "/projects/"+pid+"/stats/errors"+query, nil)
+		require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+		var a struct{ Data answer }
+		require.NoError(t, json.Unmarshal(r.body, &a))
+		return a.Data
+	}
+	since := url.QueryEscape(now.Add(-time.Hour).Format(time.RFC3339Nano))
+	a := get("?since=" + since)
+	require.True(t, a.Complete)
+	require.EqualValues(t, 11, a.Counted)
+	require.Len(t, a.Names, 3)
+	require.Equal(t, "TypeError: x is undefined", a.Names[0].Name)
+	require.EqualValues(t, 5, a.Names[0].Count)
+	require.Equal(t, "<script>alert(1)</script>", a.Names[1].Name, "ties by name")
+	require.Equal(t, "RangeError", a.Names[2].Name)
+
+	a = get("?limit=1") // the last 24 hours: "Old" counts, and leads
+	require.Len(t, a.Names, 1)
+	require.Equal(t, "Old", a.Names[0].Name)
+	require.EqualValues(t, 18, a.Counted)
+
+	c.do("GET", "/projects/"+pid+"/stats/errors?limit=51", nil).requireCode(t, http.StatusBadRequest, "VALIDATION_FAILED")
+	c.do("GET", "/projects/"+pid+"/stats/errors?since="+since+"&until="+since, nil).requireCode(t, http.StatusBadRequest, "VALIDATION_FAILED")
+	other, _ := b.newUser("Not The Owner")
+	other.do("GET", "/projects/"+pid+"/stats/errors", nil).requireCode(t, http.StatusNotFound, "PROJECT_NOT_FOUND")
 }

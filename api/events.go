@@ -241,6 +241,74 @@ func (s *Service) projectEvent(w http.ResponseWriter, r *http.Request, p authn.P
 	return nil
 }
 
+// Top error names: the default range, the most names answered, and the most errors read.
+const (
+	topErrorsDefaultRange = 24 * time.Hour
+	topErrorsDefault      = 10
+	topErrorsMax          = 50
+	topErrorsMaxRows      = 100_000
+)
+
+type nameCountJSON struct {
+	Name  string `json:"name"`
+	Count int64  `json:"count"`
+}
+
+type topErrorsJSON struct {
+	Since    jsonTime        `json:"since"`
+	Until    jsonTime        `json:"until"`
+	Names    []nameCountJSON `json:"names"`
+	Counted  int64           `json:"counted"`
+	Complete bool            `json:"complete"`
+}
+
+// topErrors: GET /projects/{id}/stats/errors: the most frequent error names received in
+// [since, until) (default: the last 24 hours). At most topErrorsMaxRows errors are read,
+// the latest first: complete says whether that was all of them.
+func (s *Service) topErrors(w http.ResponseWriter, r *http.Request, p authn.Principal) error {
+	id, err := projectID(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	limit, err := queryInt(q, "limit", topErrorsDefault, 1, topErrorsMax)
+	if err != nil {
+		return err
+	}
+	since, err := queryTime(q, "since")
+	if err != nil {
+		return err
+	}
+	until, err := queryTime(q, "until")
+	if err != nil {
+		return err
+	}
+	end := s.now().UTC()
+	if until != nil {
+		end = *until
+	}
+	start := end.Add(-topErrorsDefaultRange)
+	if since != nil {
+		start = *since
+	}
+	if !end.After(start) {
+		return invalid("querystring/until must be later than querystring/since")
+	}
+	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
+		return err
+	}
+	names, counted, err := s.store.TopErrorNames(r.Context(), id, start, end, limit, topErrorsMaxRows)
+	if err != nil {
+		return err
+	}
+	out := topErrorsJSON{Since: jsonTime(start), Until: jsonTime(end), Names: make([]nameCountJSON, len(names)),
+		Counted: counted, Complete: counted < topErrorsMaxRows}
+	for i, n := range names {
+		out.Names[i] = nameCountJSON{Name: n.Name, Count: n.Count}
+	}
+	return writeData(w, http.StatusOK, out)
+}
+
 // Stats intervals and their default ranges.
 var intervals = map[string]struct{ width, defaultRange time.Duration }{
 	"1m": {time.Minute, time.Hour},

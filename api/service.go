@@ -328,6 +328,7 @@ func (s *Service) routes() {
 	m("DELETE /projects/{id}/events", s.authed(s.deleteEvents))
 	m("GET /projects/{id}/events/{eventId}", s.authed(s.projectEvent))
 	m("GET /projects/{id}/stats", s.authed(s.stats))
+	m("GET /projects/{id}/stats/errors", s.authed(s.topErrors))
 	m("GET /projects/{id}/alerts", s.authed(s.alerts))
 	m("GET /projects/{id}/channels", s.authed(s.listChannels))
 	m("POST /projects/{id}/channels", s.authed(s.createChannel))

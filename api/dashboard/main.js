@@ -399,24 +399,28 @@ $('explore-next').addEventListener('click', () => guarded(() => explore(state.ne
 $('explore-first').addEventListener('click', () => guarded(() => explore()));
 
 // ---- charts ----
+const CHART_RANGE_MS = { '1m': 3600e3, '1h': 24 * 3600e3, '1d': 30 * 24 * 3600e3 };
 async function loadCharts() {
   if (!state.project) return;
   const id = encodeURIComponent(state.project.id);
   const interval = $('c-interval').value;
+  // The top names cover the chart's range (the stats endpoint's default for the interval).
+  const since = new Date(Date.now() - CHART_RANGE_MS[interval]).toISOString();
   const [stats, errs] = await Promise.all([
     api('GET', `/projects/${id}/stats?interval=${interval}`),
-    api('GET', `/projects/${id}/events?type=error&limit=500`),
+    api('GET', `/projects/${id}/stats/errors?limit=10&since=${encodeURIComponent(since)}`),
   ]);
   const series = (stats.data && stats.data.series) || [];
   const r = drawChart($('chart'), series, interval);
   $('chart-summary').replaceChildren(
     h('span', { class: 'legend-event' }, `■ ${r.total.toLocaleString()} events`), ' · ',
     h('span', { class: 'legend-error' }, `— ${r.errors.toLocaleString()} errors`), ` in ${series.length} buckets`);
-  const counts = new Map();
-  for (const ev of errs.data || []) counts.set(ev.name, (counts.get(ev.name) || 0) + 1);
-  const top = [...counts].sort((a, b) => b[1] - a[1]).slice(0, 10);
-  $('top-errors').replaceChildren(...top.map(([name, n]) => h('li', {}, h('strong', {}, String(n)), ' ', name)));
-  $('top-note').textContent = top.length ? `Among the latest ${(errs.data || []).length} errors.` : 'No errors yet.';
+  const top = (errs.data && errs.data.names) || [];
+  $('top-errors').replaceChildren(...top.map((t) => h('li', {}, h('strong', {}, t.count.toLocaleString()), ' ', t.name)));
+  const counted = (errs.data && errs.data.counted) || 0;
+  $('top-note').textContent = !top.length ? 'No errors in this range.'
+    : errs.data.complete ? `Among ${counted.toLocaleString()} errors in this range.`
+      : `Among the latest ${counted.toLocaleString()} errors of this range.`;
 }
 $('c-refresh').addEventListener('click', () => guarded(() => loadCharts()));
 $('c-interval').addEventListener('change', () => guarded(() => loadCharts()));

@@ -134,6 +134,40 @@ func (s *Store) Event(ctx context.Context, projectID, eventID uuid.UUID) (event.
 	return r.event()
 }
 
+// NameCount is an event name and how many events carry it.
+type NameCount struct {
+	Name  string
+	Count int64
+}
+
+// TopErrorNames returns the most frequent names among a project's errors received in
+// [since, until), most frequent first (ties by name), at most limit of them. It reads
+// at most maxRows errors, the latest first (the (project_id, type, received_at) index),
+// and returns how many it read: fewer than maxRows means every error of the range
+// was counted. The caller has checked that the project is the user's.
+func (s *Store) TopErrorNames(ctx context.Context, projectID uuid.UUID, since, until time.Time, limit, maxRows int) ([]NameCount, int64, error) {
+	rows, err := s.db.Query(ctx, `
+		SELECT name, count(*) AS n, sum(count(*)) OVER () AS scanned
+		FROM (SELECT name FROM events
+		      WHERE project_id = $1 AND type = 'error' AND received_at >= $2 AND received_at < $3
+		      ORDER BY received_at DESC LIMIT $4) e
+		GROUP BY name ORDER BY n DESC, name LIMIT $5`, projectID, since, until, maxRows, limit)
+	if err != nil {
+		return nil, 0, mapErr("counting error names", err)
+	}
+	defer rows.Close()
+	var out []NameCount
+	var scanned int64
+	for rows.Next() {
+		var nc NameCount
+		if err := rows.Scan(&nc.Name, &nc.Count, &scanned); err != nil {
+			return nil, 0, mapErr("counting error names", err)
+		}
+		out = append(out, nc)
+	}
+	return out, scanned, mapErr("counting error names", rows.Err())
+}
+
 // labelFilter appends an equality condition for every label set in ls (pkg/event's
 // field table names the columns; the partial indexes of migrations/sql/00005 serve
 // them).

@@ -196,6 +196,8 @@ async function ingestBatch(key, events) {
   check(await page.locator('#chart rect.bar-event').count() >= 1, 'the chart has bars');
   const top = await page.locator('#top-errors li').allTextContents();
   check(top[0] && top[0].includes('PaymentFailed') && top[0].startsWith('2'), 'top error names: ' + JSON.stringify(top));
+  const topNote = await text('#top-note');
+  check(/^Among \d+ errors in this range\.$/.test(topNote), 'top error names are counted over the chart\'s range: ' + topNote);
   await shot('04-charts.png');
   out({ step: 'charts', summary, top });
 
