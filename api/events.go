@@ -75,17 +75,9 @@ func (s *Service) eventsByKey(w http.ResponseWriter, r *http.Request) error {
 // sessionId, userId): exact matches, combined with the other filters; an empty parameter
 // is no filter, as for name. A value no event can carry is a 400 naming the parameter.
 func queryLabels(q url.Values) (event.Labels, error) {
-	var ls event.Labels
-	for l := range ls {
-		name := event.LabelField(event.Label(l)).Wire
-		v := q.Get(name)
-		if v == "" {
-			continue
-		}
-		if err := event.CheckLabel("querystring/"+name, v); err != nil {
-			return ls, invalid(err.Message)
-		}
-		ls[l] = v
+	ls, err := event.LabelsFromQuery(q.Get)
+	if err != nil {
+		return ls, invalid(err.Message)
 	}
 	return ls, nil
 }
@@ -275,24 +267,9 @@ func (s *Service) topErrors(w http.ResponseWriter, r *http.Request, p authn.Prin
 	if err != nil {
 		return err
 	}
-	since, err := queryTime(q, "since")
+	start, end, err := s.queryRange(q, topErrorsDefaultRange, 0)
 	if err != nil {
 		return err
-	}
-	until, err := queryTime(q, "until")
-	if err != nil {
-		return err
-	}
-	end := s.now().UTC()
-	if until != nil {
-		end = *until
-	}
-	start := end.Add(-topErrorsDefaultRange)
-	if since != nil {
-		start = *since
-	}
-	if !end.After(start) {
-		return invalid("querystring/until must be later than querystring/since")
 	}
 	if err := s.store.CheckOwner(r.Context(), p.UserID, id); err != nil {
 		return err
@@ -307,6 +284,35 @@ func (s *Service) topErrors(w http.ResponseWriter, r *http.Request, p authn.Prin
 		out.Names[i] = nameCountJSON{Name: n.Name, Count: n.Count}
 	}
 	return writeData(w, http.StatusOK, out)
+}
+
+// queryRange reads since and until: until defaults to now, since to defaultRange before
+// until, and since is truncated to a multiple of align (UTC-aligned buckets) when align
+// is positive. until must come after since.
+func (s *Service) queryRange(q url.Values, defaultRange, align time.Duration) (start, end time.Time, err error) {
+	since, err := queryTime(q, "since")
+	if err != nil {
+		return start, end, err
+	}
+	until, err := queryTime(q, "until")
+	if err != nil {
+		return start, end, err
+	}
+	end = s.now().UTC()
+	if until != nil {
+		end = *until
+	}
+	start = end.Add(-defaultRange)
+	if since != nil {
+		start = *since
+	}
+	if align > 0 {
+		start = start.UTC().Truncate(align) // Truncate works on absolute time: UTC-aligned
+	}
+	if !end.After(start) {
+		return start, end, invalid("querystring/until must be later than querystring/since")
+	}
+	return start, end, nil
 }
 
 // Stats intervals and their default ranges.
@@ -347,25 +353,9 @@ func (s *Service) stats(w http.ResponseWriter, r *http.Request, p authn.Principa
 	if !ok {
 		return invalid("querystring/interval must be equal to one of the allowed values (1m, 1h, 1d)")
 	}
-	since, err := queryTime(q, "since")
+	start, end, err := s.queryRange(q, iv.defaultRange, iv.width)
 	if err != nil {
 		return err
-	}
-	until, err := queryTime(q, "until")
-	if err != nil {
-		return err
-	}
-	end := s.now().UTC()
-	if until != nil {
-		end = *until
-	}
-	start := end.Add(-iv.defaultRange)
-	if since != nil {
-		start = *since
-	}
-	start = start.UTC().Truncate(iv.width) // Truncate works on absolute time: UTC-aligned
-	if !end.After(start) {
-		return invalid("querystring/until must be later than querystring/since")
 	}
 	// Compared before any arithmetic: Sub saturates at ~292 years (since=0001-01-01) and
 	// adding a bucket to that wrapped around to a negative count (a 500).

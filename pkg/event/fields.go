@@ -218,6 +218,26 @@ func CheckLabel(what, s string) *Error {
 	return nil
 }
 
+// LabelsFromQuery reads label filters from query parameters named as the labels'
+// members (get is url.Values.Get): an empty or absent one is no filter. A value no event
+// can carry is an error naming its parameter ("querystring/<member>"). The events API
+// and the live streams filter with it.
+func LabelsFromQuery(get func(string) string) (Labels, *Error) {
+	var ls Labels
+	for l := range ls {
+		name := labelFields[l].Wire
+		v := get(name)
+		if v == "" {
+			continue
+		}
+		if err := CheckLabel("querystring/"+name, v); err != nil {
+			return Labels{}, err
+		}
+		ls[l] = v
+	}
+	return ls, nil
+}
+
 // validText: valid UTF-8 and no NUL.
 func validText(s string) bool {
 	if strings.IndexByte(s, 0) >= 0 {

@@ -50,17 +50,9 @@ func (f *filter) matches(ls *event.Labels, ok bool) bool {
 // labels' members; an empty one is no filter (as in the events API). A value no event
 // can carry is refused with 400 VALIDATION_FAILED naming the parameter.
 func filterFromQuery(q url.Values) (filter, *rejection) {
-	var ls event.Labels
-	for l := range ls {
-		name := event.LabelField(event.Label(l)).Wire
-		v := q.Get(name)
-		if v == "" {
-			continue
-		}
-		if err := event.CheckLabel("querystring/"+name, v); err != nil {
-			return filter{}, &rejection{httperr.ValidationFailed, err.Message, rejectBadRequest, 0}
-		}
-		ls[l] = v
+	ls, err := event.LabelsFromQuery(q.Get)
+	if err != nil {
+		return filter{}, &rejection{httperr.ValidationFailed, err.Message, rejectBadRequest, 0}
 	}
 	return newFilter(ls), nil
 }
