@@ -1,11 +1,9 @@
 package alerter_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"github.com/pulseboard/pulseboard/alerter"
 	"github.com/pulseboard/pulseboard/pkg/event"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 )
 
 // Two replicas that both evaluate every message (different groups: the worst case of a
@@ -148,24 +147,6 @@ func TestPermanentFailureIsRecorded(t *testing.T) {
 	}, waitFor, pollEvery)
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Without SMTP_HOST, emails go to the (JSON) log and are recorded with transport "log".
 func TestWithoutSMTPHostMailsGoToTheLog(t *testing.T) {
 	t.Parallel()
@@ -173,7 +154,7 @@ func TestWithoutSMTPHostMailsGoToTheLog(t *testing.T) {
 	_, ps := b.user(t, "owner@example.com", "logged\r\nproject")
 	cfg := b.config(t, "pulseboard-alerter")
 	cfg.SMTP.Host = ""
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	b.start(t, cfg, func(d *alerter.Deps) { d.Logger = slog.New(slog.NewJSONHandler(&logs, nil)) })
 	b.produce(t, errorsAt(t, ps[0].ID, 10, b.clock.Now().Add(-20*time.Second), time.Second)...)
 	b.eventually(t, 1, `SELECT count(*) FROM alerts a JOIN email_deliveries d ON d.ref_id = a.id

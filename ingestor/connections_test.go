@@ -32,6 +32,7 @@ import (
 	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/obs"
 	"github.com/pulseboard/pulseboard/pkg/pgstore"
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 	"github.com/pulseboard/pulseboard/pkg/testenv/kafkatest"
 	"github.com/pulseboard/pulseboard/pkg/testenv/nodefetch"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
@@ -253,7 +254,7 @@ func floodAndRecover(t *testing.T, maxConns string, total int) {
 	require.NoError(t, err)
 	stdout := &addrWatcher{found: make(chan string, 1)}
 	cmd.Stdout = stdout
-	stderr := &syncBuffer{}
+	stderr := &testenv.SyncBuffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
@@ -374,24 +375,6 @@ func (w *addrWatcher) Write(p []byte) (int, error) {
 			}
 		}
 	}
-}
-
-// syncBuffer collects the child's stderr.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestFloodChildProcess is the ingestor process of the flood test (it does nothing in a

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 	"github.com/pulseboard/pulseboard/pkg/testenv/nodepkg"
 )
 
@@ -76,7 +77,7 @@ func TestAllInOneDashboardInHeadlessChromium(t *testing.T) {
 	cmd.Env = append(os.Environ(), "CHROMIUM="+chromium)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	stderr := &syncBuffer{}
+	stderr := &testenv.SyncBuffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)

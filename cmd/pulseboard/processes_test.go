@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
 	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
 )
@@ -23,7 +24,7 @@ import (
 type proc struct {
 	name    string
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *testenv.SyncBuffer
 	done    chan struct{} // closed when the process has exited; waitErr is then set
 	waitErr error
 }
@@ -36,7 +37,7 @@ func startProc(t *testing.T, name, bin string, env []string, args ...string) *pr
 // startProcIn is startProc with dir as the working directory ("" = the test's).
 func startProcIn(t *testing.T, dir, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, cmd: exec.Command(bin, args...), logs: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd.Dir = dir
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 )
 
 // The all-in-one's RSS over a long sustained ingest (issue 16: "the embedded broker keeps
@@ -45,7 +47,7 @@ func TestAllInOneRSSIsFlatUnderSustainedIngest(t *testing.T) {
 	lg := exec.Command(binary, "loadgen", "-url", in.ingest, "-keys", in.apiKey, "-mode", "batch", "-batch", "100",
 		"-rate", strconv.Itoa(rate), "-duration", dur.String(), "-ledger", ledger, "-progress", "0", "-json")
 	lg.Env = in.env
-	var lgOut, lgErr syncBuffer
+	var lgOut, lgErr testenv.SyncBuffer
 	lg.Stdout, lg.Stderr = &lgOut, &lgErr
 	began := time.Now()
 	require.NoError(t, lg.Start())

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 	"github.com/pulseboard/pulseboard/pkg/testenv/nodepkg"
 )
 
@@ -73,7 +74,7 @@ func TestAllInOneSocketIOLiveFeedInHeadlessChromium(t *testing.T) {
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	stderr := &syncBuffer{}
+	stderr := &testenv.SyncBuffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	lines := make(chan browserLine, 64)

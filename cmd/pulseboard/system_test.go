@@ -28,6 +28,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
+	"github.com/pulseboard/pulseboard/pkg/testenv"
 	"github.com/pulseboard/pulseboard/pkg/testenv/pgtest"
 	"github.com/pulseboard/pulseboard/pkg/testenv/redistest"
 )
@@ -78,28 +79,11 @@ type instance struct {
 	kk       testKafka
 	pool     *pgxpool.Pool
 	redis    *redis.Client
-	logs     *syncBuffer
+	logs     *testenv.SyncBuffer
 	exited   chan error
 	apiKey   string
 	project  string
 	stopOnce sync.Once
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func freePort(t *testing.T) int {
@@ -130,7 +114,7 @@ func tryStart(t *testing.T, dbURL string, pool *pgxpool.Pool, rdb *redis.Client,
 	t.Helper()
 	ingestPort, adminPort, kafkaPort, apiPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	in := &instance{
-		t: t, pool: pool, redis: rdb, logs: &syncBuffer{}, exited: make(chan error, 1),
+		t: t, pool: pool, redis: rdb, logs: &testenv.SyncBuffer{}, exited: make(chan error, 1),
 		ingest: fmt.Sprintf("http://127.0.0.1:%d", ingestPort),
 		api:    fmt.Sprintf("http://127.0.0.1:%d", apiPort),
 		admin:  fmt.Sprintf("http://127.0.0.1:%d", adminPort),
