@@ -24,29 +24,18 @@ func TestAllInOneEventLabelsAreFilterableEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	var reg struct {
-		Data struct {
-			AccessToken string `json:"accessToken"`
-		} `json:"data"`
-	}
-	postJSON(t, in.api+"/auth/register", "", `{"name":"Label User","email":"labels@example.com","password":"correct horse battery"}`, http.StatusCreated, &reg)
-	token := reg.Data.AccessToken
-	var proj struct {
-		Data struct {
-			ID     string `json:"id"`
-			APIKey string `json:"apiKey"`
-		} `json:"data"`
-	}
-	postJSON(t, in.api+"/projects", token, `{"name":"labels"}`, http.StatusCreated, &proj)
-	key := proj.Data.APIKey
+	u := newWebUser(t, in)
+	u.session("/auth/register", `{"name":"Label User","email":"labels@example.com","password":"correct horse battery"}`, http.StatusCreated)
+	token := u.token
+	projectID, key := u.project("labels")
 
-	ws, _, err := websocket.Dial(ctx, strings.Replace(in.api, "http://", "ws://", 1)+"/realtime/"+proj.Data.ID+
+	ws, _, err := websocket.Dial(ctx, strings.Replace(in.api, "http://", "ws://", 1)+"/realtime/"+projectID+
 		"?token="+token+"&sessionId=sess-A&environment=production", nil)
 	require.NoError(t, err)
 	defer ws.CloseNow()
 	_, msg, err := ws.Read(ctx)
 	require.NoError(t, err)
-	require.JSONEq(t, `{"type":"connected","projectId":"`+proj.Data.ID+`"}`, string(msg))
+	require.JSONEq(t, `{"type":"connected","projectId":"`+projectID+`"}`, string(msg))
 
 	post := func(path, body string, want int) map[string]any {
 		t.Helper()
@@ -99,7 +88,7 @@ func TestAllInOneEventLabelsAreFilterableEndToEnd(t *testing.T) {
 	// Stored and filterable through the events API (stored before published).
 	list := func(query string) []map[string]any {
 		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.api+"/projects/"+proj.Data.ID+"/events?"+query, nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.api+"/projects/"+projectID+"/events?"+query, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
