@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/pulseboard/pulseboard/alerter/internal/channel"
 	"github.com/pulseboard/pulseboard/alerter/internal/store"
 )
 
@@ -17,7 +18,7 @@ var (
 	jobNames     = []string{JobDigest, JobRetention}
 	jobOutcomes  = []string{OutcomeSuccess, OutcomePartial, OutcomeFailure, OutcomeSkipped}
 	failureKinds = []string{"transient", "permanent"}
-	channelKinds = []string{store.KindEmail, store.KindWebhook, store.KindSlack}
+	channelKinds = append([]string{store.KindEmail}, channel.Kinds()...)
 	outcomes     = []string{outcomeSent, outcomeRetry, outcomeFailed, outcomeSkipped}
 )
 

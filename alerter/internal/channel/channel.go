@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -57,6 +59,14 @@ func Registry(h *HTTP) map[string]Sender {
 		"webhook": Webhook{HTTP: h},
 		"slack":   Slack{HTTP: h},
 	}
+}
+
+// Kinds returns the kinds of Registry, sorted: the bounded values of the metrics' kind
+// label, with email.
+func Kinds() []string {
+	kinds := slices.Collect(maps.Keys(Registry(nil)))
+	slices.Sort(kinds)
+	return kinds
 }
 
 // Error is a failed delivery attempt.

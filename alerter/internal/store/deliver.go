@@ -12,12 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Channel kinds (notification_channels.kind, notification_deliveries.kind).
-const (
-	KindEmail   = "email"
-	KindWebhook = "webhook"
-	KindSlack   = "slack"
-)
+// KindEmail is the email channel's kind (notification_channels.kind,
+// notification_deliveries.kind); the HTTP kinds are internal/channel's Registry.
+const KindEmail = "email"
 
 // Outbox is a table of mails or notifications to send: rows are claimed pending FOR
 // UPDATE SKIP LOCKED, sent, and their outcome recorded in the claiming transaction.
