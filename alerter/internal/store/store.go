@@ -12,12 +12,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/puddle/v2"
+
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
 )
 
 // ErrNotFound: the row asked for does not exist (or, for a SKIP LOCKED claim, none is
@@ -33,18 +32,10 @@ func mapErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var pgErr *pgconn.PgError
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
-	case errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P03" || pgErr.Code == "53300"):
-		// admin shutdown, cannot connect now, too many connections
-		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
-	case errors.As(err, &pgErr):
-		return fmt.Errorf("%s: %w", op, err)
-	case errors.Is(err, puddle.ErrClosedPool), errors.As(err, &connErr), errors.As(err, &netErr), pgconn.Timeout(err):
+	case pgstore.Unavailable(err):
 		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 	default:
 		return fmt.Errorf("%s: %w", op, err)

@@ -13,12 +13,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/puddle/v2"
+
+	"github.com/pulseboard/pulseboard/pkg/pgstore"
 )
 
 // Sentinel errors callers branch on.
@@ -42,20 +42,12 @@ func mapErr(op string, err error) error {
 		return nil
 	}
 	var pgErr *pgconn.PgError
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
 	case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "users_email_key":
 		return ErrEmailTaken
-	case errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P03" || pgErr.Code == "53300"):
-		// admin shutdown, cannot connect now, too many connections
-		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
-	case errors.As(err, &pgErr):
-		return fmt.Errorf("%s: %w", op, err)
-	case errors.Is(err, puddle.ErrClosedPool), errors.As(err, &connErr), errors.As(err, &netErr),
-		pgconn.Timeout(err), errors.Is(err, context.DeadlineExceeded):
+	case pgstore.Unavailable(err), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 	default:
 		return fmt.Errorf("%s: %w", op, err)
