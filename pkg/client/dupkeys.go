@@ -7,9 +7,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
-
-	"github.com/valyala/fastjson"
 )
 
 // The server refuses a whole batch whose JSON holds an object with a duplicate key
@@ -28,63 +27,105 @@ const maxKeyText = 64
 
 // duplicateKey returns the message for the first duplicate key of the JSON document b
 // (already validated), "" when there is none. root names the document ("RawPayload").
+//
+// It is on the client's per-event path (every RawPayload), so a scan that allocates
+// nothing screens the document first: keys compared as raw bytes, after a 64-bit filter
+// of their hashes per object. Only a document where that scan sees a duplicate, or a
+// key it cannot compare raw (an escape, invalid UTF-8), is decoded with encoding/json,
+// which compares keys exactly as the server does and writes the message.
 func duplicateKey(b []byte, root string) string {
-	// fastjson leaves an unpaired surrogate escape as its six characters of text, which
-	// would then be mistaken for a key holding those characters; encoding/json decodes it
-	// as the server does. Surrogate escapes are rare (ASCII-only encoders write non-BMP
-	// characters that way), so the fast parser takes everything else.
-	if bytes.Contains(b, []byte(`\ud`)) || bytes.Contains(b, []byte(`\uD`)) {
-		return duplicateKeyStd(b, root)
+	sc := keyScanners.Get().(*keyScanner)
+	clean := sc.clean(b)
+	if cap(sc.frames) <= 64 && cap(sc.keys) <= 1024 {
+		keyScanners.Put(sc)
 	}
-	var p fastjson.Parser
-	v, err := p.ParseBytes(b)
-	if err != nil {
+	if clean {
 		return ""
 	}
-	var path []byte
-	return walkFast(v, root, &path)
+	return duplicateKeyStd(b, root)
 }
 
-func walkFast(v *fastjson.Value, root string, path *[]byte) string {
-	switch v.Type() {
-	case fastjson.TypeObject:
-		o, _ := v.Object()
-		var msg string
-		var seen map[string]struct{}
-		if o.Len() > 1 {
-			seen = make(map[string]struct{}, o.Len())
-		}
-		o.Visit(func(k []byte, child *fastjson.Value) {
-			if msg != "" {
-				return
+// keyScanner is duplicateKey's screening scan; its slices are reused.
+type keyScanner struct {
+	frames []keyFrame
+	keys   []keySpan // of the open objects, innermost last
+}
+
+type keyFrame struct {
+	object bool
+	keys   int    // where the object's keys start in keys
+	seen   uint64 // a bit per key hash
+}
+
+type keySpan struct{ start, end int }
+
+var keyScanners = sync.Pool{New: func() any { return new(keyScanner) }}
+
+// clean reports whether the valid JSON document b certainly has no object with a
+// duplicate key.
+func (sc *keyScanner) clean(b []byte) bool {
+	sc.frames, sc.keys = sc.frames[:0], sc.keys[:0]
+	expectKey := false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '{':
+			sc.frames = append(sc.frames, keyFrame{object: true, keys: len(sc.keys)})
+			expectKey = true
+		case '[':
+			sc.frames = append(sc.frames, keyFrame{})
+			expectKey = false
+		case '}', ']':
+			f := sc.frames[len(sc.frames)-1]
+			sc.frames = sc.frames[:len(sc.frames)-1]
+			if f.object {
+				sc.keys = sc.keys[:f.keys]
 			}
-			key := storedKey(k)
-			if seen != nil {
-				if _, dup := seen[key]; dup {
-					msg = duplicateMessage(root, *path, key)
-					return
+			expectKey = false
+		case ',':
+			expectKey = len(sc.frames) > 0 && sc.frames[len(sc.frames)-1].object
+		case '"':
+			start := i + 1
+			plain := true
+			for i++; b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					plain = false
+					i++
+				} else if b[i] >= 0x80 {
+					plain = false
 				}
-				seen[key] = struct{}{}
 			}
-			n := len(*path)
-			*path = appendSegment(append(*path, '/'), key)
-			msg = walkFast(child, root, path)
-			*path = (*path)[:n]
-		})
-		return msg
-	case fastjson.TypeArray:
-		a, _ := v.Array()
-		for i, child := range a {
-			n := len(*path)
-			*path = strconv.AppendInt(append(*path, '/'), int64(i), 10)
-			msg := walkFast(child, root, path)
-			*path = (*path)[:n]
-			if msg != "" {
-				return msg
+			if !expectKey {
+				continue
 			}
+			expectKey = false
+			k := b[start:i]
+			if !plain && (bytes.IndexByte(k, '\\') >= 0 || !utf8.Valid(k)) {
+				return false // compared decoded, by the exact path
+			}
+			f := &sc.frames[len(sc.frames)-1]
+			bit := uint64(1) << (fnv(k) & 63)
+			if f.seen&bit != 0 {
+				for _, o := range sc.keys[f.keys:] {
+					if bytes.Equal(b[o.start:o.end], k) {
+						return false
+					}
+				}
+			}
+			f.seen |= bit
+			sc.keys = append(sc.keys, keySpan{start, i})
 		}
 	}
-	return ""
+	return true
+}
+
+// fnv is FNV-1a of k.
+func fnv(k []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range k {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
 }
 
 // duplicateKeyStd is duplicateKey with encoding/json's tokenizer.
