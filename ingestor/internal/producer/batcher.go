@@ -74,6 +74,8 @@ type batch struct {
 	// ahead of a partition's trailing bulk batches (enqueue).
 	bulk     bool
 	bulkKeys [][]byte
+	// notBefore: the batch is part of a paced call (pace.go) and is not sent before then.
+	notBefore time.Time
 }
 
 // maxBulkKeys bounds the keys a bulk batch records; a big call with more distinct keys
@@ -90,6 +92,9 @@ type partitionQueue struct {
 	closed    bool
 	busy      bool // its oldest batch is in a request, or waiting to be retried
 	listed    bool // in Producer.ready
+	// A timer lists the queue again when its first paced batch is due (wakeIn).
+	timer   *time.Timer
+	timerAt time.Time // zero once it fired
 }
 
 // flight is a batch taken from its queue for a produce request.
@@ -111,7 +116,10 @@ var errClosed = fmt.Errorf("producer closed: %w", io.ErrClosedPipe)
 // for the batch in flight, not for the whole body. The messages of a key keep their order,
 // since a call never overtakes a batch holding one of its keys, and a big call always
 // queues last.
-func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch, error) {
+//
+// A bulk call of a single key with a pace (pace.go) is scheduled first: its batches hold
+// paceBatchBytes and carry their release times.
+func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch, pace float64) ([]*batch, error) {
 	var size int64
 	for i := range msgs {
 		size += messageSize(&msgs[i])
@@ -119,6 +127,16 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 	var bulkKeys [][]byte
 	if size > q.p.batchBytes || len(msgs) > q.p.batchSize {
 		bulkKeys = distinctKeys(msgs, maxBulkKeys)
+	}
+	limit, paced := q.p.batchBytes, pace > 0 && len(bulkKeys) == 1
+	var start time.Time
+	if paced {
+		var wait time.Duration
+		var ok bool
+		if start, wait, ok = q.p.pacer.schedule(bulkKeys[0], size, pace, time.Now(), q.p.maxPaceWait); !ok {
+			return waits, paceBacklog(wait)
+		}
+		limit = min(limit, paceBatchBytes)
 	}
 	q.mu.Lock()
 	if q.closed {
@@ -132,15 +150,19 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 			at--
 		}
 	}
+	var done int64 // bytes of msgs before msgs[i]
 	for i := range msgs {
 		size := messageSize(&msgs[i])
 		var b *batch
 		if at > 0 {
 			b = q.batches[at-1]
 		}
-		if b == nil || len(b.msgs) >= q.p.batchSize || (len(b.msgs) > 0 && b.bytes+size > q.p.batchBytes) ||
-			b.bulk != (bulkKeys != nil) || (b.bulk && !sameKeys(b.bulkKeys, bulkKeys)) {
+		if b == nil || len(b.msgs) >= q.p.batchSize || (len(b.msgs) > 0 && b.bytes+size > limit) ||
+			b.bulk != (bulkKeys != nil) || (b.bulk && !sameKeys(b.bulkKeys, bulkKeys)) || b.paced() != paced {
 			b = &batch{msgs: q.p.getMessages(), done: make(chan struct{}), bulk: bulkKeys != nil, bulkKeys: bulkKeys}
+			if paced {
+				b.notBefore = releaseAt(start, done, pace)
+			}
 			q.batches = append(q.batches, nil)
 			copy(q.batches[at+1:], q.batches[at:])
 			q.batches[at] = b
@@ -150,6 +172,7 @@ func (q *partitionQueue) enqueue(msgs []kafka.Message, waits []*batch) ([]*batch
 		}
 		b.msgs = append(b.msgs, msgs[i])
 		b.bytes += size
+		done += size
 		if len(waits) == 0 || waits[len(waits)-1] != b {
 			waits = append(waits, b)
 		}
@@ -245,6 +268,7 @@ func (p *Producer) dispatch() {
 		p.rmu.Unlock()
 
 		leaders := p.leaders()
+		now, draining := time.Now(), p.draining.Load()
 		clear(sizes)
 		var deferred []flight
 		add := func(f flight) {
@@ -266,9 +290,15 @@ func (p *Producer) dispatch() {
 				q.mu.Unlock()
 				continue
 			}
-			b := q.batches[0]
-			q.batches[0] = nil
-			q.batches = q.batches[1:]
+			i, wait := q.next(now, draining)
+			if i < 0 {
+				if wait > 0 {
+					q.wakeIn(wait, now)
+				}
+				q.mu.Unlock()
+				continue
+			}
+			b := q.take(i)
 			q.busy = true
 			q.mu.Unlock()
 			add(flight{q: q, b: b})
@@ -440,7 +470,7 @@ func messageSize(m *kafka.Message) int64 {
 // send enqueues msgs on their partitions and waits until every batch holding one of them
 // completed, the deadline passes or ctx ends. enqueued reports whether any message
 // reached a batch (only those get a completion).
-func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []kafka.Message) (enqueued bool, err error) {
+func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []kafka.Message, pace float64) (enqueued bool, err error) {
 	if len(msgs) == 0 {
 		return false, nil
 	}
@@ -458,7 +488,7 @@ func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []ka
 		same = bytes.Equal(msgs[i].Key, msgs[0].Key) || p.partitionOf(&msgs[i], n) == first
 	}
 	if same {
-		waits, err = p.queue(first).enqueue(msgs, waits)
+		waits, err = p.queue(first).enqueue(msgs, waits, pace)
 		enqueued = err == nil
 	} else {
 		byPartition := map[int][]kafka.Message{}
@@ -471,7 +501,7 @@ func (p *Producer) send(ctx context.Context, deadline <-chan struct{}, msgs []ka
 			byPartition[part] = append(byPartition[part], msgs[i])
 		}
 		for _, part := range order {
-			if waits, err = p.queue(part).enqueue(byPartition[part], waits); err != nil {
+			if waits, err = p.queue(part).enqueue(byPartition[part], waits, 0); err != nil {
 				break
 			}
 			enqueued = true
@@ -625,13 +655,20 @@ func (p *Producer) closeQueues() {
 		qs = *cur
 	}
 	p.mu.Unlock()
+	// What is queued goes now, paced or not: draining must not wait for a schedule.
+	p.draining.Store(true)
 	for _, q := range qs {
 		if q == nil {
 			continue
 		}
 		q.mu.Lock()
 		q.closed = true
+		list := !q.busy && !q.listed && len(q.batches) > 0
+		q.listed = q.listed || list
 		q.mu.Unlock()
+		if list {
+			p.markReady(q)
+		}
 	}
 	p.pending.Wait()
 	close(p.stop)

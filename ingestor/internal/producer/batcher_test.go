@@ -39,9 +39,9 @@ func TestEnqueueGroupsRequests(t *testing.T) {
 	q := &partitionQueue{p: p}
 	msg := func(n int) kafka.Message { return kafka.Message{Key: []byte("k"), Value: make([]byte, n-1)} }
 
-	w1, err := q.enqueue([]kafka.Message{msg(10), msg(10)}, nil)
+	w1, err := q.enqueue([]kafka.Message{msg(10), msg(10)}, nil, 0)
 	require.NoError(t, err)
-	w2, err := q.enqueue([]kafka.Message{msg(10)}, nil)
+	w2, err := q.enqueue([]kafka.Message{msg(10)}, nil, 0)
 	require.NoError(t, err)
 	require.Len(t, q.batches, 1)
 	require.Equal(t, w1, w2, "both requests wait for the same batch")
@@ -49,7 +49,7 @@ func TestEnqueueGroupsRequests(t *testing.T) {
 	require.EqualValues(t, 30, q.batches[0].bytes)
 
 	// Past BatchSize (5 messages) a request spans two batches and waits for both.
-	w3, err := q.enqueue([]kafka.Message{msg(10), msg(10), msg(10), msg(10)}, nil)
+	w3, err := q.enqueue([]kafka.Message{msg(10), msg(10), msg(10), msg(10)}, nil, 0)
 	require.NoError(t, err)
 	require.Len(t, q.batches, 2)
 	require.Equal(t, []*batch{q.batches[0], q.batches[1]}, w3)
@@ -58,7 +58,7 @@ func TestEnqueueGroupsRequests(t *testing.T) {
 
 	// Past BatchBytes (100) a new batch opens; a single message larger than the limit
 	// still gets a batch of its own.
-	w4, err := q.enqueue([]kafka.Message{msg(90), msg(150)}, nil)
+	w4, err := q.enqueue([]kafka.Message{msg(90), msg(150)}, nil, 0)
 	require.NoError(t, err)
 	require.Len(t, q.batches, 4)
 	require.Equal(t, []*batch{q.batches[2], q.batches[3]}, w4)
@@ -67,7 +67,7 @@ func TestEnqueueGroupsRequests(t *testing.T) {
 	}
 
 	q.closed = true
-	_, err = q.enqueue([]kafka.Message{msg(1)}, nil)
+	_, err = q.enqueue([]kafka.Message{msg(1)}, nil, 0)
 	require.ErrorIs(t, err, errClosed)
 }
 

@@ -82,6 +82,11 @@ type Producer struct {
 	partitions atomic.Pointer[[]int]
 	msgPool    sync.Pool // *[]kafka.Message
 	deadlines  coarseDeadlines
+	pacer      pacer // paced keys' next release times (pace.go)
+	// maxPaceWait bounds how far ahead a key's paced writes may be scheduled: half the
+	// produce timeout, so a paced call is acknowledged well before its deadline.
+	maxPaceWait time.Duration
+	draining    atomic.Bool // Close: paced batches go without waiting for their time
 
 	ackLatency  prometheus.Histogram
 	errors      *prometheus.CounterVec
@@ -97,7 +102,7 @@ func New(o Options, reg prometheus.Registerer) (*Producer, error) {
 	if o.MaxInflightBytes <= 0 {
 		o.MaxInflightBytes = 64 << 20
 	}
-	p := &Producer{timeout: o.Timeout, maxBytes: o.MaxInflightBytes, maxHold: o.Writer.MaxHold(),
+	p := &Producer{timeout: o.Timeout, maxBytes: o.MaxInflightBytes, maxHold: o.Writer.MaxHold(), maxPaceWait: o.Timeout / 2,
 		requests: map[int32]int{}, kick: make(chan struct{}, 1), stop: make(chan struct{}), dispatched: make(chan struct{})}
 	w, err := kafkax.NewWriter(o.Brokers, o.Topic, o.Writer)
 	if err != nil {
@@ -216,6 +221,14 @@ func (p *Producer) Overloaded() bool {
 // that never got a final outcome, or one refused after others were queued), and the
 // memory is then left to the garbage collector.
 func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message, free func()) error {
+	return p.ProducePaced(ctx, msgs, free, 0)
+}
+
+// ProducePaced is Produce for a call whose key's bulk writes are paced at pace bytes/s
+// (0: not paced). Only a call of a single key that fills more than a batch (a big request
+// body) is paced: pace.go says why and how. It returns ErrOverloaded, having queued
+// nothing, when the key's paced writes are already scheduled too far ahead.
+func (p *Producer) ProducePaced(ctx context.Context, msgs []kafka.Message, free func(), pace float64) error {
 	var size int64
 	for i := range msgs {
 		size += int64(len(msgs[i].Key) + len(msgs[i].Value))
@@ -236,7 +249,7 @@ func (p *Producer) Produce(ctx context.Context, msgs []kafka.Message, free func(
 		msgs[i].WriterData = t
 	}
 	start := time.Now()
-	enqueued, err := p.send(ctx, p.deadlines.after(start, p.timeout), msgs)
+	enqueued, err := p.send(ctx, p.deadlines.after(start, p.timeout), msgs, pace)
 	p.ackLatency.Observe(time.Since(start).Seconds())
 	if !enqueued {
 		t.release() // no batch holds these messages: nothing will complete them

@@ -33,6 +33,9 @@ type scriptedBroker struct {
 	release  chan struct{}  // when set, produce requests wait for it
 	holdOnly map[int32]bool // when set, only requests with one of these partitions wait
 	arrived  atomic.Int32   // produce requests received
+	// onProduce, when set, is told of each produce request: when it arrived and the
+	// bytes of the values it held.
+	onProduce func(at time.Time, valueBytes int)
 }
 
 func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
@@ -42,6 +45,7 @@ func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol
 			{PartitionIndex: 0, LeaderID: 1}, {PartitionIndex: 1, LeaderID: 1},
 		}}}}, nil
 	case *produceAPI.Request:
+		arrivedAt := time.Now()
 		b.arrived.Add(1)
 		held := b.holdOnly == nil
 		for _, p := range r.Topics[0].Partitions {
@@ -57,6 +61,7 @@ func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		var parts []int32
+		var valueBytes int
 		n := len(b.requests) + 1
 		res := &produceAPI.Response{Topics: []produceAPI.ResponseTopic{{Topic: b.topic}}}
 		for _, p := range r.Topics[0].Partitions {
@@ -75,12 +80,16 @@ func (b *scriptedBroker) RoundTrip(ctx context.Context, _ net.Addr, req protocol
 						return nil, err
 					}
 					v, _ := io.ReadAll(rec.Value)
+					valueBytes += len(v)
 					b.stored[p.Partition] = append(b.stored[p.Partition], string(v))
 				}
 			}
 			res.Topics[0].Partitions = append(res.Topics[0].Partitions, rp)
 		}
 		b.requests = append(b.requests, parts)
+		if b.onProduce != nil {
+			b.onProduce(arrivedAt, valueBytes)
+		}
 		return res, nil
 	}
 	panic("unexpected request")

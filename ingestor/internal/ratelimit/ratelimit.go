@@ -96,6 +96,13 @@ func (l *Limiter) rates(override *int) (events, bytes float64) {
 	return o, bytes
 }
 
+// ByteRate is the bytes/s limit of a project whose own setting is override (0 =
+// unlimited).
+func (l *Limiter) ByteRate(override *int) float64 {
+	_, bytes := l.rates(override)
+	return bytes
+}
+
 // Burst is the size of a bucket refilling at r per second: two seconds' worth, at least
 // minBurst.
 func Burst(r float64, minBurst int) int {
