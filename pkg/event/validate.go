@@ -95,6 +95,9 @@ type scan struct {
 	mark     bool
 	uniq     *uniqueKeys // nil: duplicate keys are not looked for
 	keyDirty bool
+	// A marking scan (a batch body, up to megabytes) yields between elements.
+	yield  Yielder
+	marked int // where the last element ended
 }
 
 // json checks b (see scanner).
@@ -157,6 +160,8 @@ value:
 end:
 	if sc.mark && len(stack) == 1 {
 		sc.marks = append(sc.marks, i)
+		sc.yield.Add(i - sc.marked)
+		sc.marked = i
 	}
 	i = skipSpace(b, i)
 	if len(stack) == 0 {

@@ -26,7 +26,7 @@ type holdingProducer struct {
 	frees []func()
 }
 
-func (p *holdingProducer) Produce(_ context.Context, msgs []kafka.Message, free func()) error {
+func (p *holdingProducer) ProducePaced(_ context.Context, msgs []kafka.Message, free func(), _ float64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	held := append([]kafka.Message(nil), msgs...)

@@ -72,6 +72,7 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	b.inBulk = h.enterBulk(&ctx.Request)
 	body, release, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
 	if !ok {
 		return
@@ -113,6 +114,8 @@ type batchReq struct {
 	// per request, sized for the canonical encoding of the whole body, taken from a pool
 	// once the number of events is known (sized) and returned to it once both this
 	// handler and the producer are done with it (handed).
+	inBulk bool // holds a slot of the bulk lane until decoded (enterBulk)
+
 	ar     *pooledArena
 	arena  []byte
 	handed bool
@@ -138,6 +141,10 @@ type batchReq struct {
 }
 
 func (b *batchReq) doneDecoding() {
+	if b.inBulk {
+		b.inBulk = false
+		b.h.leaveBulk()
+	}
 	if b.d != nil {
 		b.h.release(b.d)
 		b.d = nil
@@ -168,8 +175,10 @@ func (b *batchReq) decode(ndjson bool) bool {
 		if !b.sized(len(elems)) {
 			return false
 		}
+		var y event.Yielder // a body is up to megabytes: let small requests run meanwhile
 		for _, el := range elems {
 			b.raw(el)
+			y.Add(len(el))
 		}
 		return true
 	}
@@ -347,8 +356,19 @@ func (b *batchReq) finish() {
 			return
 		}
 	}
+	// A body of one project is paced at that project's rate (a body of several is not:
+	// the producer paces single-key calls only).
+	var pace float64
+	switch {
+	case b.headerProj != nil:
+		pace = h.pace(*b.headerProj)
+	case len(b.projects) == 1:
+		for _, p := range b.projects {
+			pace = h.pace(p)
+		}
+	}
 	b.handed = true
-	if err := h.prod.Produce(context.Background(), b.msgs, b.ar.drop); err != nil {
+	if err := h.prod.ProducePaced(context.Background(), b.msgs, b.ar.drop, pace); err != nil {
 		h.produceFailed(ctx, routeBatch, err, len(b.results))
 		return
 	}

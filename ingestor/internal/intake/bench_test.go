@@ -16,7 +16,7 @@ import (
 // ackingProducer acknowledges at once, so a benchmark measures the handler alone.
 type ackingProducer struct{}
 
-func (ackingProducer) Produce(_ context.Context, _ []kafka.Message, free func()) error {
+func (ackingProducer) ProducePaced(_ context.Context, _ []kafka.Message, free func(), _ float64) error {
 	if free != nil {
 		free()
 	}

@@ -103,7 +103,7 @@ type fuzzProducer struct {
 	acked  []kafka.Message
 }
 
-func (p *fuzzProducer) Produce(_ context.Context, msgs []kafka.Message, free func()) error {
+func (p *fuzzProducer) ProducePaced(_ context.Context, msgs []kafka.Message, free func(), _ float64) error {
 	if free != nil {
 		defer free()
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/valyala/fasthttp"
+
+	"github.com/pulseboard/pulseboard/pkg/event"
 )
 
 // Gzip bodies are decompressed into pooled buffers sized from the body's declared size
@@ -91,6 +93,7 @@ func gunzip(body []byte, declared, limit int) ([]byte, gzipBuf, error) {
 	// to the limit and let the count decide.
 	g := getGzipBuf(min(max(declared, len(body)), limit) + 1)
 	b := *g.b
+	var y event.Yielder
 	for {
 		if len(b) == cap(b) {
 			if len(b) > limit {
@@ -101,8 +104,11 @@ func gunzip(body []byte, declared, limit int) ([]byte, gzipBuf, error) {
 			copy(nb, b)
 			b = nb
 		}
-		n, rerr := zr.Read(b[len(b):cap(b)])
+		// A slice at a time, yielding between them (event.Yielder): a 10 MiB body is
+		// milliseconds of one core.
+		n, rerr := zr.Read(b[len(b):min(cap(b), len(b)+event.YieldBytes)])
 		b = b[:len(b)+n]
+		y.Add(n)
 		if rerr == io.EOF {
 			break
 		}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -74,8 +75,11 @@ type knownKeys interface {
 // messages' Key and Value after returning, never the msgs slice itself (the handler reuses
 // it). free, when not nil, is called once it holds none of them any more; it need not be
 // called at all (the memory is then left to the garbage collector).
+//
+// pace, when not 0, is the bytes/s at which a big body's events are released to the
+// broker (producer.ProducePaced; see Handler.pace).
 type Producer interface {
-	Produce(ctx context.Context, msgs []kafka.Message, free func()) error
+	ProducePaced(ctx context.Context, msgs []kafka.Message, free func(), pace float64) error
 }
 
 // Handler serves the ingest routes.
@@ -90,8 +94,9 @@ type Handler struct {
 	clientIP *clientip.Resolver     // nil: the client is the TCP peer
 	logger   *slog.Logger
 	draining atomic.Bool
-	decoders sync.Pool // *event.Decoder
-	work     sync.Pool // *work
+	decoders sync.Pool     // *event.Decoder
+	bulk     chan struct{} // the bulk lane's slots (enterBulk)
+	work     sync.Pool     // *work
 	now      func() time.Time
 	paths    []string // "events/0", "events/1", … for validation messages
 
@@ -120,6 +125,7 @@ type work struct {
 func New(l Limits, keys KeyResolver, prod Producer, limiter *ratelimit.Limiter, logger *slog.Logger, reg prometheus.Registerer) *Handler {
 	h := &Handler{limits: l, keys: keys, prod: prod, limiter: limiter, logger: logger, now: time.Now}
 	h.known, _ = keys.(knownKeys)
+	h.bulk = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
 	h.decoders.New = func() any { return event.NewDecoder(l.Event) }
 	h.work.New = func() any { return new(work) }
 	h.paths = make([]string, min(l.MaxBatchEvents, 10_000))
@@ -375,7 +381,7 @@ func (h *Handler) produceOne(ctx *fasthttp.RequestCtx, route string, d *event.De
 	w.msgs = append(w.msgs, kafka.Message{Key: msgKey.key, Value: value, Time: ev.ReceivedAt})
 	// Not the RequestCtx: its Done closes when the server shuts down, and a request in
 	// flight must still get its acknowledgement. The producer applies its own deadline.
-	if err := h.prod.Produce(context.Background(), w.msgs, nil); err != nil {
+	if err := h.prod.ProducePaced(context.Background(), w.msgs, nil, 0); err != nil {
 		h.produceFailed(ctx, route, err, 1)
 		return nil, false
 	}
@@ -476,6 +482,46 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 func (h *Handler) allow(ctx *fasthttp.RequestCtx, route string, p pgstore.KeyProject, n, size int) bool {
 	return h.rateLimit(ctx, route, h.limiter.Allow(p.ID, p.RateLimit, n, size, h.now()), n)
 }
+
+// Pacing of big bodies (issue 16 item 4; producer/pace.go has the why): a project's body
+// larger than a produce batch is released to the broker at paceFactor times its byte
+// limit, and at least fast enough that a maximal body takes paceFloor.
+const (
+	paceFactor = 3
+	paceFloor  = 2 * time.Second
+)
+
+// pace is the bytes/s at which a big body of p is released to the broker; 0 (not paced)
+// for a project without a byte limit, which nothing else holds back either.
+func (h *Handler) pace(p pgstore.KeyProject) float64 {
+	r := h.limiter.ByteRate(p.RateLimit)
+	if r <= 0 {
+		return 0
+	}
+	return max(paceFactor*r, float64(h.limits.MaxBatchDecompressed)/paceFloor.Seconds())
+}
+
+// The bulk lane (issue 16 item 4). Decompressing and decoding a body of megabytes is
+// milliseconds of CPU, yielding as it goes (event.Yielder). But a goroutine that yields is
+// run again before the runtime looks at the network (it polls only when nothing is
+// runnable, or every 10 ms): with a big body on each of two cores, a neighbour's request
+// that just arrived waited up to 10 ms to be read. So big bodies are decoded at most
+// half the processors at a time (one of two), and the other half always has time for the
+// network; the others wait their turn, which only their own senders notice.
+const bulkBodyBytes = 1 << 20
+
+// enterBulk takes a slot of the bulk lane when the body (its declared size after
+// decompression, or its size on the wire) is bigger than bulkBodyBytes, and reports
+// whether it did: the caller calls leaveBulk once the body is decoded.
+func (h *Handler) enterBulk(req *fasthttp.Request) bool {
+	if max(declaredSize(req), len(req.Body())) <= bulkBodyBytes {
+		return false
+	}
+	h.bulk <- struct{}{}
+	return true
+}
+
+func (h *Handler) leaveBulk() { <-h.bulk }
 
 // bytesFit answers 429 and returns false when the project's bytes bucket cannot take size
 // bytes now, taking nothing either way.

@@ -17,13 +17,13 @@ import (
 // another project's single event, which needs a moment of each stage, waited 15-40 ms
 // for it (bench step 8: B's p99 ×9 its quiet value).
 //
-// So a bulk call of a rate-limited project is released to the broker at its pace (the
-// caller's ProducePaced, twice the project's byte limit by default): its batches
+// So a bulk call of a rate-limited project is released to the broker at a pace (the
+// caller's; the ingestor gives three times the project's byte limit): its batches
 // (paceBatchBytes each, smaller than ordinary batches so that each step of the pipeline
 // is short) get release times spread over size/pace, and a key's next call starts where
-// its last one ends. The average rate is unchanged (the byte limit caps it at half the
-// pace); the big body is acknowledged later (a 9.5 MiB body at 16 MiB/s in about 0.6 s)
-// and everyone else's work interleaves with its batches. The dispatcher sends, of a
+// its last one ends. The average rate is unchanged (the byte limit caps it at a third of
+// the pace); the big body is acknowledged later (9.5 MiB at 24 MiB/s in about 0.4 s) and
+// everyone else's work interleaves with its batches. The dispatcher sends, of a
 // partition, the first batch that is due and that no earlier batch shares a key with, so
 // other keys on the partition never wait for a paced key's schedule.
 //
@@ -31,8 +31,8 @@ import (
 // maxPaceWait from now is refused at once (ErrOverloaded: the answer is 503 with
 // Retry-After, before any of it is queued) instead of waiting past the produce timeout.
 // The project's byte limit keeps its backlog well under that (a full bucket is two
-// seconds of its rate, drained at twice the rate), so this only answers a pace set too
-// low for the timeout.
+// seconds of its rate, drained at twice the rate net of what keeps coming), so this
+// only answers a pace set too low for the timeout.
 
 // paceBatchBytes is the size of a paced call's batches.
 const paceBatchBytes = 256 << 10
