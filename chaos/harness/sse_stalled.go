@@ -21,6 +21,20 @@ import (
 // byte of the body is consumed. The caller closes the connection.
 func DialStalledSSE(apiURL string, project uuid.UUID, token, lastEventID string) (net.Conn, error) {
 	host := strings.TrimPrefix(apiURL, "http://")
+	req := "GET /realtime/" + url.PathEscape(project.String()) + "/sse HTTP/1.1\r\n" +
+		"Host: " + host + "\r\nAccept: text/event-stream\r\n" +
+		"Authorization: Bearer " + token + "\r\n"
+	if lastEventID != "" {
+		req += "Last-Event-ID: " + lastEventID + "\r\n"
+	}
+	return dialStalled(host, req+"\r\n", "HTTP/1.1 200")
+}
+
+// dialStalled sends req over a raw TCP connection to host whose receive buffer is made
+// small (SO_RCVBUF) before connecting, and reads the response head byte by byte, so not
+// one byte after it is consumed; the head must start with want. The stalled streams
+// (DialStalledSSE, DialStalledWS) are this with their own request.
+func dialStalled(host, req, want string) (net.Conn, error) {
 	d := net.Dialer{Timeout: 30 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -32,13 +46,6 @@ func DialStalledSSE(apiURL string, project uuid.UUID, token, lastEventID string)
 	if err != nil {
 		return nil, err
 	}
-	req := "GET /realtime/" + url.PathEscape(project.String()) + "/sse HTTP/1.1\r\n" +
-		"Host: " + host + "\r\nAccept: text/event-stream\r\n" +
-		"Authorization: Bearer " + token + "\r\n"
-	if lastEventID != "" {
-		req += "Last-Event-ID: " + lastEventID + "\r\n"
-	}
-	req += "\r\n"
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.WriteString(conn, req); err != nil {
 		conn.Close()
@@ -58,7 +65,7 @@ func DialStalledSSE(apiURL string, project uuid.UUID, token, lastEventID string)
 		}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
+	if !bytes.HasPrefix(head, []byte(want)) {
 		conn.Close()
 		return nil, fmt.Errorf("stream refused: %q", head)
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -216,46 +214,11 @@ func (c *LiveClient) WaitMessage(since time.Time, timeout time.Duration, pred fu
 // is consumed. The caller closes the connection.
 func DialStalledWS(apiURL string, project uuid.UUID, token string) (net.Conn, error) {
 	host := strings.TrimPrefix(apiURL, "http://")
-	d := net.Dialer{Timeout: 30 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		return errors.Join(err, serr)
-	}}
-	conn, err := d.Dial("tcp", host)
-	if err != nil {
-		return nil, err
-	}
-	req := "GET /realtime/" + url.PathEscape(project.String()) + " HTTP/1.1\r\n" +
-		"Host: " + host + "\r\n" +
-		"Upgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-		"Authorization: Bearer " + token + "\r\n\r\n"
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := io.WriteString(conn, req); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	var head []byte
-	one := make([]byte, 1)
-	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-		if _, err := io.ReadFull(conn, one); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("reading the handshake answer: %w (got %q)", err, head)
-		}
-		head = append(head, one[0])
-		if len(head) > 8<<10 {
-			conn.Close()
-			return nil, fmt.Errorf("handshake answer too long: %q", head[:200])
-		}
-	}
-	_ = conn.SetDeadline(time.Time{})
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101")) {
-		conn.Close()
-		return nil, fmt.Errorf("upgrade refused: %q", head)
-	}
-	return conn, nil
+	return dialStalled(host, "GET /realtime/"+url.PathEscape(project.String())+" HTTP/1.1\r\n"+
+		"Host: "+host+"\r\n"+
+		"Upgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
+		"Authorization: Bearer "+token+"\r\n\r\n", "HTTP/1.1 101")
 }
 
 // SendQueued returns the bytes the kernel holds unsent or unacknowledged in the send
