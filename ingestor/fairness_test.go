@@ -1,6 +1,7 @@
 package ingestor_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -129,4 +130,65 @@ func requireByteHeaders(tb testing.TB, res response, size int) {
 	full := float64(testByteBurst-remaining) / testByteRate
 	require.InDelta(tb, full, float64(reset), 1.01, "RateLimit-Reset is when the bucket is full")
 	require.Contains(tb, res.env.Message, "bytes")
+}
+
+// TestBigBodyIsPacedWhileANeighbourPasses (issue 16 item 4): a rate-limited project's big
+// body is written to Kafka at its pace (3 × its byte limit), not at once: its 202 comes
+// no sooner than the pace allows, another project's single event sent meanwhile is
+// acknowledged first, and every event of the body is in Kafka once, in order.
+func TestBigBodyIsPacedWhileANeighbourPasses(t *testing.T) {
+	t.Parallel()
+	const byteRate = 2 << 20 // paced at 6 MiB/s (the floor is 10 MiB in 2 s: 5 MiB/s)
+	b := setup(t, withConfig(func(c *ingestor.Config) { c.RateLimitBytes = byteRate }))
+	flood := b.newProject(t, "flood")
+	raw := mustJSON(t, bigEvents(96, 32<<10, "")) // about 3 MiB
+	pace := 3.0 * byteRate
+
+	type answer struct {
+		res  response
+		took time.Duration
+	}
+	done := make(chan answer, 1)
+	start := time.Now()
+	go func() {
+		res := b.post(t, "/ingest/batch", gzipBytes(t, raw), hdr{"X-API-Key": flood.APIKey, "Content-Encoding": "gzip"})
+		done <- answer{res, time.Since(start)}
+	}()
+	require.Eventually(t, func() bool {
+		return metricValue(t, b.reg, "pulseboard_ingest_inflight_bytes") > 0
+	}, 10*time.Second, time.Millisecond, "the body reached the producer")
+	res := b.ingest(t, validEvent(b.project.APIKey))
+	require.Equal(t, http.StatusAccepted, res.status, "body: %s", res.body)
+	select {
+	case a := <-done:
+		t.Fatalf("the big body was acknowledged (%d after %v) before the neighbour's event", a.res.status, a.took)
+	default:
+	}
+	a := <-done
+	require.Equal(t, http.StatusAccepted, a.res.status, "body: %s", a.res.body)
+	// Its last 256 KiB batch may go at once; everything before it waits for the pace.
+	require.GreaterOrEqual(t, a.took, time.Duration(float64(len(raw)-(320<<10))/pace*float64(time.Second)), "not paced")
+
+	var seen []int
+	neighbour := 0
+	for _, m := range b.readTopic(t) {
+		var ev struct {
+			ProjectID string `json:"projectId"`
+			Payload   struct {
+				I int `json:"i"`
+			} `json:"payload"`
+		}
+		require.NoError(t, json.Unmarshal(m.Value, &ev))
+		switch ev.ProjectID {
+		case flood.ID.String():
+			seen = append(seen, ev.Payload.I)
+		case b.project.ID.String():
+			neighbour++
+		}
+	}
+	require.Equal(t, 1, neighbour)
+	require.Len(t, seen, 96)
+	for i, v := range seen {
+		require.Equal(t, i, v, "the body's events in order, once each")
+	}
 }
