@@ -4,8 +4,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/pulseboard/pulseboard/pkg/httperr"
 	"github.com/valyala/fastjson"
+
+	"github.com/pulseboard/pulseboard/pkg/httperr"
 )
 
 // Error codes a decoded event can fail with (docs/api.md): pkg/httperr's codes, which
@@ -33,6 +34,9 @@ func invalid(msg string) *Error { return &Error{Code: CodeValidationFailed, Mess
 // or in a sync.Pool.
 type Decoder struct {
 	Limits Limits
+	// YieldPause is the Yielder.Pause of SplitBatch's scan of a body (0: it only yields):
+	// the ingestor's bulk lane sets it for big bodies.
+	YieldPause time.Duration
 
 	parser  fastjson.Parser
 	scanner scanner

@@ -37,6 +37,7 @@ const rawMaxBodyDepth = 256
 func (d *Decoder) SplitBatch(body []byte) (elems [][]byte, ok bool) {
 	// The scan marks where each element ends, so splitting needs no second walk. A
 	// duplicate key is Parse's to report.
+	d.scanner.pause = d.YieldPause
 	if valid, dirty := d.scanner.scanMarked(body, true); !valid || dirty || d.scanner.hasDup || d.scanner.deepest >= rawMaxBodyDepth {
 		return nil, false
 	}

@@ -2,6 +2,7 @@ package event
 
 import (
 	"encoding/binary"
+	"time"
 	"unicode/utf8"
 )
 
@@ -44,6 +45,7 @@ type scanner struct {
 	// keyDirty: a key needs sanitising, which may make it equal to another one (so
 	// the sanitised document must be looked at again).
 	keyDirty bool
+	pause    time.Duration // the Yielder.Pause of a marking scan (SplitBatch)
 }
 
 // scan reports whether b is valid JSON and, if it is, whether it needs sanitising. With
@@ -60,7 +62,7 @@ func (s *scanner) scan(b []byte, unique bool) (valid, dirty bool) {
 
 // scanMarked is scan that also fills marks and deepest (SplitBatch).
 func (s *scanner) scanMarked(b []byte, unique bool) (valid, dirty bool) {
-	sc := scan{stack: s.stack[:0], marks: s.marks[:0], mark: true}
+	sc := scan{stack: s.stack[:0], marks: s.marks[:0], mark: true, yield: Yielder{Pause: s.pause}}
 	s.start(&sc, b, unique)
 	valid, dirty = sc.json(b)
 	s.stack, s.marks, s.deepest = sc.stack, sc.marks, sc.deepest

@@ -73,7 +73,10 @@ func (h *Handler) batch(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	b.inBulk = h.enterBulk(&ctx.Request)
-	body, release, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed)
+	if b.inBulk {
+		b.yield.Pause, b.d.YieldPause = bulkPause, bulkPause
+	}
+	body, release, ok := h.body(ctx, routeBatch, h.limits.MaxBatchDecompressed, &b.yield)
 	if !ok {
 		return
 	}
@@ -114,7 +117,8 @@ type batchReq struct {
 	// per request, sized for the canonical encoding of the whole body, taken from a pool
 	// once the number of events is known (sized) and returned to it once both this
 	// handler and the producer are done with it (handed).
-	inBulk bool // holds a slot of the bulk lane until decoded (enterBulk)
+	inBulk bool          // holds a slot of the bulk lane until decoded (enterBulk)
+	yield  event.Yielder // decompression and decoding yield through it (paused in the lane)
 
 	ar     *pooledArena
 	arena  []byte
@@ -146,6 +150,7 @@ func (b *batchReq) doneDecoding() {
 		b.h.leaveBulk()
 	}
 	if b.d != nil {
+		b.d.YieldPause = 0 // the decoder goes back to the pool
 		b.h.release(b.d)
 		b.d = nil
 	}
@@ -175,10 +180,9 @@ func (b *batchReq) decode(ndjson bool) bool {
 		if !b.sized(len(elems)) {
 			return false
 		}
-		var y event.Yielder // a body is up to megabytes: let small requests run meanwhile
-		for _, el := range elems {
+		for _, el := range elems { // a body is up to megabytes: let small requests run meanwhile
 			b.raw(el)
-			y.Add(len(el))
+			b.yield.Add(len(el))
 		}
 		return true
 	}

@@ -76,7 +76,12 @@ var errGzip = errors.New("malformed gzip body")
 // declared (a hint: the ISIZE trailer, untrusted). The result is valid until release.
 // A body past limit gives fasthttp.ErrBodyTooLarge, having decompressed at most limit+1
 // bytes; a malformed one errGzip.
-func gunzip(body []byte, declared, limit int) ([]byte, gzipBuf, error) {
+//
+// Every event.YieldBytes of output it yields through y (nil: a Yielder without pause).
+func gunzip(body []byte, declared, limit int, y *event.Yielder) ([]byte, gzipBuf, error) {
+	if y == nil {
+		y = &event.Yielder{}
+	}
 	zr, _ := gzipReaders.Get().(*gzip.Reader)
 	src := bytes.NewReader(body)
 	var err error
@@ -93,7 +98,6 @@ func gunzip(body []byte, declared, limit int) ([]byte, gzipBuf, error) {
 	// to the limit and let the count decide.
 	g := getGzipBuf(min(max(declared, len(body)), limit) + 1)
 	b := *g.b
-	var y event.Yielder
 	for {
 		if len(b) == cap(b) {
 			if len(b) > limit {

@@ -26,7 +26,7 @@ func TestGunzip(t *testing.T) {
 	data := bytes.Repeat([]byte(`{"type":"event","name":"x"},`), 40_000) // 1.1 MB
 	body := gz(t, data)
 
-	b, g, err := gunzip(body, declaredISIZE(body), 4<<20)
+	b, g, err := gunzip(body, declaredISIZE(body), 4<<20, nil)
 	require.NoError(t, err)
 	require.Equal(t, data, b)
 	require.Equal(t, sizeClass(len(data)+1), g.class, "sized by the declaration")
@@ -35,7 +35,7 @@ func TestGunzip(t *testing.T) {
 
 	// Two members: the declaration is the last member's only; the buffer grows.
 	body2 := gz(t, data, []byte(`{"a":1}`))
-	b, g, err = gunzip(body2, declaredISIZE(body2), 4<<20)
+	b, g, err = gunzip(body2, declaredISIZE(body2), 4<<20, nil)
 	require.NoError(t, err)
 	require.Equal(t, append(append([]byte{}, data...), `{"a":1}`...), b)
 	g.release()
@@ -43,22 +43,22 @@ func TestGunzip(t *testing.T) {
 	// A false declaration (a huge ISIZE) is only a hint, bounded by the limit.
 	lie := append([]byte{}, body...)
 	binary.LittleEndian.PutUint32(lie[len(lie)-4:], 1<<31)
-	_, _, err = gunzip(lie, declaredISIZE(lie), 4<<20)
+	_, _, err = gunzip(lie, declaredISIZE(lie), 4<<20, nil)
 	require.ErrorIs(t, err, errGzip, "the trailer no longer matches: a checksum/size error")
 
 	// Past the limit: refused having read at most limit+1 bytes.
-	_, _, err = gunzip(body, declaredISIZE(body), len(data)-1)
+	_, _, err = gunzip(body, declaredISIZE(body), len(data)-1, nil)
 	require.ErrorIs(t, err, fasthttp.ErrBodyTooLarge)
-	b, g, err = gunzip(body, declaredISIZE(body), len(data))
+	b, g, err = gunzip(body, declaredISIZE(body), len(data), nil)
 	require.NoError(t, err, "exactly the limit is allowed")
 	require.Len(t, b, len(data))
 	g.release()
 
 	// Malformed.
-	_, _, err = gunzip([]byte("not gzip at all, not at all"), 0, 1<<20)
+	_, _, err = gunzip([]byte("not gzip at all, not at all"), 0, 1<<20, nil)
 	require.ErrorIs(t, err, errGzip)
 	trunc := body[:len(body)/2]
-	_, _, err = gunzip(trunc, 0, 4<<20)
+	_, _, err = gunzip(trunc, 0, 4<<20, nil)
 	require.ErrorIs(t, err, errGzip)
 }
 
@@ -69,12 +69,12 @@ func TestGunzipReusesBuffers(t *testing.T) {
 	body := gz(t, data)
 	n := declaredISIZE(body)
 	for range 3 { // warm the pools
-		_, g, err := gunzip(body, n, 10<<20)
+		_, g, err := gunzip(body, n, 10<<20, nil)
 		require.NoError(t, err)
 		g.release()
 	}
 	avg := testing.AllocsPerRun(20, func() {
-		b, g, err := gunzip(body, n, 10<<20)
+		b, g, err := gunzip(body, n, 10<<20, nil)
 		if err != nil || len(b) != len(data) {
 			t.Fatalf("gunzip: %v, %d bytes", err, len(b))
 		}
@@ -100,7 +100,7 @@ func BenchmarkGunzip(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(data)))
 		for b.Loop() {
-			_, g, err := gunzip(body, n, 10<<20)
+			_, g, err := gunzip(body, n, 10<<20, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -329,7 +329,7 @@ func (h *Handler) oneEventRequest(ctx *fasthttp.RequestCtx, route string) (body 
 		h.fail(ctx, route, httperr.UnsupportedMediaType, "Content-Type must be application/json", 1)
 		return nil, nil, nil, nil, false
 	}
-	body, release, ok := h.body(ctx, route, h.limits.MaxSingleDecompressed)
+	body, release, ok := h.body(ctx, route, h.limits.MaxSingleDecompressed, nil)
 	if !ok {
 		return nil, nil, nil, nil, false
 	}
@@ -425,7 +425,9 @@ func (h *Handler) decodeSingle(ctx *fasthttp.RequestCtx, d *event.Decoder, body 
 
 // body returns the request body decompressed with a cap on the output, and a release
 // to call once the body is no longer used (a gzip body is in a pooled buffer, gunzip.go).
-func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int) ([]byte, func(), bool) {
+//
+// y, when not nil, is how decompression yields (the bulk lane's pauses).
+func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed int, y *event.Yielder) ([]byte, func(), bool) {
 	ce := bytes.TrimSpace(ctx.Request.Header.ContentEncoding())
 	if len(ce) > 0 && !bytes.EqualFold(ce, []byte("identity")) {
 		ce = bytes.ToLower(ce)
@@ -444,7 +446,7 @@ func (h *Handler) body(ctx *fasthttp.RequestCtx, route string, maxDecompressed i
 			err = fasthttp.ErrBodyTooLarge
 		}
 	case "gzip", "x-gzip":
-		b, buf, err = gunzip(ctx.PostBody(), declaredSize(&ctx.Request), maxDecompressed)
+		b, buf, err = gunzip(ctx.PostBody(), declaredSize(&ctx.Request), maxDecompressed, y)
 	case "zstd":
 		b, err = ctx.Request.BodyUnzstdWithLimit(maxDecompressed)
 	default:
@@ -507,8 +509,13 @@ func (h *Handler) pace(p pgstore.KeyProject) float64 {
 // runnable, or every 10 ms): with a big body on each of two cores, a neighbour's request
 // that just arrived waited up to 10 ms to be read. So big bodies are decoded at most
 // half the processors at a time (one of two), and the other half always has time for the
-// network; the others wait their turn, which only their own senders notice.
+// network; the others wait their turn, which only their own senders notice. In the lane
+// the work pauses for bulkPause every event.YieldBytes rather than only yielding
+// (event.Yielder says why).
 const bulkBodyBytes = 1 << 20
+
+// bulkPause is a var for the tests, which lengthen it to see it.
+var bulkPause = 200 * time.Microsecond
 
 // enterBulk takes a slot of the bulk lane when the body (its declared size after
 // decompression, or its size on the wire) is bigger than bulkBodyBytes, and reports

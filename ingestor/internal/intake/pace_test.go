@@ -198,3 +198,20 @@ func TestBulkLaneIsNotHeldWhileWaitingForTheBroker(t *testing.T) {
 		t.Fatalf("%d slots of the bulk lane were not given back", got)
 	}
 }
+
+// In the bulk lane a big body's decoding pauses every event.YieldBytes (about 2 MiB here:
+// at least 8 pauses while scanning it and 8 while encoding its events), leaving the
+// processor to the network meanwhile. Not parallel: it lengthens bulkPause to see it.
+func TestBigBodiesPauseInTheBulkLane(t *testing.T) {
+	defer func(p time.Duration) { bulkPause = p }(bulkPause)
+	bulkPause = 20 * time.Millisecond
+	h := pacingHandler(&paceRecorder{})
+	body := bigBody("p")
+	start := time.Now()
+	if code := serveIngest(h, "/ingest/batch", "pb_live_default_p", body); code != fasthttp.StatusAccepted {
+		t.Fatalf("status %d", code)
+	}
+	if d, want := time.Since(start), time.Duration(2*(len(body)/(256<<10)-1))*bulkPause; d < want {
+		t.Fatalf("a %d-byte body took %v to decode: fewer pauses than %v", len(body), d, want)
+	}
+}
