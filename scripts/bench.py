@@ -32,9 +32,12 @@ One run measures, on this machine and in this order:
      again while project A floods with gzip batches that decompress to ~9.5 MiB each (~10
      KB on the wire, the shape of the issue's attack: the same body replayed as fast as
      the ingestor answers over several connections, so the flood costs its sender almost
-     no CPU) at its byte limit. Reported: B's p50/p99 quiet and flooded and the p99 ratio
-     (the issue wants <= 2; PASS/FAIL is printed, never fatal), A's accepted bytes/s and
-     429 count, and per-process CPU.
+     no CPU) at its byte limit. Quiet and at-limit phases alternate for BENCH_FAIR_ROUNDS
+     rounds (one p99 is noisy on a shared machine), then A hammers once (every 429
+     answered with the next request at once). Reported: B's p50/p99 quiet and flooded,
+     each round's p99 ratio and their median (the issue wants <= 2 at A's limit;
+     PASS/FAIL is printed, never fatal), A's accepted bytes/s and 429 count, and
+     per-process CPU.
 
 Every run records per process: CPU (cores used, from /proc/PID/stat) and peak RSS (sampled
 VmRSS, and VmHWM). Every scenario sends with a ledger; the run fails unless every
@@ -52,7 +55,8 @@ first run of a version resolves its jars from Maven Central, later runs use the 
 needs java and mvn), BENCH_KAFKA_HEAP_MB (the broker JVM's maximum heap, default 512),
 BENCH_ONLY=fairness (run step 8 alone, its own report), BENCH_BIN (the binaries, default bin/;
 built with `make build` when bin/pulseboard is missing), BENCH_FAIR_DURATION (each phase of
-step 8, default 20s; 3s in short mode), BENCH_FAIR_CONNECTIONS (A's flood connections, default 4),
+step 8, default 20s; 3s in short mode), BENCH_FAIR_ROUNDS (quiet + at-limit rounds of step 8,
+default 3; 1 in short mode), BENCH_FAIR_CONNECTIONS (A's flood connections, default 4),
 BENCH_FAIR_KAFKA=real (step 8 on a 1-node Apache Kafka, BENCH_KAFKA_VERSION, instead of the
 embedded broker).
 """
@@ -110,6 +114,7 @@ if ONLY not in ("", "fairness"):
     raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: the only step that runs alone is fairness")
 FAIR_DURATION = 3.0 if SHORT else seconds(os.environ.get("BENCH_FAIR_DURATION", "20s"))
 FAIR_CONNECTIONS = int(os.environ.get("BENCH_FAIR_CONNECTIONS", "4"))
+FAIR_ROUNDS = 1 if SHORT else max(1, int(os.environ.get("BENCH_FAIR_ROUNDS", "3")))
 FAIR_KAFKA = os.environ.get("BENCH_FAIR_KAFKA", "embedded")
 if FAIR_KAFKA not in ("embedded", "real"):
     raise SystemExit(f"bench: BENCH_FAIR_KAFKA={FAIR_KAFKA!r}: embedded or real")
@@ -1019,44 +1024,49 @@ def step_fairness(report):
     extra = ["-mode", "single", "-rate", str(FAIR_RATE), "-connections", "8"]
     out = {"rate": FAIR_RATE, "byteLimit": FAIR_BYTES, "eventLimit": 5000, "seconds": FAIR_DURATION,
            "kafka": f"Apache Kafka {KAFKA_VERSION} (1 node)" if kafka else "embedded broker"}
-    ledgers = []
+    ledgers, rounds, runs = [], [], {}
     try:
         # A short warm-up, so the quiet figure is not the first connections' and caches'
         # (and, on Apache Kafka, not its JVM's interpreter's). Its own project: B's
         # projects must receive nothing but its ledgers' events.
         loadgen("fair-warmup", url, warm_key, extra, 15 if kafka else 2, procs=[aio], ledger=False)
-        m0 = metrics(PORTS["admin_all"])
-        quiet = loadgen("fair-quiet", url, b_key, extra, FAIR_DURATION, procs=[aio])
-        m1 = metrics(PORTS["admin_all"])
-        ledgers.append(ledger("fair-quiet"))
-        line(quiet)
-        wait_lag_zero(60)
-        runs = {}
-        # A at its limit (honouring Retry-After, the issue's case), then A hammering past it
-        # (every 429 answered at once: the ingestor's cost of refusing counts too).
-        for kind, polite in (("atLimit", True), ("hammer", False)):
+
+        def measured(name):
+            """B's run, with the ingestor's own p99s over it (B's /ingest requests are the
+            only ones on that route; the Kafka acks are every request's, A's included)."""
+            x = metrics(PORTS["admin_all"])
+            r = loadgen(name, url, b_key, extra, FAIR_DURATION, procs=[aio])
+            y = metrics(PORTS["admin_all"])
+            r["serverP99Ms"] = {"ingestRequest": server_p99(buckets(x, SERVER_HIST[0]), buckets(y, SERVER_HIST[0])),
+                                "produceAck": server_p99(buckets(x, SERVER_HIST[1]), buckets(y, SERVER_HIST[1]))}
+            ledgers.append(ledger(name))
+            line(r)
+            return r
+
+        def flooded(name, polite):
             flood = Flood(a_key, FAIR_CONNECTIONS, polite=polite)
             flood.start()
             time.sleep(2)  # A's bucket is spent and the flood is steady before B is measured
             try:
-                x = metrics(PORTS["admin_all"])
-                r = loadgen(f"fair-flooded-{kind}", url, b_key, extra, FAIR_DURATION, procs=[aio])
-                y = metrics(PORTS["admin_all"])
+                r = measured(name)
             finally:
                 a = flood.stop()
-            # The ingestor's own view: B's /ingest requests (the only ones on that route),
-            # and the Kafka acknowledgements of every request (A's accepted ones among them).
-            r["serverP99Ms"] = {"ingestRequest": server_p99(buckets(x, SERVER_HIST[0]), buckets(y, SERVER_HIST[0])),
-                                "produceAck": server_p99(buckets(x, SERVER_HIST[1]), buckets(y, SERVER_HIST[1]))}
-            ledgers.append(ledger(f"fair-flooded-{kind}"))
-            line(r)
             text = metrics(PORTS["admin_all"])
             a["refusedOnBytes"] = metric_sum(text, 'pulseboard_ingest_rate_limited_requests_total{reason="bytes"}')
             a["refusedOnEvents"] = metric_sum(text, 'pulseboard_ingest_rate_limited_requests_total{reason="events"}')
-            runs[kind] = (r, a)
             wait_lag_zero(120)
-        quiet["serverP99Ms"] = {"ingestRequest": server_p99(buckets(m0, SERVER_HIST[0]), buckets(m1, SERVER_HIST[0])),
-                                "produceAck": server_p99(buckets(m0, SERVER_HIST[1]), buckets(m1, SERVER_HIST[1]))}
+            return r, a
+
+        # Rounds of B quiet, then B while A floods at its limit honouring Retry-After (the
+        # issue's case): each round's ratio is one sample of the machine's noise, their
+        # median the figure. Then A hammering past its limit once (every 429 answered at
+        # once: the ingestor's cost of refusing counts too).
+        for rnd in range(FAIR_ROUNDS):
+            quiet = measured(f"fair-quiet-{rnd + 1}")
+            wait_lag_zero(60)
+            r, a = flooded(f"fair-flooded-atLimit-{rnd + 1}", True)
+            rounds.append((quiet, r, a))
+        runs["hammer"] = flooded("fair-flooded-hammer", False)
     finally:
         stop(aio)
         if kafka is not None:
@@ -1070,19 +1080,30 @@ def step_fairness(report):
         return {"latencyMs": r["latencyMs"], "requestLatencyMs": r["requestLatencyMs"], "serverP99Ms": r.get("serverP99Ms"),
                 "eventsPerSecond": r["eventsPerSecond"],
                 "statuses": r["statuses"], "eventsFailed": r["eventsFailed"], "resources": r["resources"]}
-    q99 = quiet["latencyMs"]["p99"]
+    # The median round (by its ratio) stands for the quiet and at-limit rows.
+    ratios = [r["latencyMs"]["p99"] / q["latencyMs"]["p99"] for q, r, _ in rounds]
+    mid = sorted(range(len(rounds)), key=lambda i: ratios[i])[len(rounds) // 2]
+    quiet, r, a = rounds[mid]
+    q99 = statistics.median(q["latencyMs"]["p99"] for q, _, _ in rounds)
     out["quiet"] = pick(quiet)
+    out["rounds"] = [{"quietP99Ms": q["latencyMs"]["p99"], "atLimitP99Ms": f["latencyMs"]["p99"],
+                      "p99Ratio": round(x, 2)} for (q, f, _), x in zip(rounds, ratios)]
+    runs["atLimit"] = (r, a)
     for kind, (r, a) in runs.items():
         f99 = r["latencyMs"]["p99"]
-        ratio = round(f99 / q99, 2) if q99 else None
+        # At A's limit: the median of the rounds' ratios; hammering: its run over the
+        # rounds' median quiet p99.
+        ratio = round(statistics.median(ratios), 2) if kind == "atLimit" else (round(f99 / q99, 2) if q99 else None)
         out[kind] = {**pick(r), "flood": a, "p99Ratio": ratio,
                      "requestP99Ratio": round(r["requestLatencyMs"]["p99"] / quiet["requestLatencyMs"]["p99"], 2)
                      if quiet["requestLatencyMs"]["p99"] else None, "pass": ratio is not None and ratio <= 2}
-        log(f"fairness ({kind}): B p99 quiet {q99:.2f} ms, flooded {f99:.2f} ms, ratio {ratio} (<= 2 wanted: "
-            f"{'PASS' if out[kind]['pass'] else 'FAIL'}{', not fatal in short mode' if SHORT else ''}); "
+        log(f"fairness ({kind}): B p99 quiet {q99:.2f} ms (median of {len(rounds)}), flooded {f99:.2f} ms, ratio {ratio}"
+            f"{' (median of the rounds: ' + ', '.join(f'{x:.2f}' for x in ratios) + ')' if kind == 'atLimit' else ''} "
+            f"(<= 2 wanted: {'PASS' if out[kind]['pass'] else 'FAIL'}{', not fatal in short mode' if SHORT else ''}); "
             f"A accepted {a['acceptedBytesPerSecond'] / 2**20:.2f} MiB/s (limit {FAIR_BYTES / 2**20:.0f} MiB/s), "
             f"{a['rateLimited']} x 429 of {a['requests']} requests, {a['transportErrors']} transport errors")
-    out["pass"] = all(out[k]["pass"] for k in runs)
+    # The issue's case is A at its limit; hammering is reported beside it.
+    out["pass"] = out["atLimit"]["pass"]
     report["fairness"] = out
 
 
@@ -1097,7 +1118,8 @@ def fairness_lines(report):
     L = ["", "## Neighbour fairness (issue 16 item 4)", "",
          f"A fresh all-in-one on the {f.get('kafka', 'embedded broker')}, with the per-project limits on ({f['eventLimit']} events/s, {f['byteLimit'] / 2**20:.0f} MiB/s "
          f"of decompressed bytes). Project B sends single events at {f['rate']}/s (`pulseboard loadgen -mode single -rate "
-         f"{f['rate']}`) for {f['seconds']:.0f} s quiet, then again while project A floods: {a['connections']} connections "
+         f"{f['rate']}`) for {f['seconds']:.0f} s quiet, then again while project A floods ({len(f.get('rounds') or [1])} rounds "
+         "of both, the median round in the table; then once more while A hammers): {a['connections']} connections "
          f"posting the same gzip batch ({a['wireBytesPerRequest']:,} bytes on the wire, "
          f"{a['decompressedBytesPerRequest'] / 2**20:.2f} MiB and {a['eventsPerRequest']} events decompressed), first at its "
          "limit (each connection waits the Retry-After of a 429, as an SDK does), then hammering (the next request at once "
@@ -1111,8 +1133,11 @@ def fairness_lines(report):
                  f"{r['requestLatencyMs']['p99']:.2f} | {fmt(sv.get('ingestRequest'))} | {fmt(sv.get('produceAck'))} | "
                  f"{r['eventsPerSecond']:.0f} | {cores(r, 'all-in-one')} | {cores(r, 'loadgen')} | {cores(r, 'postgres (all processes)')} | "
                  f"{fmt(r.get('p99Ratio'))} |")
-    L += ["", f"B's p99 flooded / quiet: at A's limit **{f['atLimit']['p99Ratio']}**, A hammering **{f['hammer']['p99Ratio']}** "
-          f"(the issue wants <= 2: {'PASS' if f['pass'] else 'FAIL'}).", ""]
+    rounds = f.get("rounds") or []
+    L += ["", f"B's p99 flooded / quiet: at A's limit **{f['atLimit']['p99Ratio']}** (the median of the rounds: "
+          + ", ".join(f"{x['quietP99Ms']:.2f} → {x['atLimitP99Ms']:.2f} ms = {x['p99Ratio']}" for x in rounds)
+          + f"), A hammering **{f['hammer']['p99Ratio']}** (over the rounds' median quiet p99). The issue's case is A at its "
+          f"limit: {'PASS' if f['pass'] else 'FAIL'} (<= 2 wanted).", ""]
     for name, kind in (("A at its limit", "atLimit"), ("A hammering", "hammer")):
         a = f[kind]["flood"]
         L.append(f"- {name}: {a['requests']} requests in {a['seconds']} s, {a['accepted']} accepted = "
