@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/require"
 )
@@ -167,6 +168,7 @@ func TestPacedCallPastTheBacklogBoundIsRefused(t *testing.T) {
 	// 2 MiB at 512 KiB/s is 4 s of pacing, past half the 5 s produce timeout.
 	err := p.ProducePaced(context.Background(), bulkOf(keyFor(t, 0), "A", 32), nil, 512<<10)
 	require.ErrorIs(t, err, ErrOverloaded)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.errors.WithLabelValues("overloaded")), "counted as overloaded")
 	require.Zero(t, b.arrived.Load(), "nothing was sent")
 	require.Zero(t, p.inflight.Load(), "no byte stays counted")
 }

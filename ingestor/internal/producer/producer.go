@@ -268,8 +268,11 @@ func (p *Producer) ProducePaced(ctx context.Context, msgs []kafka.Message, free 
 		time.AfterFunc(p.maxHold, t.release)
 	}
 	reason := "broker"
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		reason = "timeout"
+	case errors.Is(err, ErrOverloaded): // a paced key's backlog (pace.go)
+		reason = "overloaded"
 	}
 	p.errors.WithLabelValues(reason).Inc()
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
