@@ -85,18 +85,21 @@ func prepareDatabase(ctx context.Context, databaseURL string, logger *slog.Logge
 // fallback); unset, the default address if anything answers there, else an embedded
 // PostgreSQL started here, whose data persists under PULSEBOARD_CACHE_DIR. stop stops it
 // (call it once nothing uses the database any more); it is a no-op otherwise.
-func allInOneDatabase(ctx context.Context, env config.Env, cfg allConfig, logger *slog.Logger) (databaseURL string, stop func(), err error) {
+//
+// embedded reports whether it started an embedded PostgreSQL (the liveness checks watch
+// that one).
+func allInOneDatabase(ctx context.Context, env config.Env, cfg allConfig, logger *slog.Logger) (databaseURL string, embedded bool, stop func(), err error) {
 	noop := func() {}
 	if env.Get("DATABASE_URL") != "" {
 		logger.Info("using PostgreSQL at DATABASE_URL", "database", config.MaskURL(cfg.DatabaseURL))
-		return cfg.DatabaseURL, noop, nil
+		return cfg.DatabaseURL, false, noop, nil
 	}
 	if cfg.PostgresEmbeddedPort < 0 || cfg.PostgresEmbeddedPort > 65535 {
-		return "", nil, fmt.Errorf("configuration: POSTGRES_EMBEDDED_PORT must be a port number, got %d", cfg.PostgresEmbeddedPort)
+		return "", false, nil, fmt.Errorf("configuration: POSTGRES_EMBEDDED_PORT must be a port number, got %d", cfg.PostgresEmbeddedPort)
 	}
 	pc, err := pgconn.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return "", nil, fmt.Errorf("parsing the default DATABASE_URL: %w", err)
+		return "", false, nil, fmt.Errorf("parsing the default DATABASE_URL: %w", err)
 	}
 	addr := net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
 	dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -106,18 +109,18 @@ func allInOneDatabase(ctx context.Context, env config.Env, cfg allConfig, logger
 		_ = conn.Close()
 		logger.Info("DATABASE_URL is not set: using the PostgreSQL that answers at the default address",
 			"database", config.MaskURL(cfg.DatabaseURL))
-		return cfg.DatabaseURL, noop, nil
+		return cfg.DatabaseURL, false, noop, nil
 	}
 	dir, err := embeddedpg.DefaultDir(cfg.CacheDir)
 	if err != nil {
-		return "", nil, err
+		return "", false, nil, err
 	}
 	logger.Info("no PostgreSQL answers at the default address: starting an embedded PostgreSQL "+
 		"(downloaded from Maven Central on first use)", "tried", addr, "dir", dir)
 	began := time.Now()
 	srv, err := embeddedpg.Start(embeddedpg.Options{Dir: dir, Port: cfg.PostgresEmbeddedPort, Logger: logger.With("component", "postgres")})
 	if err != nil {
-		return "", nil, fmt.Errorf("%w\n\n(set DATABASE_URL to use a PostgreSQL of your own; "+
+		return "", false, nil, fmt.Errorf("%w\n\n(set DATABASE_URL to use a PostgreSQL of your own; "+
 			"POSTGRES_EMBEDDED_PORT=0 lets the embedded one take any free port)", err)
 	}
 	databaseURL = srv.URL(pc.Database)
@@ -128,7 +131,7 @@ func allInOneDatabase(ctx context.Context, env config.Env, cfg allConfig, logger
 	}
 	logger.Warn("DATABASE_URL is not set and no PostgreSQL answers at the default address: using an embedded PostgreSQL "+
 		"(development only; its data persists in data_dir)", attrs...)
-	return databaseURL, sync.OnceFunc(func() {
+	return databaseURL, true, sync.OnceFunc(func() {
 		if err := srv.Stop(); err != nil {
 			logger.Error("stopping the embedded PostgreSQL", "err", err)
 			return

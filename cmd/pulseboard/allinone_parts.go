@@ -49,12 +49,12 @@ func startInfra(ctx context.Context, env config.Env, cfg allConfig, live *livene
 			in.close()
 		}
 	}()
-	databaseURL, stopPostgres, err := allInOneDatabase(ctx, env, cfg, logger)
+	databaseURL, embeddedPG, stopPostgres, err := allInOneDatabase(ctx, env, cfg, logger)
 	if err != nil {
 		return nil, err
 	}
 	in.closers = append(in.closers, stopPostgres)
-	if embeddedPostgres(env, databaseURL, cfg) {
+	if embeddedPG {
 		live.add("postgres", probePostgres(databaseURL))
 	}
 	if err := prepareDatabase(ctx, databaseURL, logger); err != nil {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pulseboard/pulseboard/pkg/config"
 	"github.com/pulseboard/pulseboard/pkg/kafkax"
 	kafkaembedded "github.com/pulseboard/pulseboard/pkg/kafkax/embedded"
 )
@@ -230,10 +229,4 @@ func probePostgres(url string) func(context.Context) error {
 		var one int
 		return c.QueryRow(ctx, "SELECT 1").Scan(&one)
 	}
-}
-
-// embeddedPostgres reports whether allInOneDatabase started an embedded PostgreSQL: with
-// DATABASE_URL unset, the URL it returns differs from the default one only then.
-func embeddedPostgres(env config.Env, databaseURL string, cfg allConfig) bool {
-	return env.Get("DATABASE_URL") == "" && databaseURL != cfg.DatabaseURL
 }
