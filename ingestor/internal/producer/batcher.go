@@ -208,16 +208,7 @@ func distinctKeys(msgs []kafka.Message, max int) [][]byte {
 }
 
 // holdsAny reports whether the bulk batch b holds a message with one of msgs' keys.
-func (b *batch) holdsAny(msgs []kafka.Message) bool {
-	for _, k := range b.bulkKeys {
-		for i := range msgs {
-			if bytes.Equal(k, msgs[i].Key) {
-				return true
-			}
-		}
-	}
-	return false
-}
+func (b *batch) holdsAny(msgs []kafka.Message) bool { return holdsKey(msgs, b.bulkKeys) }
 
 func sameKeys(a, b [][]byte) bool {
 	if len(a) != len(b) {
@@ -232,6 +223,18 @@ func sameKeys(a, b [][]byte) bool {
 }
 
 // markReady tells the dispatcher that q may have a batch to send.
+// relist lists q for the dispatcher when it has batches and none in flight (and is not
+// listed already).
+func (q *partitionQueue) relist() {
+	q.mu.Lock()
+	list := !q.busy && !q.listed && len(q.batches) > 0
+	q.listed = q.listed || list
+	q.mu.Unlock()
+	if list {
+		q.p.markReady(q)
+	}
+}
+
 func (p *Producer) markReady(q *partitionQueue) {
 	p.rmu.Lock()
 	p.ready = append(p.ready, q)
@@ -416,12 +419,8 @@ func (p *Producer) settle(f flight, err error) {
 	q := f.q
 	q.mu.Lock()
 	q.busy = false
-	list := len(q.batches) > 0 && !q.listed
-	q.listed = q.listed || list
 	q.mu.Unlock()
-	if list {
-		p.markReady(q)
-	}
+	q.relist()
 	p.open.Add(-1)
 	p.pending.Done()
 }
@@ -663,12 +662,8 @@ func (p *Producer) closeQueues() {
 		}
 		q.mu.Lock()
 		q.closed = true
-		list := !q.busy && !q.listed && len(q.batches) > 0
-		q.listed = q.listed || list
 		q.mu.Unlock()
-		if list {
-			p.markReady(q)
-		}
+		q.relist()
 	}
 	p.pending.Wait()
 	close(p.stop)

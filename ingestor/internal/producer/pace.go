@@ -3,6 +3,7 @@ package producer
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -118,21 +119,18 @@ func (q *partitionQueue) next(now time.Time, draining bool) (int, time.Duration)
 // paced reports whether b has a release time.
 func (b *batch) paced() bool { return !b.notBefore.IsZero() }
 
-// holdsKeyOf reports whether b holds a message with one of keys.
+// holdsKeyOf reports whether b holds a message with one of keys (a bulk batch: one of
+// its bulkKeys).
 func (b *batch) holdsKeyOf(keys [][]byte) bool {
 	if b.bulk {
-		for _, k := range b.bulkKeys {
-			for _, h := range keys {
-				if bytes.Equal(k, h) {
-					return true
-				}
-			}
-		}
-		return false
+		return slices.ContainsFunc(b.bulkKeys, func(k []byte) bool {
+			return slices.ContainsFunc(keys, func(h []byte) bool { return bytes.Equal(k, h) })
+		})
 	}
 	return holdsKey(b.msgs, keys)
 }
 
+// holdsKey reports whether one of msgs has one of keys.
 func holdsKey(msgs []kafka.Message, keys [][]byte) bool {
 	for i := range msgs {
 		for _, k := range keys {
@@ -172,10 +170,6 @@ func (q *partitionQueue) wakeIn(d time.Duration, now time.Time) {
 func (q *partitionQueue) due() {
 	q.mu.Lock()
 	q.timerAt = time.Time{}
-	list := !q.busy && !q.listed && len(q.batches) > 0
-	q.listed = q.listed || list
 	q.mu.Unlock()
-	if list {
-		q.p.markReady(q)
-	}
+	q.relist()
 }
